@@ -1,0 +1,95 @@
+use serde::{Deserialize, Serialize};
+
+use crate::error::ModelError;
+
+/// The architecture of a [`ConvVae`](crate::ConvVae).
+///
+/// The default is the reference conv VAE (the PyTorch peer in the workspace's benchmarks):
+/// encoder Conv(1→32, k4 s2 p1) ReLU, Conv(32→64, k4 s2 p1) ReLU, flatten, Linear(3136 → 2·32)
+/// split into μ and log σ²; decoder Linear(32 → 3136) ReLU, ConvT(64→32, k4 s2 p1) ReLU,
+/// ConvT(32→1, k4 s2 p1) giving Bernoulli logits.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConvVaeConfig {
+    /// Image channels (1 for MNIST).
+    pub input_channels: i64,
+    /// Image height; must be divisible by 2^(number of conv layers).
+    pub input_height: i64,
+    /// Image width; must be divisible by 2^(number of conv layers).
+    pub input_width: i64,
+    /// Dimension of z.
+    pub latent_dim: i64,
+    /// Output channels of each stride-2 encoder conv; the decoder mirrors them.
+    pub channels: Vec<i64>,
+    /// An optional dense hidden layer (with ReLU) between the conv stack and the latent heads,
+    /// mirrored in the decoder.
+    pub hidden_dim: Option<i64>,
+}
+
+impl Default for ConvVaeConfig {
+    fn default() -> Self {
+        Self {
+            input_channels: 1,
+            input_height: 28,
+            input_width: 28,
+            latent_dim: 32,
+            channels: vec![32, 64],
+            hidden_dim: None,
+        }
+    }
+}
+
+impl ConvVaeConfig {
+    /// Checks every size is positive and the image survives the stride-2 convs.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |msg: String| Err(ModelError::InvalidConfig(msg));
+        if self.input_channels < 1 || self.input_height < 1 || self.input_width < 1 {
+            return bad(format!(
+                "input size must be positive, got {}x{}x{} (C x H x W)",
+                self.input_channels, self.input_height, self.input_width
+            ));
+        }
+        if self.latent_dim < 1 {
+            return bad(format!(
+                "latent_dim must be at least 1, got {}",
+                self.latent_dim
+            ));
+        }
+        if self.channels.is_empty() || self.channels.iter().any(|&c| c < 1) {
+            return bad(format!(
+                "channels must list at least one positive width, got {:?}",
+                self.channels
+            ));
+        }
+        if let Some(h) = self.hidden_dim
+            && h < 1
+        {
+            return bad(format!("hidden_dim must be at least 1, got {h}"));
+        }
+        let factor = 1i64 << self.channels.len().min(30);
+        if self.input_height % factor != 0 || self.input_width % factor != 0 {
+            return bad(format!(
+                "a {}x{} image cannot pass {} stride-2 convs: height and width must be divisible by {factor}",
+                self.input_height,
+                self.input_width,
+                self.channels.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// (channels, height, width) after the encoder's convs.
+    pub fn conv_output_shape(&self) -> (i64, i64, i64) {
+        let factor = 1i64 << self.channels.len();
+        (
+            *self.channels.last().expect("validated"),
+            self.input_height / factor,
+            self.input_width / factor,
+        )
+    }
+
+    /// Number of pixels (C·H·W) of one image.
+    pub fn pixels(&self) -> i64 {
+        self.input_channels * self.input_height * self.input_width
+    }
+}

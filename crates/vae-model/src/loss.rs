@@ -1,0 +1,43 @@
+//! The terms of the evidence lower bound (Kingma & Welling, "Auto-Encoding Variational Bayes",
+//! ICLR 2014) and of the importance-weighted bound (Burda, Grosse & Salakhutdinov,
+//! "Importance Weighted Autoencoders", ICLR 2016).
+
+use tch::{Kind, Reduction, Tensor};
+
+/// ln(2π).
+pub const LN_2PI: f64 = 1.837_877_066_409_345_5;
+
+/// −log p(x | z) for a Bernoulli decoder, summed over pixels: one value per example.
+///
+/// With logits ℓ and targets x ∈ [0, 1]: Σ_pixels max(ℓ, 0) − ℓ·x + log(1 + e^−|ℓ|), libtorch's
+/// numerically stable binary cross-entropy with logits. `logits` and `x` are `[N, ...]`.
+pub fn bernoulli_nll(logits: &Tensor, x: &Tensor) -> Tensor {
+    logits
+        .binary_cross_entropy_with_logits::<Tensor>(x, None, None, Reduction::None)
+        .flatten(1, -1)
+        .sum_dim_intlist(-1, false, Kind::Float)
+}
+
+/// KL(N(μ, diag σ²) ‖ N(0, I)) in closed form, per example:
+/// ½ Σ_j (μ_j² + σ_j² − 1 − log σ_j²). `mu` and `logvar` are `[N, latent]`.
+pub fn gaussian_kl(mu: &Tensor, logvar: &Tensor) -> Tensor {
+    (mu.square() + logvar.exp() - 1.0 - logvar).sum_dim_intlist(-1, false, Kind::Float) * 0.5
+}
+
+/// log N(z; 0, I) summed over the last dimension.
+pub fn standard_normal_log_density(z: &Tensor) -> Tensor {
+    (z.square() + LN_2PI).sum_dim_intlist(-1, false, Kind::Float) * -0.5
+}
+
+/// log N(μ + σ·ε; μ, diag σ²) summed over the last dimension, from the standardised noise ε:
+/// −½ Σ (ε² + log σ² + ln 2π).
+pub fn diagonal_normal_log_density(eps: &Tensor, logvar: &Tensor) -> Tensor {
+    (eps.square() + logvar + LN_2PI).sum_dim_intlist(-1, false, Kind::Float) * -0.5
+}
+
+/// log (1/k Σ_i exp(w_i)) over dimension 0 of `log_weights` (`[k, N]`), stably: the
+/// importance-weighted bound from k samples' log weights log p(x, z_i) − log q(z_i | x).
+pub fn log_mean_exp(log_weights: &Tensor) -> Tensor {
+    let k = log_weights.size()[0];
+    log_weights.logsumexp([0].as_slice(), false) - (k as f64).ln()
+}

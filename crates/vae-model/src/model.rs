@@ -1,0 +1,362 @@
+use tch::nn::{self, Module};
+use tch::{Device, Kind, Tensor};
+
+use crate::config::ConvVaeConfig;
+use crate::error::ModelError;
+use crate::loss;
+
+/// PyTorch's default initialisation (kaiming-uniform with a = √5): U(−1/√fan_in, 1/√fan_in)
+/// for weights and biases alike, so a fresh model matches a fresh `torch.nn` one in law.
+fn torch_default(fan_in: i64) -> nn::Init {
+    let bound = 1.0 / (fan_in as f64).sqrt();
+    nn::Init::Uniform {
+        lo: -bound,
+        up: bound,
+    }
+}
+
+fn linear(p: nn::Path<'_>, i: i64, o: i64) -> nn::Linear {
+    let init = torch_default(i);
+    nn::linear(
+        p,
+        i,
+        o,
+        nn::LinearConfig {
+            ws_init: init,
+            bs_init: Some(init),
+            bias: true,
+        },
+    )
+}
+
+fn conv(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
+    let init = torch_default(i * 16);
+    let cfg = nn::ConvConfig {
+        stride: 2,
+        padding: 1,
+        ws_init: init,
+        bs_init: init,
+        ..Default::default()
+    };
+    nn::conv2d(p, i, o, 4, cfg)
+}
+
+fn deconv(p: nn::Path<'_>, i: i64, o: i64) -> nn::ConvTranspose2D {
+    // PyTorch takes a transposed conv's fan-in from weight dim 1: out_channels · k².
+    let init = torch_default(o * 16);
+    let cfg = nn::ConvTransposeConfig {
+        stride: 2,
+        padding: 1,
+        ws_init: init,
+        bs_init: init,
+        ..Default::default()
+    };
+    nn::conv_transpose2d(p, i, o, 4, cfg)
+}
+
+/// q(z | x): stride-2 convs, an optional dense layer, and one linear head giving [μ, log σ²].
+#[derive(Debug)]
+struct Encoder {
+    convs: Vec<nn::Conv2D>,
+    hidden: Option<nn::Linear>,
+    head: nn::Linear,
+}
+
+/// p(x | z): an optional dense layer, a dense layer to the conv grid, stride-2 transposed convs.
+#[derive(Debug)]
+struct Decoder {
+    hidden: Option<nn::Linear>,
+    fc: nn::Linear,
+    deconvs: Vec<nn::ConvTranspose2D>,
+}
+
+/// The approximate posterior q(z | x) = N(μ, diag σ²).
+#[derive(Debug)]
+pub struct Posterior {
+    /// Means, `[N, latent]`.
+    pub mu: Tensor,
+    /// Log-variances, `[N, latent]`.
+    pub logvar: Tensor,
+}
+
+/// Everything one forward pass computes.
+#[derive(Debug)]
+pub struct VaeOutput {
+    /// Bernoulli logits of the reconstruction, `[N, C, H, W]`.
+    pub logits: Tensor,
+    /// Posterior means, `[N, latent]`.
+    pub mu: Tensor,
+    /// Posterior log-variances, `[N, latent]`.
+    pub logvar: Tensor,
+    /// The reparameterised sample z = μ + σ·ε, `[N, latent]`.
+    pub z: Tensor,
+}
+
+/// The two terms of the negative ELBO, per example (nats).
+#[derive(Debug)]
+pub struct ElboTerms {
+    /// −log p(x | z) for one sample z ~ q(z | x), `[N]`.
+    pub reconstruction: Tensor,
+    /// KL(q(z | x) ‖ p(z)) in closed form, `[N]`.
+    pub kl: Tensor,
+}
+
+impl ElboTerms {
+    /// The ELBO per example: −(reconstruction + kl), `[N]`.
+    pub fn elbo(&self) -> Tensor {
+        -(&self.reconstruction + &self.kl)
+    }
+}
+
+/// A convolutional VAE with a standard-normal prior and a Bernoulli decoder.
+///
+/// Variables live under the `nn::Path` it is built on, named after the fields:
+/// `encoder.conv1.weight`, …, `encoder.head.bias`, `decoder.fc.weight`, `decoder.deconv1.weight`, ….
+#[derive(Debug)]
+pub struct ConvVae {
+    config: ConvVaeConfig,
+    encoder: Encoder,
+    decoder: Decoder,
+    device: Device,
+}
+
+impl ConvVae {
+    /// Builds the model's variables under `p`.
+    pub fn new(p: &nn::Path<'_>, config: &ConvVaeConfig) -> Result<Self, ModelError> {
+        config.validate()?;
+        let (c_last, h, w) = config.conv_output_shape();
+        let flat = c_last * h * w;
+        let enc = p / "encoder";
+        let dec = p / "decoder";
+
+        let mut convs = Vec::new();
+        let mut c_in = config.input_channels;
+        for (i, &c) in config.channels.iter().enumerate() {
+            convs.push(conv(&enc / format!("conv{}", i + 1), c_in, c));
+            c_in = c;
+        }
+        let (hidden, head_in) = match config.hidden_dim {
+            Some(hd) => (Some(linear(&enc / "hidden", flat, hd)), hd),
+            None => (None, flat),
+        };
+        let head = linear(&enc / "head", head_in, 2 * config.latent_dim);
+
+        let (dec_hidden, fc_in) = match config.hidden_dim {
+            Some(hd) => (Some(linear(&dec / "hidden", config.latent_dim, hd)), hd),
+            None => (None, config.latent_dim),
+        };
+        let fc = linear(&dec / "fc", fc_in, flat);
+        let mut outs: Vec<i64> = config.channels.iter().rev().skip(1).copied().collect();
+        outs.push(config.input_channels);
+        let mut deconvs = Vec::new();
+        let mut c_in = c_last;
+        for (i, &c) in outs.iter().enumerate() {
+            deconvs.push(deconv(&dec / format!("deconv{}", i + 1), c_in, c));
+            c_in = c;
+        }
+        Ok(Self {
+            config: config.clone(),
+            encoder: Encoder {
+                convs,
+                hidden,
+                head,
+            },
+            decoder: Decoder {
+                hidden: dec_hidden,
+                fc,
+                deconvs,
+            },
+            device: p.device(),
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &ConvVaeConfig {
+        &self.config
+    }
+
+    /// The device its variables live on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    fn check_images(&self, x: &Tensor) -> Result<(), ModelError> {
+        let c = &self.config;
+        let size = x.size();
+        let ok = size.len() == 4
+            && size[1..] == [c.input_channels, c.input_height, c.input_width]
+            && x.is_floating_point();
+        if ok {
+            Ok(())
+        } else {
+            Err(ModelError::Shape {
+                what: "images",
+                expected: format!(
+                    "[N, {}, {}, {}] (floating point)",
+                    c.input_channels, c.input_height, c.input_width
+                ),
+                found: size,
+            })
+        }
+    }
+
+    fn check_latents(&self, z: &Tensor) -> Result<(), ModelError> {
+        let size = z.size();
+        if size.len() == 2 && size[1] == self.config.latent_dim && z.is_floating_point() {
+            Ok(())
+        } else {
+            Err(ModelError::Shape {
+                what: "latents",
+                expected: format!("[N, {}] (floating point)", self.config.latent_dim),
+                found: size,
+            })
+        }
+    }
+
+    /// q(z | x): posterior means and log-variances of images `[N, C, H, W]` in [0, 1].
+    pub fn encode(&self, x: &Tensor) -> Result<Posterior, ModelError> {
+        self.check_images(x)?;
+        Ok(self.encode_unchecked(x))
+    }
+
+    fn encode_unchecked(&self, x: &Tensor) -> Posterior {
+        let mut h = x.shallow_clone();
+        for conv in &self.encoder.convs {
+            h = h.apply(conv).relu();
+        }
+        h = h.flatten(1, -1);
+        if let Some(hidden) = &self.encoder.hidden {
+            h = h.apply(hidden).relu();
+        }
+        let stats = h.apply(&self.encoder.head).chunk(2, 1);
+        Posterior {
+            mu: stats[0].shallow_clone(),
+            logvar: stats[1].shallow_clone(),
+        }
+    }
+
+    /// z = μ + σ·ε with ε ~ N(0, I): a differentiable sample from q(z | x).
+    pub fn reparameterize(posterior: &Posterior) -> Tensor {
+        let eps = posterior.mu.randn_like();
+        &posterior.mu + (&posterior.logvar * 0.5).exp() * eps
+    }
+
+    /// p(x | z): Bernoulli logits `[N, C, H, W]` of latents `[N, latent]`.
+    pub fn decode(&self, z: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_latents(z)?;
+        Ok(self.decode_unchecked(z))
+    }
+
+    fn decode_unchecked(&self, z: &Tensor) -> Tensor {
+        let (c, h, w) = self.config.conv_output_shape();
+        let mut t = z.shallow_clone();
+        if let Some(hidden) = &self.decoder.hidden {
+            t = t.apply(hidden).relu();
+        }
+        t = t.apply(&self.decoder.fc).relu().view([-1, c, h, w]);
+        let last = self.decoder.deconvs.len() - 1;
+        for (i, deconv) in self.decoder.deconvs.iter().enumerate() {
+            t = deconv.forward(&t);
+            if i < last {
+                t = t.relu();
+            }
+        }
+        t
+    }
+
+    /// Encodes, samples z once per image, decodes.
+    pub fn forward(&self, x: &Tensor) -> Result<VaeOutput, ModelError> {
+        self.check_images(x)?;
+        Ok(self.forward_unchecked(x))
+    }
+
+    fn forward_unchecked(&self, x: &Tensor) -> VaeOutput {
+        let posterior = self.encode_unchecked(x);
+        let z = Self::reparameterize(&posterior);
+        let logits = self.decode_unchecked(&z);
+        VaeOutput {
+            logits,
+            mu: posterior.mu,
+            logvar: posterior.logvar,
+            z,
+        }
+    }
+
+    /// The negative-ELBO terms per example for targets `x` (binary, or in [0, 1]).
+    pub fn elbo(&self, x: &Tensor) -> Result<ElboTerms, ModelError> {
+        self.check_images(x)?;
+        let out = self.forward_unchecked(x);
+        Ok(ElboTerms {
+            reconstruction: loss::bernoulli_nll(&out.logits, x),
+            kl: loss::gaussian_kl(&out.mu, &out.logvar),
+        })
+    }
+
+    /// `n` images decoded from the prior with latents scaled by `temperature` (1 = the
+    /// prior itself): Bernoulli means (pixel probabilities), `[n, C, H, W]`.
+    pub fn sample(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
+        if n < 1 {
+            return Err(ModelError::InvalidArgument(format!(
+                "cannot sample {n} images"
+            )));
+        }
+        let z =
+            Tensor::randn([n, self.config.latent_dim], (Kind::Float, self.device)) * temperature;
+        Ok(self.decode_unchecked(&z).sigmoid())
+    }
+
+    /// Bernoulli means of the reconstruction of `x` through the posterior mean.
+    pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let posterior = self.encode(x)?;
+        Ok(self.decode_unchecked(&posterior.mu).sigmoid())
+    }
+
+    /// Importance-weighted estimate of log p(x) per example, `[N]` (nats):
+    /// log (1/k) Σ_i p(x | z_i) p(z_i) / q(z_i | x) with z_i ~ q(z | x) (Burda et al. 2016).
+    /// It is a lower bound that rises with `k` towards log p(x); k = 1 is the ELBO on one sample.
+    ///
+    /// Samples are drawn in chunks so at most `max_rows` decoder rows (samples × images) are in
+    /// memory at once; k = 5000 fits on any machine. Call it under `tch::no_grad`.
+    pub fn log_likelihood_iw(
+        &self,
+        x: &Tensor,
+        k: i64,
+        max_rows: i64,
+    ) -> Result<Tensor, ModelError> {
+        self.check_images(x)?;
+        if k < 1 {
+            return Err(ModelError::InvalidArgument(format!(
+                "importance samples k must be at least 1, got {k}"
+            )));
+        }
+        let n = x.size()[0];
+        let posterior = self.encode_unchecked(x);
+        let std = (&posterior.logvar * 0.5).exp();
+        let per_chunk = (max_rows.max(1) / n.max(1)).clamp(1, k);
+        let mut chunks = Vec::new();
+        let mut done = 0;
+        while done < k {
+            let s = per_chunk.min(k - done);
+            chunks.push(self.log_weights(x, &posterior, &std, s));
+            done += s;
+        }
+        Ok(loss::log_mean_exp(&Tensor::cat(&chunks, 0)))
+    }
+
+    /// log p(x, z_i) − log q(z_i | x) for `s` fresh samples per image: `[s, N]`.
+    fn log_weights(&self, x: &Tensor, q: &Posterior, std: &Tensor, s: i64) -> Tensor {
+        let n = x.size()[0];
+        let latent = self.config.latent_dim;
+        let eps = Tensor::randn([s, n, latent], (Kind::Float, x.device()));
+        let z = &q.mu + &eps * std;
+        let logits = self.decode_unchecked(&z.view([s * n, latent]));
+        let targets = x
+            .unsqueeze(0)
+            .expand([s, -1, -1, -1, -1], false)
+            .reshape([s * n, -1]);
+        let log_px = -loss::bernoulli_nll(&logits.view([s * n, -1]), &targets).view([s, n]);
+        let log_pz = loss::standard_normal_log_density(&z);
+        let log_qz = loss::diagonal_normal_log_density(&eps, &q.logvar);
+        log_px + log_pz - log_qz
+    }
+}

@@ -1,0 +1,220 @@
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::loss::{bernoulli_nll, gaussian_kl, log_mean_exp};
+use crate::*;
+
+fn t(v: &[f32], shape: &[i64]) -> Tensor {
+    Tensor::from_slice(v).view(shape)
+}
+
+fn scalar(x: &Tensor) -> f64 {
+    x.double_value(&[])
+}
+
+#[test]
+fn gaussian_kl_matches_closed_form() {
+    // KL = ½ Σ (μ² + σ² − 1 − log σ²)
+    let mu = t(&[1.0, 0.0, 0.0, -2.0], &[2, 2]);
+    let logvar = t(&[0.0, 2f32.ln(), 0.0, -1.0], &[2, 2]);
+    let kl = gaussian_kl(&mu, &logvar);
+    let want0 = 0.5 * ((1.0 + 1.0 - 1.0 - 0.0) + (0.0 + 2.0 - 1.0 - 2f64.ln()));
+    let want1 = 0.5 * ((0.0 + 1.0 - 1.0) + (4.0 + (-1f64).exp() - 1.0 + 1.0));
+    assert!((scalar(&kl.get(0)) - want0).abs() < 1e-6);
+    assert!((scalar(&kl.get(1)) - want1).abs() < 1e-6);
+    // Zero exactly at the prior.
+    assert_eq!(
+        scalar(
+            &gaussian_kl(
+                &Tensor::zeros([1, 5], (Kind::Float, Device::Cpu)),
+                &Tensor::zeros([1, 5], (Kind::Float, Device::Cpu))
+            )
+            .get(0)
+        ),
+        0.0
+    );
+}
+
+#[test]
+fn bernoulli_nll_matches_direct_formula_and_is_stable() {
+    let logits = t(&[0.0, 2.0, -3.0, 0.5], &[1, 4]);
+    let x = t(&[1.0, 0.0, 0.0, 0.3], &[1, 4]);
+    let want: f64 = [(0.0f64, 1.0f64), (2.0, 0.0), (-3.0, 0.0), (0.5, 0.3)]
+        .iter()
+        .map(|&(l, x)| {
+            let p = 1.0 / (1.0 + (-l).exp());
+            -(x * p.ln() + (1.0 - x) * (1.0 - p).ln())
+        })
+        .sum();
+    assert!((scalar(&bernoulli_nll(&logits, &x).get(0)) - want).abs() < 1e-5);
+    // Huge logits do not overflow: a confident right answer costs ~0, a wrong one ~|logit|.
+    let big = t(&[1000.0, -1000.0], &[1, 2]);
+    let right = t(&[1.0, 0.0], &[1, 2]);
+    let wrong = t(&[0.0, 1.0], &[1, 2]);
+    assert!(scalar(&bernoulli_nll(&big, &right).get(0)).abs() < 1e-6);
+    assert!((scalar(&bernoulli_nll(&big, &wrong).get(0)) - 2000.0).abs() < 1e-3);
+}
+
+#[test]
+fn log_mean_exp_is_stable() {
+    let w = t(&[-1000.0, -1000.0, -1000.0 + 3f32.ln()], &[3, 1]);
+    // log((e^-1000 (1 + 1 + 3)) / 3) = -1000 + ln(5/3)
+    assert!((scalar(&log_mean_exp(&w).get(0)) - (-1000.0 + (5.0f64 / 3.0).ln())).abs() < 1e-3);
+}
+
+fn small_config() -> ConvVaeConfig {
+    ConvVaeConfig {
+        input_height: 8,
+        input_width: 12,
+        latent_dim: 3,
+        channels: vec![4, 6],
+        hidden_dim: Some(10),
+        ..ConvVaeConfig::default()
+    }
+}
+
+#[test]
+fn variables_are_named_after_fields_and_shapes_match_the_reference() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let _vae = ConvVae::new(&vs.root(), &ConvVaeConfig::default()).unwrap();
+    let vars = vs.variables();
+    let shape = |n: &str| {
+        vars.get(n)
+            .unwrap_or_else(|| panic!("missing {n}: {:?}", vars.keys()))
+            .size()
+    };
+    assert_eq!(shape("encoder.conv1.weight"), [32, 1, 4, 4]);
+    assert_eq!(shape("encoder.conv2.weight"), [64, 32, 4, 4]);
+    assert_eq!(shape("encoder.head.weight"), [64, 3136]);
+    assert_eq!(shape("decoder.fc.weight"), [3136, 32]);
+    assert_eq!(shape("decoder.deconv1.weight"), [64, 32, 4, 4]);
+    assert_eq!(shape("decoder.deconv2.weight"), [32, 1, 4, 4]);
+    assert_eq!(vars.len(), 12);
+    // PyTorch's default init bound for the head: 1/sqrt(3136).
+    let w = &vars["encoder.head.weight"];
+    assert!(scalar(&w.abs().max()) <= 1.0 / 3136f64.sqrt() + 1e-7);
+}
+
+#[test]
+fn forward_shapes_and_configurable_architecture() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = small_config();
+    let vae = ConvVae::new(&vs.root(), &cfg).unwrap();
+    let x = Tensor::rand([5, 1, 8, 12], (Kind::Float, Device::Cpu));
+    let out = vae.forward(&x).unwrap();
+    assert_eq!(out.logits.size(), [5, 1, 8, 12]);
+    assert_eq!(out.mu.size(), [5, 3]);
+    let terms = vae.elbo(&x).unwrap();
+    assert_eq!(terms.reconstruction.size(), [5]);
+    assert!(scalar(&terms.kl.min()) >= 0.0);
+    assert_eq!(vae.sample(7, 1.0).unwrap().size(), [7, 1, 8, 12]);
+    let r = vae.reconstruct(&x).unwrap();
+    assert!(scalar(&r.min()) >= 0.0 && scalar(&r.max()) <= 1.0);
+    assert!(vs.variables().contains_key("decoder.hidden.weight"));
+}
+
+#[test]
+fn wrong_shapes_are_errors_not_panics() {
+    let vs = nn::VarStore::new(Device::Cpu);
+    let vae = ConvVae::new(&vs.root(), &ConvVaeConfig::default()).unwrap();
+    let wrong = Tensor::zeros([2, 1, 32, 32], (Kind::Float, Device::Cpu));
+    let err = vae.elbo(&wrong).unwrap_err().to_string();
+    assert!(
+        err.contains("[N, 1, 28, 28]") && err.contains("[2, 1, 32, 32]"),
+        "{err}"
+    );
+    assert!(
+        vae.encode(&Tensor::zeros([28, 28], (Kind::Float, Device::Cpu)))
+            .is_err()
+    );
+    assert!(
+        vae.decode(&Tensor::zeros([1, 5], (Kind::Float, Device::Cpu)))
+            .is_err()
+    );
+    assert!(vae.sample(0, 1.0).is_err());
+    let x = Tensor::zeros([1, 1, 28, 28], (Kind::Float, Device::Cpu));
+    assert!(vae.log_likelihood_iw(&x, 0, 100).is_err());
+}
+
+#[test]
+fn invalid_configs_are_rejected() {
+    for cfg in [
+        ConvVaeConfig {
+            latent_dim: 0,
+            ..ConvVaeConfig::default()
+        },
+        ConvVaeConfig {
+            channels: vec![],
+            ..ConvVaeConfig::default()
+        },
+        ConvVaeConfig {
+            input_height: 30,
+            ..ConvVaeConfig::default()
+        },
+        ConvVaeConfig {
+            hidden_dim: Some(0),
+            ..ConvVaeConfig::default()
+        },
+    ] {
+        let vs = nn::VarStore::new(Device::Cpu);
+        assert!(
+            matches!(
+                ConvVae::new(&vs.root(), &cfg),
+                Err(ModelError::InvalidConfig(_))
+            ),
+            "{cfg:?}"
+        );
+    }
+    let toml_like: ConvVaeConfig = serde_json::from_str(r#"{"latent_dim": 2}"#).unwrap();
+    assert_eq!(
+        toml_like,
+        ConvVaeConfig {
+            latent_dim: 2,
+            ..ConvVaeConfig::default()
+        }
+    );
+    assert!(
+        serde_json::from_str::<ConvVaeConfig>(r#"{"latnt_dim": 2}"#).is_err(),
+        "typos are errors"
+    );
+}
+
+#[test]
+fn iw_bound_with_one_sample_is_the_elbo_in_expectation_and_rises_with_k() {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let vae = ConvVae::new(&vs.root(), &small_config()).unwrap();
+    let x = Tensor::rand([4, 1, 8, 12], (Kind::Float, Device::Cpu)).round();
+    tch::no_grad(|| {
+        let reps = 4000;
+        // Each call draws fresh samples: average many single-sample estimates.
+        let xr = x.repeat([reps, 1, 1, 1]);
+        let iw1 = scalar(
+            &vae.log_likelihood_iw(&xr, 1, 100_000)
+                .unwrap()
+                .mean(Kind::Float),
+        );
+        let elbo = scalar(&vae.elbo(&xr).unwrap().elbo().mean(Kind::Float));
+        let spread = scalar(&vae.log_likelihood_iw(&xr, 1, 100_000).unwrap().std(true));
+        let se = spread / ((4 * reps) as f64).sqrt();
+        assert!(
+            (iw1 - elbo).abs() < 5.0 * se + 0.05,
+            "IW(k=1) {iw1} vs ELBO {elbo} (se {se})"
+        );
+        let iw50 = scalar(
+            &vae.log_likelihood_iw(&x.repeat([50, 1, 1, 1]), 50, 1000)
+                .unwrap()
+                .mean(Kind::Float),
+        );
+        assert!(
+            iw50 > iw1 + 0.01,
+            "IW(k=50) {iw50} should exceed IW(k=1) {iw1}"
+        );
+        // Chunking does not change the estimator: small chunks give the same law.
+        let chunked = scalar(
+            &vae.log_likelihood_iw(&x.repeat([50, 1, 1, 1]), 50, 7)
+                .unwrap()
+                .mean(Kind::Float),
+        );
+        assert!((chunked - iw50).abs() < 0.5, "{chunked} vs {iw50}");
+    });
+}

@@ -1,0 +1,129 @@
+//! Project automation for vae-rs, run as `cargo xtask <task>` (an alias in `.cargo/config.toml`).
+//!
+//! Plain Rust instead of shell scripts; it never links libtorch, so it builds on a bare machine.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod datasets;
+mod libtorch;
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Tasks for the vae-rs workspace",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Only {
+    /// Only make libtorch available.
+    Libtorch,
+    /// Only fetch datasets.
+    Data,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Make libtorch 2.11 available to the build and fetch datasets into data/<name>/.
+    Download {
+        /// Dataset to fetch (repeatable): mnist, fashion-mnist.
+        #[arg(long = "dataset", default_value = "mnist")]
+        datasets: Vec<String>,
+        /// A URL or local directory to fetch dataset files from instead of the canonical mirrors
+        /// (repeatable; tried in order).
+        #[arg(long = "mirror")]
+        mirrors: Vec<String>,
+        /// Fetch (or reinstall) even what is present and verified.
+        #[arg(long)]
+        force: bool,
+        /// Do only one half.
+        #[arg(long, value_enum)]
+        only: Option<Only>,
+    },
+}
+
+/// The workspace root: the folder above this crate's manifest.
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace root")
+        .to_path_buf()
+}
+
+fn download(
+    datasets: &[String],
+    mirrors: &[String],
+    force: bool,
+    only: Option<Only>,
+) -> Result<()> {
+    let root = root();
+    if only != Some(Only::Data) {
+        let lt = libtorch::ensure(&root, force)?;
+        println!(
+            "libtorch: torch {} at {}{} -> .libtorch",
+            lt.version,
+            lt.dir.display(),
+            if lt.has_cuda() {
+                " (with CUDA)"
+            } else {
+                " (CPU only)"
+            }
+        );
+    }
+    if only != Some(Only::Libtorch) {
+        // Relative local mirrors are relative to where the user ran the command.
+        let cwd = std::env::current_dir()?;
+        let mirrors: Vec<String> = mirrors
+            .iter()
+            .map(|m| {
+                if m.contains("://") {
+                    m.clone()
+                } else {
+                    cwd.join(m).display().to_string()
+                }
+            })
+            .collect();
+        for name in datasets {
+            let spec = datasets::known(name)?;
+            let dir = root.join("data").join(&spec.name);
+            let outcomes = datasets::fetch_dataset(&spec, &dir, &mirrors, force)
+                .with_context(|| format!("downloading {name}"))?;
+            for (file, outcome) in outcomes {
+                match outcome {
+                    datasets::Outcome::Present => println!("{name}: {file} present, verified"),
+                    datasets::Outcome::Fetched(src) => {
+                        println!("{name}: {file} fetched from {src}, verified")
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Download {
+            datasets,
+            mirrors,
+            force,
+            only,
+        } => download(&datasets, &mirrors, force, only),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
