@@ -1,0 +1,127 @@
+//! `vae eval`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use vae_data::{MnistDataset, Split};
+use vae_train::{Checkpoint, evaluate_elbo, evaluate_iw, files, images_tensor, parse_device};
+
+/// Options of `vae eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    /// Run directory made by `vae train` (or a checkpoint file).
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Folder holding the MNIST-format test files.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Importance samples per image for the log-likelihood estimate (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    pub iw_samples: i64,
+    /// Test images for the importance-weighted estimate (the first N) [default: all].
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Which checkpoint of the run: best or last.
+    #[arg(long, default_value = "best")]
+    pub checkpoint: String,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// Seed of the binarisation and sampling noise.
+    #[arg(long, default_value_t = 123)]
+    pub seed: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: EvalArgs) -> Result<u8> {
+    if args.iw_samples < 0 {
+        bail!("--iw-samples must be at least 0, got {}", args.iw_samples);
+    }
+    let path = if args.run.is_dir() {
+        let name = match args.checkpoint.as_str() {
+            "best" => files::BEST,
+            "last" => files::LAST,
+            other => bail!("--checkpoint must be best or last, got {other:?}"),
+        };
+        args.run.join(name)
+    } else {
+        args.run.clone()
+    };
+    if !path.exists() {
+        bail!(
+            "{} not found: is {} a run directory made by `vae train`?",
+            path.display(),
+            args.run.display()
+        );
+    }
+    let device = parse_device(&args.device)?;
+    let (model, _vs, ckpt) = Checkpoint::load(&path)?.into_model(device)?;
+    let test = MnistDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
+    let cfg = model.config();
+    if test.image_size() != (cfg.input_height as usize, cfg.input_width as usize) {
+        bail!(
+            "the test images in {} are {}x{}, but the model was trained on {}x{}",
+            args.data.display(),
+            test.image_size().0,
+            test.image_size().1,
+            cfg.input_height,
+            cfg.input_width
+        );
+    }
+    let binarize = ckpt.train_config.binarize;
+    let x = images_tensor(&test, device);
+    let elbo = evaluate_elbo(&model, &x, binarize, args.seed)?;
+    let iw = if args.iw_samples > 0 {
+        let n = args.images.unwrap_or(test.len()).min(test.len());
+        if n == 0 {
+            bail!("--images must be at least 1");
+        }
+        Some(evaluate_iw(
+            &model,
+            &x.narrow(0, 0, n as i64),
+            args.iw_samples,
+            binarize,
+            args.seed,
+            !args.json,
+        )?)
+    } else {
+        None
+    };
+    if args.json {
+        let v = serde_json::json!({
+            "checkpoint": path.display().to_string(),
+            "epochs": ckpt.state.history.len(),
+            "step": ckpt.state.step,
+            "test_elbo": elbo.elbo,
+            "test_kl": elbo.kl,
+            "test_reconstruction": elbo.reconstruction,
+            "elbo_images": elbo.images,
+            "iw_log_likelihood": iw.map(|e| e.log_likelihood),
+            "iw_nll": iw.map(|e| -e.log_likelihood),
+            "iw_std_error": iw.map(|e| e.std_error),
+            "iw_k": iw.map(|e| e.k),
+            "iw_images": iw.map(|e| e.images),
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "checkpoint {} (epoch {}, step {})",
+            path.display(),
+            ckpt.state.history.len(),
+            ckpt.state.step
+        );
+        println!(
+            "test ELBO {:.2} nats (KL {:.2}, reconstruction {:.2}; {} images)",
+            elbo.elbo, elbo.kl, elbo.reconstruction, elbo.images
+        );
+        if let Some(e) = iw {
+            println!(
+                "test NLL {:.2} ± {:.2} nats (importance-weighted, k = {}, first {} images)",
+                -e.log_likelihood, e.std_error, e.k, e.images
+            );
+        }
+    }
+    Ok(0)
+}

@@ -1,0 +1,283 @@
+//! `vae train`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use tch::{Device, Tensor};
+use vae_data::{MnistDataset, Split};
+use vae_train::{
+    Checkpoint, Outcome, RunConfig, TrainConfig, Trainer, device_name, evaluate_elbo, files,
+    images_tensor,
+};
+
+use crate::EXIT_INTERRUPTED;
+use crate::grid::save_grid;
+
+/// Options of `vae train`. Precedence: defaults, then `--config`, then flags.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Folder holding the four MNIST-format IDX files (gzip or not).
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Run directory for checkpoints, metrics and pictures [default: runs/<timestamp>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint (`--epochs` may extend it).
+    #[arg(long, conflicts_with_all = ["out", "config", "latent_dim", "hidden_dim", "channels", "batch_size", "lr", "seed", "beta", "kl_warmup_steps", "grad_clip", "no_binarize", "validation_size"])]
+    pub resume: Option<PathBuf>,
+    /// TOML file with [model] and [train] tables (see a run's config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Passes over the training set [default: 10].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Dimension of the latent z [default: 32].
+    #[arg(long)]
+    pub latent_dim: Option<i64>,
+    /// Widths of the encoder's stride-2 convs, comma-separated [default: 32,64].
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Option<Vec<i64>>,
+    /// Add a dense hidden layer of this width to encoder and decoder.
+    #[arg(long)]
+    pub hidden_dim: Option<i64>,
+    /// Examples per step [default: 128].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Adam learning rate [default: 0.001].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Random seed [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// auto, cpu, cuda or cuda:N [default: auto].
+    #[arg(long)]
+    pub device: Option<String>,
+    /// libtorch CPU threads [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Weight of the KL term (β-VAE) [default: 1].
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Steps of linear KL warm-up from 0 to β [default: 0].
+    #[arg(long)]
+    pub kl_warmup_steps: Option<u64>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Train on continuous intensities instead of dynamically binarised pixels.
+    #[arg(long)]
+    pub no_binarize: bool,
+    /// Training images held out for validation [default: 10000].
+    #[arg(long)]
+    pub validation_size: Option<usize>,
+    /// Stop after this many steps (benchmarks).
+    #[arg(long, hide = true)]
+    pub max_steps: Option<u64>,
+}
+
+fn apply_flags(args: &TrainArgs, run: &mut RunConfig) {
+    let t = &mut run.train;
+    let m = &mut run.model;
+    if let Some(v) = args.epochs {
+        t.epochs = v;
+    }
+    if let Some(v) = args.batch_size {
+        t.batch_size = v;
+    }
+    if let Some(v) = args.lr {
+        t.lr = v;
+    }
+    if let Some(v) = args.seed {
+        t.seed = v;
+    }
+    if let Some(v) = &args.device {
+        t.device = v.clone();
+    }
+    if let Some(v) = args.threads {
+        t.threads = Some(v);
+    }
+    if let Some(v) = args.beta {
+        t.beta = v;
+    }
+    if let Some(v) = args.kl_warmup_steps {
+        t.kl_warmup_steps = v;
+    }
+    if let Some(v) = args.grad_clip {
+        t.grad_clip = Some(v);
+    }
+    if args.no_binarize {
+        t.binarize = false;
+    }
+    if let Some(v) = args.validation_size {
+        t.validation_size = v;
+    }
+    if let Some(v) = args.max_steps {
+        t.max_steps = Some(v);
+    }
+    if let Some(v) = args.latent_dim {
+        m.latent_dim = v;
+    }
+    if let Some(v) = &args.channels {
+        m.channels = v.clone();
+    }
+    if let Some(v) = args.hidden_dim {
+        m.hidden_dim = Some(v);
+    }
+}
+
+fn load_config(path: &Path) -> Result<RunConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+}
+
+/// Raises `flag` on the first Ctrl-C; a second one exits at once.
+fn install_interrupt_handler() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&flag);
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!(
+            "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to quit at once)"
+        );
+    });
+    flag
+}
+
+pub fn run(args: TrainArgs) -> Result<u8> {
+    let full =
+        MnistDataset::load(&args.data, Split::Train).context("cannot load the training set")?;
+    let mut trainer = if let Some(dir) = &args.resume {
+        let validation_size = Checkpoint::load(dir.join(files::LAST))?
+            .train_config
+            .validation_size;
+        let (train, val) = full.split_validation(validation_size)?;
+        Trainer::resume(dir, &train, &val, |c: &mut TrainConfig| {
+            if let Some(e) = args.epochs {
+                c.epochs = e;
+            }
+            if let Some(d) = &args.device {
+                c.device = d.clone();
+            }
+            if let Some(t) = args.threads {
+                c.threads = Some(t);
+            }
+            if let Some(s) = args.max_steps {
+                c.max_steps = Some(s);
+            }
+        })?
+    } else {
+        let mut run = match &args.config {
+            Some(p) => load_config(p)?,
+            None => RunConfig::default(),
+        };
+        apply_flags(&args, &mut run);
+        let (h, w) = full.image_size();
+        run.model.input_height = h as i64;
+        run.model.input_width = w as i64;
+        run.train.validate()?;
+        run.model.validate()?;
+        vae_train::parse_device(&run.train.device)?;
+        let (train, val) = full.split_validation(run.train.validation_size)?;
+        let out = args.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
+        });
+        Trainer::new(&out, run.model, run.train, &train, &val)?
+    };
+    let dir = trainer.run_dir().to_path_buf();
+    eprintln!(
+        "training on {} ({} threads), run directory {}",
+        device_name(trainer.device()),
+        tch::get_num_threads(),
+        dir.display()
+    );
+    trainer.set_progress(true);
+    trainer.set_interrupt_flag(install_interrupt_handler());
+    let outcome = trainer.run()?;
+    for m in trainer.state().history.iter().rev().take(1) {
+        eprintln!(
+            "epoch {}: train ELBO {:.2}, validation ELBO {:.2} nats ({:.0} images/s)",
+            m.epoch, m.train_elbo, m.val_elbo, m.images_per_s
+        );
+    }
+    match outcome {
+        Outcome::Interrupted => {
+            eprintln!(
+                "interrupted at step {}: checkpoint written to {}; continue with `vae train --resume {}`",
+                trainer.state().step,
+                dir.join(files::LAST).display(),
+                dir.display()
+            );
+            return Ok(EXIT_INTERRUPTED);
+        }
+        Outcome::StepLimit => {
+            eprintln!(
+                "stopped at step {} (step limit); checkpoint in {}",
+                trainer.state().step,
+                dir.display()
+            );
+            return Ok(0);
+        }
+        Outcome::Completed => {}
+    }
+    let device = trainer.device();
+    drop(trainer);
+    finish(&dir, &args.data, device)?;
+    Ok(0)
+}
+
+/// After training: pictures and the test ELBO of the best checkpoint.
+fn finish(dir: &Path, data: &Path, device: Device) -> Result<()> {
+    let best = dir.join(files::BEST);
+    let (model, _vs, ckpt) = Checkpoint::load(&best)?.into_model(device)?;
+    let test = MnistDataset::load(data, Split::Test).context("cannot load the test set")?;
+    let test_x = images_tensor(&test, device);
+    let (c, h, w) = (
+        model.config().input_channels,
+        model.config().input_height,
+        model.config().input_width,
+    );
+    if test.image_size() != (h as usize, w as usize) {
+        bail!(
+            "the test images are {:?}, the model was trained on {h}x{w}",
+            test.image_size()
+        );
+    }
+    tch::manual_seed(ckpt.train_config.seed as i64);
+    let samples = tch::no_grad(|| model.sample(64, 1.0))?;
+    save_grid(&dir.join("samples.png"), &samples, 8)?;
+    let n = 16.min(test.len() as i64);
+    let originals = test_x.narrow(0, 0, n).to_kind(tch::Kind::Float) / 255.0;
+    let recon = tch::no_grad(|| model.reconstruct(&originals))?;
+    // Rows of 8: originals, then their reconstructions, twice.
+    let mut rows = Vec::new();
+    for start in (0..n).step_by(8) {
+        let len = 8.min(n - start);
+        rows.push(originals.narrow(0, start, len));
+        rows.push(recon.narrow(0, start, len));
+    }
+    save_grid(
+        &dir.join("reconstructions.png"),
+        &Tensor::cat(&rows, 0).view([-1, c, h, w]),
+        8,
+    )?;
+    let test_elbo = evaluate_elbo(&model, &test_x, ckpt.train_config.binarize, 123)?;
+    println!(
+        "test ELBO {:.2} nats (KL {:.2}, reconstruction {:.2}; {} images, best checkpoint of epoch {})",
+        test_elbo.elbo,
+        test_elbo.kl,
+        test_elbo.reconstruction,
+        test_elbo.images,
+        ckpt.state.history.len()
+    );
+    println!(
+        "wrote {} and {}",
+        dir.join("samples.png").display(),
+        dir.join("reconstructions.png").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,302 @@
+//! Checkpoints: one safetensors file holding the model's weights (under their own names),
+//! optionally Adam's moments (`optimizer.m.<name>`, `optimizer.v.<name>`), and as header
+//! metadata the model config, train config and training state (JSON). Written atomically.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn};
+use vae_model::{ConvVae, ConvVaeConfig};
+
+use crate::config::TrainConfig;
+use crate::error::{Result, TrainError};
+
+/// The value of the `format` metadata key.
+pub const FORMAT: &str = "vae-rs-checkpoint/1";
+
+/// Metrics of one finished epoch (nats per example; ELBO is the bound itself, higher is better).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochMetrics {
+    /// Epoch, 1-based.
+    pub epoch: usize,
+    /// Global steps done at its end.
+    pub step: u64,
+    /// Mean training ELBO over the epoch's batches.
+    pub train_elbo: f64,
+    /// Mean training KL.
+    pub train_kl: f64,
+    /// Mean training reconstruction term −log p(x|z).
+    pub train_reconstruction: f64,
+    /// Validation ELBO.
+    pub val_elbo: f64,
+    /// Validation KL.
+    pub val_kl: f64,
+    /// Validation reconstruction term.
+    pub val_reconstruction: f64,
+    /// Learning rate at the epoch's end.
+    pub lr: f64,
+    /// Training throughput.
+    pub images_per_s: f64,
+    /// Training seconds of the epoch (validation excluded).
+    pub seconds: f64,
+}
+
+/// Sums over the current, unfinished epoch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct EpochAccum {
+    /// Σ reconstruction terms.
+    pub reconstruction: f64,
+    /// Σ KL terms.
+    pub kl: f64,
+    /// Examples seen.
+    pub examples: u64,
+    /// Training seconds so far.
+    pub seconds: f64,
+}
+
+/// Where training stands.
+///
+/// The random state is derived from `(seed, step)`: every step reseeds libtorch's generator
+/// from them, so the seed and the step count are the whole RNG state and a resumed run draws
+/// exactly the noise an uninterrupted one would.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// Adam's step counter.
+    pub adam_t: u64,
+    /// Best validation ELBO so far.
+    pub best_val_elbo: Option<f64>,
+    /// One entry per finished epoch.
+    pub history: Vec<EpochMetrics>,
+    /// Sums of the unfinished epoch.
+    pub partial: EpochAccum,
+}
+
+/// A checkpoint read from disk (tensors on the CPU).
+#[derive(Debug)]
+pub struct Checkpoint {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Architecture.
+    pub model_config: ConvVaeConfig,
+    /// Training settings.
+    pub train_config: TrainConfig,
+    /// Progress.
+    pub state: TrainState,
+    tensors: HashMap<String, Tensor>,
+}
+
+fn to_bytes(t: &Tensor) -> Result<(Vec<usize>, Vec<u8>)> {
+    let t = t
+        .detach()
+        .to_device(Device::Cpu)
+        .to_kind(Kind::Float)
+        .contiguous();
+    let shape = t.size().iter().map(|&d| d as usize).collect();
+    let values: Vec<f32> = Vec::try_from(&t.flatten(0, -1))?;
+    Ok((shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()))
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |source| TrainError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+        f.write_all(bytes).map_err(io_err(&tmp))?;
+        f.sync_all().map_err(io_err(&tmp))?;
+        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        // Make the rename itself durable.
+        if let Ok(d) = File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Saves a checkpoint of `vs` (and Adam's moments if given) to `path`, atomically.
+pub fn save(
+    path: &Path,
+    model_config: &ConvVaeConfig,
+    train_config: &TrainConfig,
+    state: &TrainState,
+    vs: &nn::VarStore,
+    moments: Option<(&[String], &[Tensor], &[Tensor])>,
+) -> Result<()> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, t) in vs.variables() {
+        let (shape, bytes) = to_bytes(&t)?;
+        owned.push((name, shape, bytes));
+    }
+    if let Some((names, m, v)) = moments {
+        for ((name, m), v) in names.iter().zip(m).zip(v) {
+            let (shape, bytes) = to_bytes(m)?;
+            owned.push((format!("optimizer.m.{name}"), shape, bytes));
+            let (shape, bytes) = to_bytes(v)?;
+            owned.push((format!("optimizer.v.{name}"), shape, bytes));
+        }
+    }
+    let mut meta = HashMap::new();
+    meta.insert("format".to_string(), FORMAT.to_string());
+    meta.insert("model_config".to_string(), json(model_config));
+    meta.insert("train_config".to_string(), json(train_config));
+    meta.insert("state".to_string(), json(state));
+    let views = owned
+        .iter()
+        .map(|(n, s, b)| TensorView::new(Dtype::F32, s.clone(), b).map(|v| (n.clone(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+    let bytes = safetensors::serialize(views, Some(meta)).map_err(|e| TrainError::Checkpoint {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    write_atomic(path, &bytes)
+}
+
+fn json<T: Serialize>(value: &T) -> String {
+    serde_json::to_string(value).expect("plain data serialises")
+}
+
+impl Checkpoint {
+    /// Reads and checks a checkpoint file.
+    pub fn load(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+            bad(format!(
+                "not a readable checkpoint (damaged or truncated?): {e}"
+            ))
+        })?;
+        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let meta = header.metadata().clone().unwrap_or_default();
+        match meta.get("format").map(String::as_str) {
+            Some(FORMAT) => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "unsupported checkpoint format {other:?} (this build reads {FORMAT})"
+                )));
+            }
+            None => return Err(bad("not a vae-rs checkpoint (no format metadata)".into())),
+        }
+        fn field<T: serde::de::DeserializeOwned>(
+            meta: &HashMap<String, String>,
+            key: &str,
+        ) -> Result<T, String> {
+            let raw = meta
+                .get(key)
+                .ok_or_else(|| format!("metadata lacks {key}"))?;
+            serde_json::from_str(raw).map_err(|e| format!("metadata {key} is invalid: {e}"))
+        }
+        let model_config: ConvVaeConfig = field(&meta, "model_config").map_err(bad)?;
+        let train_config: TrainConfig = field(&meta, "train_config").map_err(bad)?;
+        let state: TrainState = field(&meta, "state").map_err(bad)?;
+        let mut tensors = HashMap::new();
+        for (name, view) in st.tensors() {
+            if view.dtype() != Dtype::F32 {
+                return Err(bad(format!(
+                    "tensor {name} is {:?}, expected F32",
+                    view.dtype()
+                )));
+            }
+            let values: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            tensors.insert(name, Tensor::from_slice(&values).view(shape.as_slice()));
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            model_config,
+            train_config,
+            state,
+            tensors,
+        })
+    }
+
+    /// Copies the stored weights into `vs`, checking every variable is present with its shape.
+    pub fn restore_variables(&self, vs: &mut nn::VarStore) -> Result<()> {
+        let bad = |reason: String| TrainError::Checkpoint {
+            path: self.path.clone(),
+            reason,
+        };
+        let vars = vs.variables();
+        for (name, var) in &vars {
+            let stored = self
+                .tensors
+                .get(name)
+                .ok_or_else(|| bad(format!("has no {name}: it is from another architecture")))?;
+            if stored.size() != var.size() {
+                return Err(bad(format!(
+                    "holds {name} of shape {:?} but the model needs {:?} (another latent size or architecture?)",
+                    stored.size(),
+                    var.size()
+                )));
+            }
+        }
+        tch::no_grad(|| {
+            for (name, mut var) in vars {
+                var.copy_(&self.tensors[&name]);
+            }
+        });
+        Ok(())
+    }
+
+    /// Adam's stored moments for `names` (in that order), moved to `device`, if the checkpoint
+    /// has them all.
+    pub fn moments(&self, names: &[String], device: Device) -> Option<(Vec<Tensor>, Vec<Tensor>)> {
+        let get = |kind: &str, n: &String| {
+            self.tensors
+                .get(&format!("optimizer.{kind}.{n}"))
+                .map(|t| t.to_device(device))
+        };
+        let m = names
+            .iter()
+            .map(|n| get("m", n))
+            .collect::<Option<Vec<_>>>()?;
+        let v = names
+            .iter()
+            .map(|n| get("v", n))
+            .collect::<Option<Vec<_>>>()?;
+        Some((m, v))
+    }
+
+    /// Builds the model the checkpoint describes on `device` and loads its weights.
+    pub fn into_model(self, device: Device) -> Result<(ConvVae, nn::VarStore, Self)> {
+        let mut vs = nn::VarStore::new(device);
+        let model = ConvVae::new(&vs.root(), &self.model_config)?;
+        self.restore_variables(&mut vs)?;
+        Ok((model, vs, self))
+    }
+}

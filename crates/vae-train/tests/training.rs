@@ -1,0 +1,374 @@
+//! Training flows on a tiny synthetic dataset (CPU, seconds).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ndarray::{Array1, Array3};
+use tch::{Device, Kind, Tensor};
+use vae_data::MnistDataset;
+use vae_model::ConvVaeConfig;
+use vae_train::*;
+
+/// libtorch's random generator is global to the process: tests that train or sample take
+/// this lock so parallel tests do not draw from each other's streams.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Images of bars: image k has a vertical bar at column k % 8 and a horizontal one at row k / 8 % 8.
+fn bars(n: usize) -> MnistDataset {
+    let images = Array3::from_shape_fn((n, 8, 8), |(k, i, j)| {
+        if j == k % 8 || i == (k / 8) % 8 {
+            255u8
+        } else {
+            0
+        }
+    });
+    MnistDataset::from_arrays(images, Array1::from_iter((0..n).map(|k| (k % 10) as u8))).unwrap()
+}
+
+fn tiny_model() -> ConvVaeConfig {
+    ConvVaeConfig {
+        input_height: 8,
+        input_width: 8,
+        latent_dim: 4,
+        channels: vec![8, 16],
+        ..ConvVaeConfig::default()
+    }
+}
+
+fn tiny_train(epochs: usize) -> TrainConfig {
+    TrainConfig {
+        epochs,
+        batch_size: 16,
+        lr: 3e-3,
+        device: "cpu".into(),
+        threads: Some(1),
+        validation_size: 16,
+        seed: 7,
+        ..TrainConfig::default()
+    }
+}
+
+fn data() -> (MnistDataset, MnistDataset) {
+    bars(144).split_validation(16).unwrap()
+}
+
+fn weights(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<_> = vs.variables().into_iter().collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+fn assert_same_weights(a: &tch::nn::VarStore, b: &tch::nn::VarStore) {
+    for ((na, ta), (nb, tb)) in weights(a).iter().zip(weights(b).iter()) {
+        assert_eq!(na, nb);
+        let diff = (ta - tb).abs().max().double_value(&[]);
+        assert_eq!(diff, 0.0, "{na} differs by {diff}");
+    }
+}
+
+#[test]
+fn a_tiny_model_learns_and_writes_its_run_directory() {
+    let _g = lock();
+    let (train, val) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        lr: 1e-2,
+        ..tiny_train(40)
+    };
+    let mut t = Trainer::new(dir.path(), tiny_model(), cfg, &train, &val).unwrap();
+    assert_eq!(t.run().unwrap(), Outcome::Completed);
+    let h = &t.state().history;
+    assert_eq!(h.len(), 40);
+    let (first, last) = (h[0].train_elbo, h[39].train_elbo);
+    // 64 pixels: a random model sits near 64·ln2 ≈ 44 nats; 64 distinct bar images need
+    // about ln 64 ≈ 4 nats plus the KL. The loss must fall below half its start.
+    assert!(
+        -last < -first / 2.0,
+        "the loss should halve: {} -> {}",
+        -first,
+        -last
+    );
+    assert!(
+        -h[39].val_elbo < 0.6 * -h[0].val_elbo,
+        "validation falls too: {} -> {}",
+        -h[0].val_elbo,
+        -h[39].val_elbo
+    );
+    for f in [files::LAST, files::BEST, files::METRICS, files::CONFIG] {
+        assert!(dir.path().join(f).is_file(), "{f} missing");
+    }
+    let csv = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+    assert_eq!(csv.lines().count(), 41);
+    assert!(csv.starts_with("epoch,step,train_elbo"));
+    let cfg: RunConfig =
+        toml::from_str(&std::fs::read_to_string(dir.path().join(files::CONFIG)).unwrap()).unwrap();
+    assert_eq!(cfg.model, tiny_model());
+    // No temporary files after a clean finish.
+    let stray: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+#[test]
+fn checkpoint_round_trip_gives_identical_outputs() {
+    let _g = lock();
+    let (train, val) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(dir.path(), tiny_model(), tiny_train(2), &train, &val).unwrap();
+    t.run().unwrap();
+    let ckpt = Checkpoint::load(dir.path().join(files::LAST)).unwrap();
+    assert_eq!(ckpt.state.step, t.state().step);
+    assert_eq!(ckpt.train_config, *t.config());
+    let (model, vs, _) = ckpt.into_model(Device::Cpu).unwrap();
+    assert_same_weights(&vs, t.var_store());
+    let z = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
+    let a = t.model().decode(&z).unwrap();
+    let b = model.decode(&z).unwrap();
+    assert_eq!((a - b).abs().max().double_value(&[]), 0.0);
+    // best.safetensors loads as a model too, but cannot be resumed (no optimiser state).
+    assert!(
+        Checkpoint::load(dir.path().join(files::BEST))
+            .unwrap()
+            .into_model(Device::Cpu)
+            .is_ok()
+    );
+}
+
+#[test]
+fn two_epochs_equal_one_plus_resume_and_an_interrupted_run_resumes_exactly() {
+    let _g = lock();
+    let (train, val) = data();
+    let straight = tempfile::tempdir().unwrap();
+    let mut a = Trainer::new(straight.path(), tiny_model(), tiny_train(2), &train, &val).unwrap();
+    a.run().unwrap();
+
+    let split = tempfile::tempdir().unwrap();
+    let mut b = Trainer::new(split.path(), tiny_model(), tiny_train(1), &train, &val).unwrap();
+    b.run().unwrap();
+    drop(b);
+    let mut b = Trainer::resume(split.path(), &train, &val, |c| c.epochs = 2).unwrap();
+    assert_eq!(b.run().unwrap(), Outcome::Completed);
+    assert_same_weights(a.var_store(), b.var_store());
+    assert_eq!(a.state().history.len(), b.state().history.len());
+    assert_eq!(a.state().history[1].val_elbo, b.state().history[1].val_elbo);
+
+    // Interrupt in the middle of an epoch: a checkpoint is written; resuming ends identical.
+    let cut = tempfile::tempdir().unwrap();
+    let mut c = Trainer::new(cut.path(), tiny_model(), tiny_train(2), &train, &val).unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    c.set_interrupt_flag(Arc::clone(&flag));
+    flag.store(true, Ordering::SeqCst);
+    assert_eq!(c.run().unwrap(), Outcome::Interrupted);
+    let stopped_at = Checkpoint::load(cut.path().join(files::LAST))
+        .unwrap()
+        .state
+        .step;
+    assert_eq!(stopped_at, 1, "stops after the step in flight");
+    drop(c);
+    let mut c = Trainer::resume(cut.path(), &train, &val, |_| {}).unwrap();
+    assert_eq!(c.run().unwrap(), Outcome::Completed);
+    assert_same_weights(a.var_store(), c.var_store());
+}
+
+#[test]
+fn step_limit_stops_and_checkpoints() {
+    let _g = lock();
+    let (train, val) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = TrainConfig {
+        max_steps: Some(3),
+        ..tiny_train(5)
+    };
+    let mut t = Trainer::new(dir.path(), tiny_model(), cfg, &train, &val).unwrap();
+    assert_eq!(t.run().unwrap(), Outcome::StepLimit);
+    assert_eq!(
+        Checkpoint::load(dir.path().join(files::LAST))
+            .unwrap()
+            .state
+            .step,
+        3
+    );
+}
+
+#[test]
+fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
+    let _g = lock();
+    let (train, val) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(dir.path(), tiny_model(), tiny_train(1), &train, &val).unwrap();
+    t.run().unwrap();
+    let good = std::fs::read(dir.path().join(files::LAST)).unwrap();
+    drop(t);
+    // Poison the weights through a resumed run with an absurd learning rate.
+    let ckpt = Checkpoint::load(dir.path().join(files::LAST)).unwrap();
+    let mut cfg = ckpt.train_config.clone();
+    cfg.lr = 1e30;
+    cfg.epochs = 3;
+    let fresh = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(fresh.path(), tiny_model(), cfg, &train, &val).unwrap();
+    let err = t.run().unwrap_err();
+    assert!(
+        matches!(err, TrainError::NonFinite { epoch: 1, .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("epoch 1, step"), "{err}");
+    assert!(
+        !fresh.path().join(files::LAST).exists(),
+        "nothing written from a diverged epoch"
+    );
+    assert_eq!(std::fs::read(dir.path().join(files::LAST)).unwrap(), good);
+}
+
+#[test]
+fn damaged_checkpoints_and_mismatched_data_are_clear_errors() {
+    let _g = lock();
+    let (train, val) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(dir.path(), tiny_model(), tiny_train(1), &train, &val).unwrap();
+    t.run().unwrap();
+    let path = dir.path().join(files::LAST);
+    let bytes = std::fs::read(&path).unwrap();
+
+    let cut = dir.path().join("truncated.safetensors");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let err = Checkpoint::load(&cut).unwrap_err().to_string();
+    assert!(
+        err.contains("truncated.safetensors") && err.contains("damaged or truncated"),
+        "{err}"
+    );
+
+    let garbage = dir.path().join("garbage.safetensors");
+    std::fs::write(
+        &garbage,
+        b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a checkpoint",
+    )
+    .unwrap();
+    assert!(Checkpoint::load(&garbage).is_err());
+
+    // A run directory already holding a run is not overwritten.
+    let err = Trainer::new(dir.path(), tiny_model(), tiny_train(1), &train, &val)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("already holds a run"), "{err}");
+
+    // A checkpoint of another latent size does not load into this model.
+    let mut vs = tch::nn::VarStore::new(Device::Cpu);
+    let other = ConvVaeConfig {
+        latent_dim: 3,
+        ..tiny_model()
+    };
+    let _m = vae_model::ConvVae::new(&vs.root(), &other).unwrap();
+    let err = Checkpoint::load(&path)
+        .unwrap()
+        .restore_variables(&mut vs)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("another latent size"), "{err}");
+
+    // Data of another image size than the model.
+    let fresh = tempfile::tempdir().unwrap();
+    let err = Trainer::new(
+        fresh.path(),
+        ConvVaeConfig::default(),
+        tiny_train(1),
+        &train,
+        &val,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("8x8") && err.contains("28x28"), "{err}");
+}
+
+#[test]
+fn evaluation_is_reproducible_and_iw_beats_elbo() {
+    let _g = lock();
+    let (train, val) = data();
+    let dir = tempfile::tempdir().unwrap();
+    let mut t = Trainer::new(dir.path(), tiny_model(), tiny_train(5), &train, &val).unwrap();
+    t.run().unwrap();
+    let x = images_tensor(&val, Device::Cpu);
+    let a = evaluate_elbo(t.model(), &x, true, 1).unwrap();
+    let b = evaluate_elbo(t.model(), &x, true, 1).unwrap();
+    assert_eq!(a, b);
+    assert!((a.elbo + a.kl + a.reconstruction).abs() < 1e-9);
+    let iw = evaluate_iw(t.model(), &x, 200, true, 1, false).unwrap();
+    assert_eq!((iw.k, iw.images), (200, 16));
+    assert!(
+        iw.log_likelihood > a.elbo,
+        "IW {} should beat the ELBO {}",
+        iw.log_likelihood,
+        a.elbo
+    );
+    assert!(iw.std_error.is_finite() && iw.std_error > 0.0);
+}
+
+#[test]
+fn bad_settings_are_rejected_before_training() {
+    let _g = lock();
+    let (train, val) = data();
+    for (cfg, needle) in [
+        (
+            TrainConfig {
+                batch_size: 0,
+                ..tiny_train(1)
+            },
+            "batch size",
+        ),
+        (
+            TrainConfig {
+                epochs: 0,
+                ..tiny_train(1)
+            },
+            "epochs",
+        ),
+        (
+            TrainConfig {
+                lr: f64::NAN,
+                ..tiny_train(1)
+            },
+            "learning rate",
+        ),
+        (
+            TrainConfig {
+                batch_size: 1000,
+                ..tiny_train(1)
+            },
+            "larger than the training set",
+        ),
+        (
+            TrainConfig {
+                device: "tpu".into(),
+                ..tiny_train(1)
+            },
+            "unknown device",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let err = Trainer::new(dir.path(), tiny_model(), cfg, &train, &val)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(needle), "{err} should mention {needle}");
+    }
+}
+
+#[test]
+fn cuda_requests_fail_clearly_without_a_gpu() {
+    let _g = lock();
+    if tch::Cuda::is_available() {
+        return; // this machine has a GPU: the error cannot be provoked
+    }
+    let err = parse_device("cuda").unwrap_err().to_string();
+    assert!(
+        err.contains("no CUDA device is visible") || err.contains("without CUDA"),
+        "{err}"
+    );
+    assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
+    assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+}

@@ -1,0 +1,198 @@
+//! The `vae` command end to end, on small synthetic data (CPU).
+
+mod common;
+
+use common::*;
+
+const TINY: &[&str] = &[
+    "--epochs",
+    "2",
+    "--latent-dim",
+    "2",
+    "--channels",
+    "4,8",
+    "--batch-size",
+    "16",
+    "--validation-size",
+    "16",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+];
+
+#[test]
+fn train_eval_resume_on_synthetic_data() {
+    let data = tempfile::tempdir().unwrap();
+    synthetic_mnist(data.path(), 96, 24, 8);
+    let runs = tempfile::tempdir().unwrap();
+    let run = runs.path().join("r");
+    let (d, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
+
+    let mut args = vec!["train", "--data", d, "--out", r];
+    args.extend_from_slice(TINY);
+    let out = vae(&args);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("test ELBO"), "{stdout}");
+    for f in [
+        "last.safetensors",
+        "best.safetensors",
+        "metrics.csv",
+        "config.toml",
+        "samples.png",
+        "reconstructions.png",
+    ] {
+        assert!(run.join(f).is_file(), "{f} missing");
+    }
+    // 8x8 images, 2-pixel borders: 64 samples in 8 columns; 16 originals + 16 reconstructions.
+    let (w, h, px) = read_png(&run.join("samples.png"));
+    assert_eq!((w, h), (82, 82));
+    assert!(px.iter().any(|&p| p > 100), "samples are not all dark");
+    let (w, h, _) = read_png(&run.join("reconstructions.png"));
+    assert_eq!((w, h), (82, 42));
+
+    let out = vae(&[
+        "eval",
+        "--run",
+        r,
+        "--data",
+        d,
+        "--iw-samples",
+        "50",
+        "--images",
+        "8",
+        "--json",
+        "--device",
+        "cpu",
+    ]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["iw_k"], 50);
+    assert_eq!(v["iw_images"], 8);
+    assert_eq!(v["elbo_images"], 24);
+    let (nll, elbo) = (
+        v["iw_nll"].as_f64().unwrap(),
+        v["test_elbo"].as_f64().unwrap(),
+    );
+    assert!(
+        nll > 0.0 && -nll > elbo - 5.0,
+        "IW NLL {nll} vs ELBO {elbo}"
+    );
+
+    let out = vae(&[
+        "eval",
+        "--run",
+        r,
+        "--data",
+        d,
+        "--iw-samples",
+        "10",
+        "--images",
+        "4",
+        "--device",
+        "cpu",
+    ]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("test NLL") && stdout.contains("k = 10"),
+        "{stdout}"
+    );
+
+    // Resume to a third epoch.
+    let out = vae(&["train", "--data", d, "--resume", r, "--epochs", "3"]);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+}
+
+fn assert_fails(args: &[&str], needle: &str) {
+    let out = vae(args);
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{args:?} should fail\n{stdout}");
+    assert!(
+        stderr.contains(needle),
+        "{args:?}: stderr should mention {needle:?}:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+}
+
+#[test]
+fn bad_input_is_one_clear_sentence_and_a_failure() {
+    let data = tempfile::tempdir().unwrap();
+    synthetic_mnist(data.path(), 64, 16, 8);
+    let d = data.path().to_str().unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let o = out_dir.path().join("x");
+    let o = o.to_str().unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let e = empty.path().to_str().unwrap();
+
+    assert_fails(&["train", "--data", e], "cargo xtask download");
+    assert_fails(
+        &[
+            "train",
+            "--data",
+            d,
+            "--out",
+            o,
+            "--validation-size",
+            "16",
+            "--batch-size",
+            "0",
+        ],
+        "batch size must be at least 1",
+    );
+    assert_fails(
+        &["train", "--data", d, "--out", o, "--epochs", "-1"],
+        "invalid value",
+    );
+    assert_fails(
+        &["train", "--data", d, "--out", o, "--lr", "NaN"],
+        "learning rate",
+    );
+    assert_fails(
+        &["train", "--data", d, "--out", o],
+        "cannot hold out 10000 validation examples from 64",
+    );
+    assert_fails(
+        &["train", "--data", d, "--out", o, "--latent-dim", "0"],
+        "latent_dim must be at least 1",
+    );
+    assert_fails(
+        &["train", "--data", d, "--out", o, "--device", "tpu"],
+        "unknown device",
+    );
+    // 8x8 images through three stride-2 convs would be 1x1: allowed; five are not.
+    assert_fails(
+        &["train", "--data", d, "--out", o, "--channels", "2,2,2,2,2"],
+        "divisible by 32",
+    );
+    assert_fails(
+        &["eval", "--run", e, "--data", d],
+        "a run directory made by `vae train`",
+    );
+    assert_fails(&["train", "--data", d, "--resume", e], "last.safetensors");
+    if !tch::Cuda::is_available() {
+        assert_fails(
+            &["train", "--data", d, "--out", o, "--device", "cuda"],
+            "CUDA",
+        );
+    }
+    let cfg = out_dir.path().join("bad.toml");
+    std::fs::write(&cfg, "[model]\nlatnt_dim = 3\n").unwrap();
+    assert_fails(
+        &[
+            "train",
+            "--data",
+            d,
+            "--out",
+            o,
+            "--config",
+            cfg.to_str().unwrap(),
+        ],
+        "unknown field",
+    );
+}

@@ -1,0 +1,74 @@
+//! Helpers shared by the whole-flow tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use ndarray::{Array1, Array3};
+use vae_data::{IdxArray, write_idx};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Writes a small MNIST-layout dataset of `size` x `size` bar images into `dir`.
+pub fn synthetic_mnist(dir: &Path, train: usize, test: usize, size: usize) {
+    let make = |n: usize, offset: usize| {
+        let images = Array3::from_shape_fn((n, size, size), |(k, i, j)| {
+            let k = k + offset;
+            if j == k % size || i == (k / size) % size {
+                255u8
+            } else {
+                0
+            }
+        });
+        let labels = Array1::from_iter((0..n).map(|k| ((k + offset) % 10) as u8));
+        (images, labels)
+    };
+    for (prefix, n, offset) in [("train", train, 0), ("t10k", test, 1000)] {
+        let (images, labels) = make(n, offset);
+        write_idx(
+            dir.join(format!("{prefix}-images-idx3-ubyte.gz")),
+            &IdxArray::U8(images.into_dyn()),
+            true,
+        )
+        .unwrap();
+        write_idx(
+            dir.join(format!("{prefix}-labels-idx1-ubyte.gz")),
+            &IdxArray::U8(labels.into_dyn()),
+            true,
+        )
+        .unwrap();
+    }
+}
+
+/// Runs the `vae` binary.
+pub fn vae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vae"))
+        .args(args)
+        .output()
+        .expect("the vae binary runs")
+}
+
+/// Text of both output streams.
+pub fn text(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Decodes a PNG and returns (width, height, grayscale pixels).
+pub fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
+    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = decoder.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size().unwrap()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Grayscale);
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
