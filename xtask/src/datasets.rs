@@ -375,7 +375,8 @@ mod tests {
         assert_eq!(sha, spec.files[0].sha256);
 
         // A second run verifies and fetches nothing, even with no mirror reachable.
-        let again = fetch_dataset(&spec, dest.path(), std::slice::from_ref(&dead.url), false).unwrap();
+        let again =
+            fetch_dataset(&spec, dest.path(), std::slice::from_ref(&dead.url), false).unwrap();
         assert!(again.iter().all(|(_, o)| *o == Outcome::Present));
 
         // Only bad sources: an error naming each, and nothing under the final name.

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod bench;
 mod datasets;
 mod libtorch;
 
@@ -47,6 +48,43 @@ enum Task {
         /// Do only one half.
         #[arg(long, value_enum)]
         only: Option<Only>,
+    },
+    /// Time `vae train` against the PyTorch peer, side by side (and with --quality, compare
+    /// test ELBO and IW NLL after full training).
+    Bench {
+        /// Training steps per timed run.
+        #[arg(long, default_value_t = 300)]
+        steps: u64,
+        /// Alternating rounds of (ours, peer, peer with our malloc setting); 0 skips timing.
+        #[arg(long, default_value_t = 3)]
+        pairs: usize,
+        /// CPU threads for both.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Batch size for both.
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// cpu or cuda.
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        /// Also train both fully and compare test ELBO, IW NLL and time to the peer's ELBO.
+        #[arg(long)]
+        quality: bool,
+        /// Epochs of the --quality runs.
+        #[arg(long, default_value_t = 10)]
+        epochs: usize,
+        /// Importance samples of the --quality evaluation.
+        #[arg(long, default_value_t = 1000)]
+        iw: u64,
+        /// Test images of the --quality IW evaluation.
+        #[arg(long, default_value_t = 500)]
+        iw_images: usize,
+        /// The peer script [default: ../shared/bench/ref_pytorch_vae.py].
+        #[arg(long)]
+        peer: Option<PathBuf>,
+        /// Print one JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -118,6 +156,35 @@ fn main() -> ExitCode {
             force,
             only,
         } => download(&datasets, &mirrors, force, only),
+        Task::Bench {
+            steps,
+            pairs,
+            threads,
+            batch,
+            device,
+            quality,
+            epochs,
+            iw,
+            iw_images,
+            peer,
+            json,
+        } => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let args = bench::BenchArgs {
+                steps,
+                pairs,
+                threads,
+                batch,
+                device,
+                json,
+                quality,
+                epochs,
+                iw,
+                iw_images,
+                peer,
+            };
+            bench::run(&root(), &cargo, &args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -149,45 +149,7 @@ fn install_interrupt_handler() -> Arc<AtomicBool> {
 }
 
 pub fn run(args: TrainArgs) -> Result<u8> {
-    let full =
-        MnistDataset::load(&args.data, Split::Train).context("cannot load the training set")?;
-    let mut trainer = if let Some(dir) = &args.resume {
-        let validation_size = Checkpoint::load(dir.join(files::LAST))?
-            .train_config
-            .validation_size;
-        let (train, val) = full.split_validation(validation_size)?;
-        Trainer::resume(dir, &train, &val, |c: &mut TrainConfig| {
-            if let Some(e) = args.epochs {
-                c.epochs = e;
-            }
-            if let Some(d) = &args.device {
-                c.device = d.clone();
-            }
-            if let Some(t) = args.threads {
-                c.threads = Some(t);
-            }
-            if let Some(s) = args.max_steps {
-                c.max_steps = Some(s);
-            }
-        })?
-    } else {
-        let mut run = match &args.config {
-            Some(p) => load_config(p)?,
-            None => RunConfig::default(),
-        };
-        apply_flags(&args, &mut run);
-        let (h, w) = full.image_size();
-        run.model.input_height = h as i64;
-        run.model.input_width = w as i64;
-        run.train.validate()?;
-        run.model.validate()?;
-        vae_train::parse_device(&run.train.device)?;
-        let (train, val) = full.split_validation(run.train.validation_size)?;
-        let out = args.out.clone().unwrap_or_else(|| {
-            PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
-        });
-        Trainer::new(&out, run.model, run.train, &train, &val)?
-    };
+    let mut trainer = make_trainer(&args)?;
     let dir = trainer.run_dir().to_path_buf();
     eprintln!(
         "training on {} ({} threads), run directory {}",
@@ -228,6 +190,51 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     drop(trainer);
     finish(&dir, &args.data, device)?;
     Ok(0)
+}
+
+/// Loads the data and builds (or resumes) the trainer. The host copies of the data are
+/// dropped on return: the trainer holds its own on the training device.
+fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
+    let full =
+        MnistDataset::load(&args.data, Split::Train).context("cannot load the training set")?;
+    let trainer = if let Some(dir) = &args.resume {
+        let validation_size = Checkpoint::load(dir.join(files::LAST))?
+            .train_config
+            .validation_size;
+        let (train, val) = full.split_validation(validation_size)?;
+        Trainer::resume(dir, &train, &val, |c: &mut TrainConfig| {
+            if let Some(e) = args.epochs {
+                c.epochs = e;
+            }
+            if let Some(d) = &args.device {
+                c.device = d.clone();
+            }
+            if let Some(t) = args.threads {
+                c.threads = Some(t);
+            }
+            if let Some(s) = args.max_steps {
+                c.max_steps = Some(s);
+            }
+        })?
+    } else {
+        let mut run = match &args.config {
+            Some(p) => load_config(p)?,
+            None => RunConfig::default(),
+        };
+        apply_flags(args, &mut run);
+        let (h, w) = full.image_size();
+        run.model.input_height = h as i64;
+        run.model.input_width = w as i64;
+        run.train.validate()?;
+        run.model.validate()?;
+        vae_train::parse_device(&run.train.device)?;
+        let (train, val) = full.split_validation(run.train.validation_size)?;
+        let out = args.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
+        });
+        Trainer::new(&out, run.model, run.train, &train, &val)?
+    };
+    Ok(trainer)
 }
 
 /// After training: pictures and the test ELBO of the best checkpoint.

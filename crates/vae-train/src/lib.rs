@@ -28,6 +28,7 @@
 //! ```
 
 mod adam;
+mod alloc;
 mod checkpoint;
 mod config;
 mod device;
@@ -36,6 +37,7 @@ mod eval;
 mod trainer;
 
 pub use adam::Adam;
+pub use alloc::tune_allocator;
 pub use checkpoint::{
     Checkpoint, EpochAccum, EpochMetrics, FORMAT as CHECKPOINT_FORMAT, TrainState, write_atomic,
 };

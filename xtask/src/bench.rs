@@ -1,0 +1,399 @@
+//! `cargo xtask bench`: our `vae train` against the PyTorch peer
+//! (`../shared/bench/ref_pytorch_vae.py`), same data, model, batch, threads and steps,
+//! alternating runs, with training images/s, peak RSS and (with `--quality`) test ELBO,
+//! IW NLL and the time to reach the peer's test ELBO.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+/// Settings of a bench run.
+#[derive(Debug, Clone)]
+pub struct BenchArgs {
+    pub steps: u64,
+    pub pairs: usize,
+    pub threads: usize,
+    pub batch: usize,
+    pub device: String,
+    pub json: bool,
+    pub quality: bool,
+    pub epochs: usize,
+    pub iw: u64,
+    pub iw_images: usize,
+    pub peer: Option<PathBuf>,
+}
+
+/// The glibc setting our binary applies with `mallopt`, as an environment variable for the
+/// peer: the peer "with the same setting".
+const PEER_TUNABLES: &str =
+    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824";
+
+/// What one process did: its wall time, its peak resident memory, and its output.
+struct Measured {
+    wall: f64,
+    peak_rss_mb: f64,
+    stdout: String,
+}
+
+fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        l.strip_prefix("VmHWM:")?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+/// Runs `cmd`, sampling its peak RSS (VmHWM, a high-water mark) until it exits.
+fn measure(mut cmd: Command) -> Result<Measured> {
+    let started = Instant::now();
+    let out_file = tempfile::NamedTempFile::new()?;
+    let mut child = cmd
+        .stdout(out_file.reopen()?)
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    let mut peak = 0;
+    let stderr = child.stderr.take();
+    let err_thread = std::thread::spawn(move || {
+        let mut s = String::new();
+        if let Some(mut e) = stderr {
+            let _ = std::io::Read::read_to_string(&mut e, &mut s);
+        }
+        s
+    });
+    let status = loop {
+        if let Some(kb) = vm_hwm_kb(child.id()) {
+            peak = peak.max(kb);
+        }
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let wall = started.elapsed().as_secs_f64();
+    let stderr = err_thread.join().unwrap_or_default();
+    let stdout = std::fs::read_to_string(out_file.path())?;
+    if !status.success() {
+        bail!("{cmd:?} failed ({status}):\n{stdout}\n{stderr}");
+    }
+    Ok(Measured {
+        wall,
+        peak_rss_mb: peak as f64 / 1024.0,
+        stdout,
+    })
+}
+
+/// Reads the JSON metadata of a safetensors file's header.
+fn checkpoint_state(path: &Path) -> Result<Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let n = u64::from_le_bytes(bytes.get(..8).context("short file")?.try_into()?) as usize;
+    let header: Value = serde_json::from_slice(bytes.get(8..8 + n).context("short header")?)?;
+    let state = header["__metadata__"]["state"]
+        .as_str()
+        .context("no state in checkpoint")?;
+    Ok(serde_json::from_str(state)?)
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+struct Tools {
+    vae: PathBuf,
+    python: PathBuf,
+    peer: PathBuf,
+    data: PathBuf,
+    scratch: tempfile::TempDir,
+}
+
+fn ours_train(t: &Tools, a: &BenchArgs, out: &Path, extra: &[String]) -> Command {
+    let mut c = Command::new(&t.vae);
+    c.arg("train")
+        .arg("--data")
+        .arg(&t.data)
+        .arg("--out")
+        .arg(out);
+    c.args(["--threads", &a.threads.to_string(), "--device", &a.device]);
+    c.args(extra);
+    c
+}
+
+fn peer_cmd(t: &Tools, a: &BenchArgs, extra: &[String], tuned: bool) -> Command {
+    let mut c = Command::new(&t.python);
+    c.arg(&t.peer).arg("--data").arg(&t.data);
+    c.args([
+        "--threads",
+        &a.threads.to_string(),
+        "--batch",
+        &a.batch.to_string(),
+        "--device",
+        &a.device,
+    ]);
+    c.args(extra);
+    c.env("PYTHONWARNINGS", "ignore");
+    if tuned {
+        c.env("GLIBC_TUNABLES", PEER_TUNABLES);
+    }
+    c
+}
+
+fn peer_json(m: &Measured) -> Result<Value> {
+    let line = m
+        .stdout
+        .lines()
+        .rev()
+        .find(|l| l.trim_start().starts_with('{'))
+        .context("the peer printed no JSON")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
+    let mut runs = Vec::new();
+    let (mut ours_ips, mut peer_ips, mut tuned_ips) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ours_rss, mut peer_rss, mut tuned_rss) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ratio, mut ratio_tuned) = (Vec::new(), Vec::new());
+    for pair in 0..a.pairs {
+        let out = t.scratch.path().join(format!("speed-{pair}"));
+        let extra = vec![
+            "--max-steps".into(),
+            a.steps.to_string(),
+            "--batch-size".into(),
+            a.batch.to_string(),
+        ];
+        let ours = measure(ours_train(t, a, &out, &extra))?;
+        let state = checkpoint_state(&out.join("last.safetensors"))?;
+        let ips = state["partial"]["examples"].as_f64().unwrap_or(0.0)
+            / state["partial"]["seconds"].as_f64().unwrap_or(f64::NAN);
+        let peer_extra = vec!["--steps".into(), a.steps.to_string()];
+        let peer = measure(peer_cmd(t, a, &peer_extra, false))?;
+        let pj = peer_json(&peer)?;
+        let tuned = measure(peer_cmd(t, a, &peer_extra, true))?;
+        let tj = peer_json(&tuned)?;
+        let (p_ips, t_ips) = (
+            pj["train_images_per_s"].as_f64().unwrap_or(f64::NAN),
+            tj["train_images_per_s"].as_f64().unwrap_or(f64::NAN),
+        );
+        if !a.json {
+            println!(
+                "pair {}: ours {:7.0} img/s {:6.0} MB | peer {:7.0} img/s {:6.0} MB | peer+malloc {:7.0} img/s {:6.0} MB | ours/peer {:.2} ours/peer+malloc {:.2}",
+                pair + 1,
+                ips,
+                ours.peak_rss_mb,
+                p_ips,
+                peer.peak_rss_mb,
+                t_ips,
+                tuned.peak_rss_mb,
+                ips / p_ips,
+                ips / t_ips
+            );
+        }
+        runs.push(json!({"pair": pair + 1, "ours_images_per_s": ips, "ours_peak_rss_mb": ours.peak_rss_mb, "ours_wall_s": ours.wall,
+            "peer_images_per_s": p_ips, "peer_peak_rss_mb": peer.peak_rss_mb, "peer_wall_s": peer.wall,
+            "peer_malloc_images_per_s": t_ips, "peer_malloc_peak_rss_mb": tuned.peak_rss_mb}));
+        ratio.push(ips / p_ips);
+        ratio_tuned.push(ips / t_ips);
+        ours_ips.push(ips);
+        peer_ips.push(p_ips);
+        tuned_ips.push(t_ips);
+        ours_rss.push(ours.peak_rss_mb);
+        peer_rss.push(peer.peak_rss_mb);
+        tuned_rss.push(tuned.peak_rss_mb);
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let summary = json!({
+        "ours_images_per_s": median(&mut ours_ips), "peer_images_per_s": median(&mut peer_ips), "peer_malloc_images_per_s": median(&mut tuned_ips),
+        "ratio_ours_over_peer": median(&mut ratio), "ratio_ours_over_peer_malloc": median(&mut ratio_tuned),
+        "ours_peak_rss_mb": median(&mut ours_rss), "peer_peak_rss_mb": median(&mut peer_rss), "peer_malloc_peak_rss_mb": median(&mut tuned_rss),
+    });
+    if !a.json {
+        println!(
+            "median: ours {:.0} img/s, peer {:.0} (with our malloc setting {:.0}); ours/peer {:.2} ({:.2}); peak RSS ours {:.0} MB, peer {:.0} MB ({:.0} MB)",
+            summary["ours_images_per_s"].as_f64().unwrap_or(f64::NAN),
+            summary["peer_images_per_s"].as_f64().unwrap_or(f64::NAN),
+            summary["peer_malloc_images_per_s"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            summary["ratio_ours_over_peer"].as_f64().unwrap_or(f64::NAN),
+            summary["ratio_ours_over_peer_malloc"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+            summary["ours_peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            summary["peer_peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
+            summary["peer_malloc_peak_rss_mb"]
+                .as_f64()
+                .unwrap_or(f64::NAN),
+        );
+    }
+    Ok(json!({"runs": runs, "median": summary}))
+}
+
+/// Per-epoch (cumulative training seconds, validation ELBO) from a run's metrics.csv.
+fn curve(run: &Path) -> Result<Vec<(f64, f64)>> {
+    let csv = std::fs::read_to_string(run.join("metrics.csv"))?;
+    let mut header = Vec::new();
+    let mut out = Vec::new();
+    let mut total = 0.0;
+    for (i, line) in csv.lines().enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        if i == 0 {
+            header = cells.iter().map(|s| s.to_string()).collect();
+            continue;
+        }
+        let col = |name: &str| {
+            header
+                .iter()
+                .position(|h| h == name)
+                .and_then(|j| cells.get(j)?.parse::<f64>().ok())
+        };
+        total += col("seconds").unwrap_or(0.0);
+        out.push((total, col("val_elbo").unwrap_or(f64::NAN)));
+    }
+    Ok(out)
+}
+
+fn quality(t: &Tools, a: &BenchArgs) -> Result<Value> {
+    let run = t.scratch.path().join("quality");
+    let train = measure(ours_train(
+        t,
+        a,
+        &run,
+        &["--epochs".into(), a.epochs.to_string()],
+    ))?;
+    let mut eval = Command::new(&t.vae);
+    eval.arg("eval")
+        .arg("--run")
+        .arg(&run)
+        .arg("--data")
+        .arg(&t.data);
+    eval.args([
+        "--iw-samples",
+        &a.iw.to_string(),
+        "--images",
+        &a.iw_images.to_string(),
+        "--device",
+        &a.device,
+        "--json",
+    ]);
+    let ev: Value = serde_json::from_str(measure(eval)?.stdout.trim())?;
+    let curve = curve(&run)?;
+    let ours_seconds = curve.last().map_or(f64::NAN, |c| c.0);
+    let peer = measure(peer_cmd(
+        t,
+        a,
+        &[
+            "--epochs".into(),
+            a.epochs.to_string(),
+            "--iw".into(),
+            a.iw.to_string(),
+            "--iw-images".into(),
+            a.iw_images.to_string(),
+        ],
+        false,
+    ))?;
+    let pj = peer_json(&peer)?;
+    let peer_elbo = pj["test_elbo_nats"].as_f64().unwrap_or(f64::NAN);
+    let peer_seconds = pj["seconds"].as_f64().unwrap_or(f64::NAN);
+    // Our first epoch whose validation ELBO reaches the peer's final test ELBO.
+    let reach = curve.iter().find(|(_, v)| *v >= peer_elbo).map(|c| c.0);
+    let result = json!({
+        "epochs": a.epochs, "iw_k": a.iw, "iw_images": a.iw_images,
+        "ours": {"test_elbo": ev["test_elbo"], "iw_nll": ev["iw_nll"], "iw_std_error": ev["iw_std_error"], "train_seconds": ours_seconds,
+                 "wall_s": train.wall, "peak_rss_mb": train.peak_rss_mb, "seconds_to_peer_test_elbo": reach},
+        "peer": {"test_elbo": peer_elbo, "iw_nll": pj["iw_nll_nats"], "train_seconds": peer_seconds, "wall_s": peer.wall, "peak_rss_mb": peer.peak_rss_mb},
+        "time_to_peer_elbo_ratio": reach.map(|r| r / peer_seconds),
+    });
+    if !a.json {
+        println!(
+            "quality after {} epochs: ours test ELBO {:.2}, IW NLL {:.2} ± {:.2} (k={}, {} images), {:.0} s training | peer test ELBO {:.2}, IW NLL {}, {:.0} s",
+            a.epochs,
+            ev["test_elbo"].as_f64().unwrap_or(f64::NAN),
+            ev["iw_nll"].as_f64().unwrap_or(f64::NAN),
+            ev["iw_std_error"].as_f64().unwrap_or(f64::NAN),
+            a.iw,
+            a.iw_images,
+            ours_seconds,
+            peer_elbo,
+            pj["iw_nll_nats"],
+            peer_seconds
+        );
+        match reach {
+            Some(r) => println!(
+                "ours reached the peer's test ELBO ({peer_elbo:.2}, on validation) after {r:.0} s: {:.2}x the peer's time",
+                r / peer_seconds
+            ),
+            None => println!(
+                "ours did not reach the peer's test ELBO ({peer_elbo:.2}) on validation within {} epochs",
+                a.epochs
+            ),
+        }
+    }
+    Ok(result)
+}
+
+pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
+    let data = root.join("data/mnist");
+    if !data.join("train-images-idx3-ubyte.gz").is_file() {
+        bail!(
+            "{} has no MNIST: run `cargo xtask download` first",
+            data.display()
+        );
+    }
+    let lt = crate::libtorch::current(root)
+        .context("no libtorch set up: run `cargo xtask download` first")?;
+    let python = lt.python.clone().context(
+        "the libtorch in .libtorch belongs to no Python with torch, so the peer cannot run",
+    )?;
+    let peer = a
+        .peer
+        .clone()
+        .unwrap_or_else(|| root.join("../shared/bench/ref_pytorch_vae.py"));
+    if !peer.is_file() {
+        bail!("peer script {} not found (pass --peer)", peer.display());
+    }
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "vae-cli"])
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --release -p vae-cli failed");
+    }
+    let tools = Tools {
+        vae: root.join("target/release/vae"),
+        python,
+        peer,
+        data,
+        scratch: tempfile::tempdir()?,
+    };
+    if !a.json {
+        println!(
+            "bench: {} steps x batch {} on {}, {} threads, {} pairs (ours, peer, peer with our malloc setting)",
+            a.steps, a.batch, a.device, a.threads, a.pairs
+        );
+    }
+    let mut report = json!({"device": a.device, "threads": a.threads, "batch": a.batch, "steps": a.steps, "pairs": a.pairs});
+    if a.pairs > 0 {
+        report["speed"] = speed(&tools, a)?;
+    }
+    if a.quality {
+        report["quality"] = quality(&tools, a)?;
+    }
+    if a.json {
+        println!("{report}");
+    }
+    Ok(())
+}
