@@ -62,13 +62,29 @@ pub fn text(out: &Output) -> (String, String) {
     )
 }
 
-/// Decodes a PNG and returns (width, height, grayscale pixels).
+/// Decodes a grayscale PNG and returns (width, height, pixels).
 pub fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
-    let decoder = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let (w, h, color, px) = read_any_png(path);
+    assert_eq!(color, png::ColorType::Grayscale, "{}", path.display());
+    (w, h, px)
+}
+
+/// Decodes a PNG and returns (width, height, colour type, bytes).
+pub fn read_any_png(path: &Path) -> (u32, u32, png::ColorType, Vec<u8>) {
+    let file = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let decoder = png::Decoder::new(std::io::BufReader::new(file));
     let mut reader = decoder.read_info().unwrap();
     let mut buf = vec![0; reader.output_buffer_size().unwrap()];
     let info = reader.next_frame(&mut buf).unwrap();
-    assert_eq!(info.color_type, png::ColorType::Grayscale);
     buf.truncate(info.buffer_size());
-    (info.width, info.height, buf)
+    (info.width, info.height, info.color_type, buf)
+}
+
+/// The Python holding the torch that `cargo xtask download` set up (recorded beside
+/// `.libtorch`).
+pub fn torch_python() -> PathBuf {
+    let recorded = root().join(".libtorch-python");
+    let text = std::fs::read_to_string(&recorded)
+        .unwrap_or_else(|_| panic!("{} missing: run `cargo xtask download`", recorded.display()));
+    PathBuf::from(text.trim())
 }

@@ -105,6 +105,14 @@ fn download(
     let root = root();
     if only != Some(Only::Data) {
         let lt = libtorch::ensure(&root, force)?;
+        // Tests and benchmarks run the PyTorch peer with this Python.
+        let record = root.join(".libtorch-python");
+        match &lt.python {
+            Some(p) => std::fs::write(&record, format!("{}\n", p.display()))?,
+            None => {
+                let _ = std::fs::remove_file(&record);
+            }
+        }
         println!(
             "libtorch: torch {} at {}{} -> .libtorch",
             lt.version,

@@ -5,7 +5,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod eval;
+mod explore;
 mod grid;
+mod plot;
+mod sweep;
 mod train;
 
 #[derive(Parser)]
@@ -27,6 +30,21 @@ enum Command {
     /// Evaluate a run on the test set: ELBO and importance-weighted log-likelihood.
     #[command(allow_negative_numbers = true)]
     Eval(eval::EvalArgs),
+    /// Draw a grid of images from the prior.
+    Sample(explore::SampleArgs),
+    /// Show test images above their reconstructions.
+    Reconstruct(explore::ReconstructArgs),
+    /// Decode the path between two test images' latent means.
+    Interpolate(explore::InterpolateArgs),
+    /// The decoded latent manifold (2-D latents) or per-dimension traversals (larger ones).
+    Manifold(explore::ManifoldArgs),
+    /// Latent means and log-variances as CSV (and .npy), with an optional scatter plot.
+    Latents(explore::LatentsArgs),
+    /// Train one model per latent size and compare them.
+    #[command(allow_negative_numbers = true)]
+    Sweep(sweep::SweepArgs),
+    /// Write the weights with the PyTorch reference module's parameter names.
+    Export(explore::ExportArgs),
 }
 
 /// Exit status for a run stopped by Ctrl-C (128 + SIGINT), as shells expect.
@@ -48,6 +66,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Train(args) => train::run(*args),
         Command::Eval(args) => eval::run(args),
+        Command::Sample(args) => explore::sample(args),
+        Command::Reconstruct(args) => explore::reconstruct(args),
+        Command::Interpolate(args) => explore::interpolate(args),
+        Command::Manifold(args) => explore::manifold(args),
+        Command::Latents(args) => explore::latents(args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::Export(args) => explore::export(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

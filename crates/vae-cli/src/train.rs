@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use tch::{Device, Tensor};
+use tch::Device;
 use vae_data::{MnistDataset, Split};
 use vae_train::{
     Checkpoint, Outcome, RunConfig, TrainConfig, Trainer, device_name, evaluate_elbo, files,
@@ -243,7 +243,7 @@ fn finish(dir: &Path, data: &Path, device: Device) -> Result<()> {
     let (model, _vs, ckpt) = Checkpoint::load(&best)?.into_model(device)?;
     let test = MnistDataset::load(data, Split::Test).context("cannot load the test set")?;
     let test_x = images_tensor(&test, device);
-    let (c, h, w) = (
+    let (_, h, w) = (
         model.config().input_channels,
         model.config().input_height,
         model.config().input_width,
@@ -257,21 +257,8 @@ fn finish(dir: &Path, data: &Path, device: Device) -> Result<()> {
     tch::manual_seed(ckpt.train_config.seed as i64);
     let samples = tch::no_grad(|| model.sample(64, 1.0))?;
     save_grid(&dir.join("samples.png"), &samples, 8)?;
-    let n = 16.min(test.len() as i64);
-    let originals = test_x.narrow(0, 0, n).to_kind(tch::Kind::Float) / 255.0;
-    let recon = tch::no_grad(|| model.reconstruct(&originals))?;
-    // Rows of 8: originals, then their reconstructions, twice.
-    let mut rows = Vec::new();
-    for start in (0..n).step_by(8) {
-        let len = 8.min(n - start);
-        rows.push(originals.narrow(0, start, len));
-        rows.push(recon.narrow(0, start, len));
-    }
-    save_grid(
-        &dir.join("reconstructions.png"),
-        &Tensor::cat(&rows, 0).view([-1, c, h, w]),
-        8,
-    )?;
+    crate::explore::reconstruction_grid(&model, &test_x, 16, &dir.join("reconstructions.png"))?;
+    crate::explore::write_curves(&dir.join("curves.png"), &ckpt.state.history)?;
     let test_elbo = evaluate_elbo(&model, &test_x, ckpt.train_config.binarize, 123)?;
     println!(
         "test ELBO {:.2} nats (KL {:.2}, reconstruction {:.2}; {} images, best checkpoint of epoch {})",
@@ -282,9 +269,10 @@ fn finish(dir: &Path, data: &Path, device: Device) -> Result<()> {
         ckpt.state.history.len()
     );
     println!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         dir.join("samples.png").display(),
-        dir.join("reconstructions.png").display()
+        dir.join("reconstructions.png").display(),
+        dir.join("curves.png").display()
     );
     Ok(())
 }

@@ -24,6 +24,9 @@ pub struct ConvVaeConfig {
     /// An optional dense hidden layer (with ReLU) between the conv stack and the latent heads,
     /// mirrored in the decoder.
     pub hidden_dim: Option<i64>,
+    /// Parameter sharing: each decoder transposed conv reuses the weight tensor of the mirrored
+    /// encoder conv (same shape), halving the conv weights. Biases stay separate.
+    pub tie_weights: bool,
 }
 
 impl Default for ConvVaeConfig {
@@ -35,6 +38,7 @@ impl Default for ConvVaeConfig {
             latent_dim: 32,
             channels: vec![32, 64],
             hidden_dim: None,
+            tie_weights: false,
         }
     }
 }

@@ -1,4 +1,4 @@
-use tch::nn::{self, Module};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::config::ConvVaeConfig;
@@ -62,12 +62,52 @@ struct Encoder {
     head: nn::Linear,
 }
 
+/// A stride-2, k4, p1 transposed conv whose weight may be borrowed from an encoder conv.
+#[derive(Debug)]
+struct Deconv {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Deconv {
+    fn own(p: nn::Path<'_>, i: i64, o: i64) -> Self {
+        let d = deconv(p, i, o);
+        Self {
+            weight: d.ws,
+            bias: d.bs.expect("deconvs have biases"),
+        }
+    }
+
+    /// Shares `weight` (an encoder conv's `[o_enc, i_enc, 4, 4]`, which is exactly the shape
+    /// of the mirrored `ConvTranspose(o_enc → i_enc)`); only the bias is new.
+    fn tied(p: nn::Path<'_>, weight: &Tensor) -> Self {
+        let out = weight.size()[1];
+        let bias = p.var("bias", &[out], torch_default(out * 16));
+        Self {
+            weight: weight.shallow_clone(),
+            bias,
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        x.conv_transpose2d(
+            &self.weight,
+            Some(&self.bias),
+            [2, 2],
+            [1, 1],
+            [0, 0],
+            1,
+            [1, 1],
+        )
+    }
+}
+
 /// p(x | z): an optional dense layer, a dense layer to the conv grid, stride-2 transposed convs.
 #[derive(Debug)]
 struct Decoder {
     hidden: Option<nn::Linear>,
     fc: nn::Linear,
-    deconvs: Vec<nn::ConvTranspose2D>,
+    deconvs: Vec<Deconv>,
 }
 
 /// The approximate posterior q(z | x) = N(μ, diag σ²).
@@ -151,7 +191,13 @@ impl ConvVae {
         let mut deconvs = Vec::new();
         let mut c_in = c_last;
         for (i, &c) in outs.iter().enumerate() {
-            deconvs.push(deconv(&dec / format!("deconv{}", i + 1), c_in, c));
+            let p = &dec / format!("deconv{}", i + 1);
+            deconvs.push(if config.tie_weights {
+                // deconv1 mirrors the last conv, deconv2 the one before, ...
+                Deconv::tied(p, &convs[convs.len() - 1 - i].ws)
+            } else {
+                Deconv::own(p, c_in, c)
+            });
             c_in = c;
         }
         Ok(Self {

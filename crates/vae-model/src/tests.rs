@@ -218,3 +218,36 @@ fn iw_bound_with_one_sample_is_the_elbo_in_expectation_and_rises_with_k() {
         assert!((chunked - iw50).abs() < 0.5, "{chunked} vs {iw50}");
     });
 }
+
+#[test]
+fn tied_weights_share_the_encoder_tensors_and_halve_conv_parameters() {
+    let count = |tie| {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let vae = ConvVae::new(
+            &vs.root(),
+            &ConvVaeConfig {
+                tie_weights: tie,
+                ..ConvVaeConfig::default()
+            },
+        )
+        .unwrap();
+        let conv_params: i64 = vs
+            .variables()
+            .iter()
+            .filter(|(n, _)| n.contains("conv"))
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        (vs, vae, conv_params)
+    };
+    let (_, _, untied) = count(false);
+    let (vs, vae, tied) = count(true);
+    let weights = 32 * 16 + 64 * 32 * 16;
+    assert_eq!(untied - tied, weights, "the two deconv weights are gone");
+    assert!(!vs.variables().contains_key("decoder.deconv1.weight"));
+    assert!(vs.variables().contains_key("decoder.deconv1.bias"));
+    // Gradients from the decoder reach the shared encoder weight.
+    let z = Tensor::randn([2, 32], (Kind::Float, Device::Cpu));
+    vae.decode(&z).unwrap().sum(Kind::Float).backward();
+    let g = vs.variables()["encoder.conv2.weight"].grad();
+    assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}

@@ -1,0 +1,203 @@
+//! `vae sweep`: one model per latent size (same seed and budget), compared on validation
+//! ELBO, test IW NLL and active units: the principled way to choose the latent size.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use tch::{Device, Kind};
+use vae_data::{MnistDataset, Split};
+use vae_model::ConvVaeConfig;
+use vae_train::{
+    Checkpoint, TrainConfig, Trainer, evaluate_iw, files, images_tensor, parse_device,
+};
+
+use crate::explore::encode_all;
+
+/// Options of `vae sweep`.
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    /// Latent sizes to train, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,8,16,32,64")]
+    pub latent_dims: Vec<i64>,
+    /// Epochs per model.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Also train each size with tied encoder/decoder conv weights.
+    #[arg(long)]
+    pub tie_weights: bool,
+    /// Folder holding the four MNIST-format IDX files.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Directory for the runs and the table [default: runs/sweep-<timestamp>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Importance samples for the test NLL.
+    #[arg(long, default_value_t = 100)]
+    pub iw_samples: i64,
+    /// Test images for the NLL and active units (the first N).
+    #[arg(long, default_value_t = 1000)]
+    pub iw_images: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Training images held out for validation.
+    #[arg(long, default_value_t = 10_000)]
+    pub validation_size: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// libtorch CPU threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed shared by every model.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// One row of the table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SweepRow {
+    pub latent_dim: i64,
+    pub tie_weights: bool,
+    pub parameters: i64,
+    pub val_elbo: f64,
+    pub test_iw_nll: f64,
+    pub test_iw_std_error: f64,
+    pub active_units: i64,
+    pub train_seconds: f64,
+}
+
+/// Units whose posterior mean varies across inputs: Cov_x(E_q[z_i]) > 0.01 (Burda et al. 2016).
+pub fn active_units(mu: &tch::Tensor) -> i64 {
+    mu.var_dim(0, true, false)
+        .gt(0.01)
+        .sum(Kind::Int64)
+        .int64_value(&[])
+}
+
+pub fn run(a: SweepArgs) -> Result<u8> {
+    if a.latent_dims.is_empty() || a.latent_dims.iter().any(|&d| d < 1) {
+        bail!(
+            "--latent-dims must list positive sizes, got {:?}",
+            a.latent_dims
+        );
+    }
+    if a.iw_samples < 1 || a.iw_images == 0 {
+        bail!("--iw-samples and --iw-images must be at least 1");
+    }
+    let device = parse_device(&a.device)?;
+    let full = MnistDataset::load(&a.data, Split::Train).context("cannot load the training set")?;
+    let test = MnistDataset::load(&a.data, Split::Test).context("cannot load the test set")?;
+    let (train, val) = full.split_validation(a.validation_size)?;
+    drop(full);
+    let (h, w) = train.image_size();
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(format!(
+            "sweep-{}",
+            chrono::Local::now().format("%Y%m%d-%H%M%S")
+        ))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let test_x = images_tensor(&test, device);
+    let n_iw = a.iw_images.min(test.len()) as i64;
+
+    let mut rows = Vec::new();
+    for &d in &a.latent_dims {
+        for tie in if a.tie_weights {
+            vec![false, true]
+        } else {
+            vec![false]
+        } {
+            let name = format!("z{d}{}", if tie { "-tied" } else { "" });
+            let model_cfg = ConvVaeConfig {
+                latent_dim: d,
+                tie_weights: tie,
+                input_height: h as i64,
+                input_width: w as i64,
+                ..ConvVaeConfig::default()
+            };
+            let train_cfg = TrainConfig {
+                epochs: a.epochs,
+                batch_size: a.batch_size,
+                seed: a.seed,
+                device: a.device.clone(),
+                threads: a.threads,
+                validation_size: a.validation_size,
+                ..TrainConfig::default()
+            };
+            eprintln!("sweep: training {name} ({} epochs)", a.epochs);
+            let mut trainer = Trainer::new(out.join(&name), model_cfg, train_cfg, &train, &val)?;
+            trainer.set_progress(true);
+            trainer.run()?;
+            let seconds: f64 = trainer.state().history.iter().map(|m| m.seconds).sum();
+            drop(trainer);
+            let (model, vs, ckpt) =
+                Checkpoint::load(out.join(&name).join(files::BEST))?.into_model(device)?;
+            let iw = evaluate_iw(
+                &model,
+                &test_x.narrow(0, 0, n_iw),
+                a.iw_samples,
+                true,
+                123,
+                true,
+            )?;
+            let (mu, _) = encode_all(&model, &test_x.narrow(0, 0, n_iw).to_device(Device::Cpu))?;
+            let row = SweepRow {
+                latent_dim: d,
+                tie_weights: tie,
+                parameters: vs.variables().values().map(|t| t.numel() as i64).sum(),
+                val_elbo: ckpt.state.best_val_elbo.unwrap_or(f64::NAN),
+                test_iw_nll: -iw.log_likelihood,
+                test_iw_std_error: iw.std_error,
+                active_units: active_units(&mu),
+                train_seconds: seconds,
+            };
+            eprintln!(
+                "sweep: {name}: val ELBO {:.2}, test NLL {:.2}, {} active units",
+                row.val_elbo, row.test_iw_nll, row.active_units
+            );
+            rows.push(row);
+        }
+    }
+    let mut md = format!(
+        "| latent | tied | parameters | val ELBO | test NLL (k={}, {} images) | active units | train s |\n|---:|:---:|---:|---:|---:|---:|---:|\n",
+        a.iw_samples, n_iw
+    );
+    let mut csv = String::from(
+        "latent_dim,tie_weights,parameters,val_elbo,test_iw_nll,test_iw_std_error,active_units,train_seconds\n",
+    );
+    for r in &rows {
+        md.push_str(&format!(
+            "| {} | {} | {} | {:.2} | {:.2} ± {:.2} | {} / {} | {:.0} |\n",
+            r.latent_dim,
+            if r.tie_weights { "yes" } else { "no" },
+            r.parameters,
+            r.val_elbo,
+            r.test_iw_nll,
+            r.test_iw_std_error,
+            r.active_units,
+            r.latent_dim,
+            r.train_seconds
+        ));
+        csv.push_str(&format!(
+            "{},{},{},{:.4},{:.4},{:.4},{},{:.2}\n",
+            r.latent_dim,
+            r.tie_weights,
+            r.parameters,
+            r.val_elbo,
+            r.test_iw_nll,
+            r.test_iw_std_error,
+            r.active_units,
+            r.train_seconds
+        ));
+    }
+    vae_train::write_atomic(&out.join("sweep.md"), md.as_bytes())?;
+    vae_train::write_atomic(&out.join("sweep.csv"), csv.as_bytes())?;
+    print!("{md}");
+    println!(
+        "wrote {} and {}",
+        out.join("sweep.md").display(),
+        out.join("sweep.csv").display()
+    );
+    Ok(0)
+}
