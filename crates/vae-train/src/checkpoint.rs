@@ -109,6 +109,20 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     }
 }
 
+/// Removes temporary files that [`write_atomic`] left in `dir` when its process was killed
+/// mid-write (`.<name>.tmp-<pid>`). Returns how many it removed.
+pub fn remove_stale_temporaries(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let mut removed = 0;
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') && name.contains(".tmp-") && std::fs::remove_file(e.path()).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
 /// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
@@ -188,16 +202,23 @@ impl Checkpoint {
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
         let bytes = std::fs::read(path).map_err(io_err(path))?;
+        Self::from_bytes(&bytes, path)
+    }
+
+    /// Parses and checks checkpoint bytes; `path` only names them in errors. Any input gives
+    /// a checkpoint or an error, never a panic.
+    pub fn from_bytes(bytes: &[u8], path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
         let bad = |reason: String| TrainError::Checkpoint {
             path: path.to_path_buf(),
             reason,
         };
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| {
+        let st = SafeTensors::deserialize(bytes).map_err(|e| {
             bad(format!(
                 "not a readable checkpoint (damaged or truncated?): {e}"
             ))
         })?;
-        let (_, header) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(e.to_string()))?;
+        let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
         match meta.get("format").map(String::as_str) {
             Some(FORMAT) => {}
@@ -233,7 +254,12 @@ impl Checkpoint {
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
-            let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+            let shape = view
+                .shape()
+                .iter()
+                .map(|&d| i64::try_from(d))
+                .collect::<Result<Vec<i64>, _>>()
+                .map_err(|_| bad(format!("tensor {name} has an impossible shape {:?}", view.shape())))?;
             tensors.insert(name, Tensor::from_slice(&values).view(shape.as_slice()));
         }
         Ok(Self {

@@ -201,6 +201,10 @@ impl Trainer {
         train: &MnistDataset,
         validation: &MnistDataset,
     ) -> Result<Self> {
+        let stale = checkpoint::remove_stale_temporaries(&run_dir);
+        if stale > 0 {
+            tracing::info!(stale, "removed temporary files left by an interrupted write");
+        }
         check_sizes(&model_config, train, "training")?;
         check_sizes(&model_config, validation, "validation")?;
         if config.batch_size > train.len() {
