@@ -16,18 +16,39 @@ fn spawn_train(data: &Path, run: &Path, resume: bool, epochs: usize) -> Child {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vae"));
     c.arg("train").arg("--data").arg(data);
     if resume {
-        c.arg("--resume").arg(run).args(["--epochs", &epochs.to_string()]);
+        c.arg("--resume")
+            .arg(run)
+            .args(["--epochs", &epochs.to_string()]);
     } else {
-        c.arg("--out").arg(run).args(["--epochs", &epochs.to_string()]);
-        c.args(["--latent-dim", "2", "--channels", "4", "--batch-size", "16", "--validation-size", "16"]);
+        c.arg("--out")
+            .arg(run)
+            .args(["--epochs", &epochs.to_string()]);
+        c.args([
+            "--latent-dim",
+            "2",
+            "--channels",
+            "4",
+            "--batch-size",
+            "16",
+            "--validation-size",
+            "16",
+        ]);
         c.args(["--device", "cpu", "--threads", "1"]);
     }
-    c.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+    c.stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
 }
 
 fn temporaries(run: &Path) -> Vec<String> {
     std::fs::read_dir(run)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.contains(".tmp-")).collect())
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.contains(".tmp-"))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -47,7 +68,8 @@ fn sigkill_at_many_points_then_resume_always_continues_from_a_whole_checkpoint()
         child.kill().unwrap();
         child.wait().unwrap();
         if last.exists() {
-            let ckpt = Checkpoint::load(&last).unwrap_or_else(|e| panic!("kill {i}: checkpoint damaged: {e}"));
+            let ckpt = Checkpoint::load(&last)
+                .unwrap_or_else(|e| panic!("kill {i}: checkpoint damaged: {e}"));
             assert!(ckpt.state.step >= step, "kill {i}: progress went backwards");
             step = ckpt.state.step;
         }
@@ -57,11 +79,19 @@ fn sigkill_at_many_points_then_resume_always_continues_from_a_whole_checkpoint()
     let epochs = Checkpoint::load(&last).unwrap().state.history.len() + 2;
     let child = spawn_train(data.path(), &run, true, epochs);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let done = Checkpoint::load(&last).unwrap();
     assert_eq!(done.state.history.len(), epochs);
     assert!(done.state.step > step);
-    assert!(temporaries(&run).is_empty(), "left behind: {:?}", temporaries(&run));
+    assert!(
+        temporaries(&run).is_empty(),
+        "left behind: {:?}",
+        temporaries(&run)
+    );
 }
 
 #[test]
@@ -74,20 +104,35 @@ fn sigint_writes_a_checkpoint_exits_130_and_resumes() {
     let child = spawn_train(data.path(), &run, false, 100_000);
     let started = Instant::now();
     while !last.exists() {
-        assert!(started.elapsed() < Duration::from_secs(60), "no checkpoint within a minute");
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "no checkpoint within a minute"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(300));
-    let status = Command::new("kill").args(["-s", "INT", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-s", "INT", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
-    assert!(stderr.contains("interrupted at step") && stderr.contains("--resume"), "{stderr}");
+    assert!(
+        stderr.contains("interrupted at step") && stderr.contains("--resume"),
+        "{stderr}"
+    );
     let ckpt = Checkpoint::load(&last).unwrap();
     let epochs = ckpt.state.history.len() + 1;
-    let out = spawn_train(data.path(), &run, true, epochs).wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = spawn_train(data.path(), &run, true, epochs)
+        .wait_with_output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let done = Checkpoint::load(&last).unwrap();
     assert_eq!(done.state.history.len(), epochs);
     assert!(done.state.step > ckpt.state.step);

@@ -192,7 +192,11 @@ impl MnistDataset {
 
     /// Checks every label is below `num_classes`, naming the first that is not.
     pub fn check_labels(&self, num_classes: usize) -> Result<()> {
-        match self.labels.iter().position(|&l| usize::from(l) >= num_classes) {
+        match self
+            .labels
+            .iter()
+            .position(|&l| usize::from(l) >= num_classes)
+        {
             None => Ok(()),
             Some(i) => Err(DataError::InvalidArgument(format!(
                 "label {} of example {i} is out of range for {num_classes} classes (0 to {})",

@@ -427,3 +427,24 @@ fn binarisation_is_seeded_and_its_mean_matches_the_pixel_mean() {
     assert_eq!(first(1), first(1));
     assert_ne!(first(1), first(2));
 }
+
+/// Inputs kept from fuzzing (`fuzz/regressions/idx`), replayed as the fuzz target does:
+/// the first byte's low bit chooses raw or gzip-wrapped. Each must give a value or an error.
+#[test]
+fn fuzz_regressions_do_not_panic() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/idx");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let data = std::fs::read(entry.path()).unwrap();
+        let Some((&mode, rest)) = data.split_first() else {
+            continue;
+        };
+        if mode & 1 == 1 {
+            let _ = read_idx_from(&gzip_bytes(rest)[..]);
+        } else {
+            let _ = read_idx_from(rest);
+        }
+        n += 1;
+    }
+    assert!(n > 0, "no regression inputs in {}", dir.display());
+}

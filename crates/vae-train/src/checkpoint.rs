@@ -112,11 +112,14 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
 /// Removes temporary files that [`write_atomic`] left in `dir` when its process was killed
 /// mid-write (`.<name>.tmp-<pid>`). Returns how many it removed.
 pub fn remove_stale_temporaries(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     let mut removed = 0;
     for e in entries.flatten() {
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") && std::fs::remove_file(e.path()).is_ok() {
+        if name.starts_with('.') && name.contains(".tmp-") && std::fs::remove_file(e.path()).is_ok()
+        {
             removed += 1;
         }
     }
@@ -259,7 +262,12 @@ impl Checkpoint {
                 .iter()
                 .map(|&d| i64::try_from(d))
                 .collect::<Result<Vec<i64>, _>>()
-                .map_err(|_| bad(format!("tensor {name} has an impossible shape {:?}", view.shape())))?;
+                .map_err(|_| {
+                    bad(format!(
+                        "tensor {name} has an impossible shape {:?}",
+                        view.shape()
+                    ))
+                })?;
             tensors.insert(name, Tensor::from_slice(&values).view(shape.as_slice()));
         }
         Ok(Self {

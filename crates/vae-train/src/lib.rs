@@ -39,7 +39,8 @@ mod trainer;
 pub use adam::Adam;
 pub use alloc::tune_allocator;
 pub use checkpoint::{
-    Checkpoint, EpochAccum, EpochMetrics, FORMAT as CHECKPOINT_FORMAT, TrainState, remove_stale_temporaries, write_atomic,
+    Checkpoint, EpochAccum, EpochMetrics, FORMAT as CHECKPOINT_FORMAT, TrainState,
+    remove_stale_temporaries, write_atomic,
 };
 pub use config::{RunConfig, TrainConfig};
 pub use device::{device_name, parse_device};

@@ -203,7 +203,10 @@ impl Trainer {
     ) -> Result<Self> {
         let stale = checkpoint::remove_stale_temporaries(&run_dir);
         if stale > 0 {
-            tracing::info!(stale, "removed temporary files left by an interrupted write");
+            tracing::info!(
+                stale,
+                "removed temporary files left by an interrupted write"
+            );
         }
         check_sizes(&model_config, train, "training")?;
         check_sizes(&model_config, validation, "validation")?;

@@ -372,3 +372,21 @@ fn cuda_requests_fail_clearly_without_a_gpu() {
     assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
     assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
 }
+
+/// Inputs kept from fuzzing checkpoint parsing (`fuzz/regressions/checkpoint`).
+#[test]
+fn checkpoint_fuzz_regressions_are_errors_not_panics() {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/checkpoint");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+        let data = std::fs::read(entry.path()).unwrap();
+        if let Ok(ckpt) = Checkpoint::from_bytes(&data, entry.path()) {
+            let mut vs = tch::nn::VarStore::new(Device::Cpu);
+            let _m = vae_model::ConvVae::new(&vs.root(), &ConvVaeConfig::default()).unwrap();
+            let _ = ckpt.restore_variables(&mut vs);
+        }
+        n += 1;
+    }
+    assert!(n > 0, "no regression inputs in {}", dir.display());
+}
