@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 mod bench;
 mod datasets;
+mod gpu;
 mod libtorch;
 
 #[derive(Parser)]
@@ -86,6 +87,22 @@ enum Task {
         #[arg(long)]
         json: bool,
     },
+    /// Train with the release binary on the GPU if there is one (after making sure libtorch
+    /// and data are present); arguments after `--` go to `vae train`.
+    Train {
+        /// Require CUDA: fail, naming the missing part, if it cannot be used.
+        #[arg(long)]
+        cuda: bool,
+        /// A URL or local directory to fetch MNIST from if it is missing (repeatable).
+        #[arg(long = "mirror")]
+        mirrors: Vec<String>,
+        /// Arguments for `vae train`.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Put the release `vae` binary and a launcher (`run.sh`, which finds libtorch in an
+    /// existing Python's torch) into target/dist/, to run where there is PyTorch but no Rust.
+    Dist,
 }
 
 /// The workspace root: the folder above this crate's manifest.
@@ -192,6 +209,18 @@ fn main() -> ExitCode {
                 peer,
             };
             bench::run(&root(), &cargo, &args)
+        }
+        Task::Train {
+            cuda,
+            mirrors,
+            args,
+        } => download(&["mnist".to_string()], &mirrors, false, None).and_then(|()| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            gpu::train(&root(), &cargo, cuda, &args)
+        }),
+        Task::Dist => {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            gpu::dist(&root(), &cargo)
         }
     };
     match result {

@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 mod eval;
 mod explore;
 mod grid;
+mod info;
 mod plot;
 mod sweep;
 mod train;
@@ -45,6 +46,8 @@ enum Command {
     Sweep(sweep::SweepArgs),
     /// Write the weights with the PyTorch reference module's parameter names.
     Export(explore::ExportArgs),
+    /// What libtorch can do here: CUDA, devices, threads.
+    Info(info::InfoArgs),
 }
 
 /// Exit status for a run stopped by Ctrl-C (128 + SIGINT), as shells expect.
@@ -73,6 +76,7 @@ fn main() -> ExitCode {
         Command::Latents(args) => explore::latents(args),
         Command::Sweep(args) => sweep::run(args),
         Command::Export(args) => explore::export(args),
+        Command::Info(args) => info::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

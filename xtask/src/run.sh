@@ -1,0 +1,3 @@
+#!/bin/sh
+# Runs the vae binary beside this script with libtorch from an existing Python's torch 2.11 ($VAE_PYTHON, /opt/torch/.venv, python3, python).
+here=$(cd "$(dirname "$0")" && pwd); lib=; for py in "$VAE_PYTHON" /opt/torch/.venv/bin/python3 python3 python; do [ -n "$py" ] && lib=$("$py" -c 'import os, torch; print(os.path.join(os.path.dirname(torch.__file__), "lib"))' 2>/dev/null) && [ -n "$lib" ] && break; lib=; done; [ -n "$lib" ] || { echo "run.sh: no Python with torch 2.11 found; set VAE_PYTHON to one" >&2; exit 1; }; LD_LIBRARY_PATH="$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" exec "$here/vae" "$@"
