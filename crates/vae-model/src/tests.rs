@@ -251,3 +251,19 @@ fn tied_weights_share_the_encoder_tensors_and_halve_conv_parameters() {
     let g = vs.variables()["encoder.conv2.weight"].grad();
     assert!(g.defined() && g.abs().sum(Kind::Float).double_value(&[]) > 0.0);
 }
+
+#[test]
+fn decoder_matches_plain_transposed_convolutions() {
+    // The CPU fast path for few-channel transposed convs computes the same function as
+    // libtorch's default conv_transpose2d.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let vae = ConvVae::new(&vs.root(), &ConvVaeConfig::default()).unwrap();
+    let v = vs.variables();
+    let z = Tensor::randn([16, 32], (Kind::Float, Device::Cpu));
+    let ours = vae.decode(&z).unwrap();
+    let h = z.linear(&v["decoder.fc.weight"], Some(&v["decoder.fc.bias"])).relu().view([-1, 64, 7, 7]);
+    let h = h.conv_transpose2d(&v["decoder.deconv1.weight"], Some(&v["decoder.deconv1.bias"]), [2, 2], [1, 1], [0, 0], 1, [1, 1]).relu();
+    let want = h.conv_transpose2d(&v["decoder.deconv2.weight"], Some(&v["decoder.deconv2.bias"]), [2, 2], [1, 1], [0, 0], 1, [1, 1]);
+    let diff = (ours - want).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "max abs difference {diff}");
+}

@@ -50,36 +50,35 @@ impl Adam {
         self.lr
     }
 
-    /// Zeroes the parameters' gradients.
-    pub fn zero_grad(&mut self) {
-        for p in &mut self.params {
-            p.zero_grad();
-        }
+    /// Gradients of `loss` with respect to the parameters, freshly computed (as PyTorch's
+    /// `zero_grad(set_to_none=True)` then `backward()`: nothing is zero-filled or accumulated).
+    /// A parameter the loss does not reach gets a zero gradient.
+    pub fn gradients(&self, loss: &Tensor) -> Vec<Tensor> {
+        Tensor::run_backward(&[loss], &self.params, false, false)
+            .into_iter()
+            .zip(&self.params)
+            .map(|(g, p)| if g.defined() { g } else { p.zeros_like() })
+            .collect()
     }
 
-    /// Scales gradients so their global L2 norm is at most `max_norm`, without reading the
-    /// norm back to the host (no device sync).
-    pub fn clip_grad_norm(&mut self, max_norm: f64) {
-        let grads: Vec<Tensor> = self
-            .params
-            .iter()
-            .map(Tensor::grad)
-            .filter(Tensor::defined)
-            .collect();
+    /// Scales `grads` so their global L2 norm is at most `max_norm`, without reading the norm
+    /// back to the host (no device sync).
+    pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) {
         if grads.is_empty() {
             return;
         }
         let sq: Vec<Tensor> = grads.iter().map(|g| g.square().sum(Kind::Float)).collect();
         let total = Tensor::stack(&sq, 0).sum(Kind::Float).sqrt();
         let coef = (max_norm / (total + 1e-6)).clamp_max(1.0);
-        for mut g in grads {
+        for g in grads {
             let _ = g.g_mul_(&coef);
         }
     }
 
-    /// One Adam step: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p − lr·m̂/(√v̂ + ε) with the
-    /// bias corrections m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ).
-    pub fn step(&mut self) {
+    /// One Adam step with `grads` (one per parameter, in [`names`](Self::names) order):
+    /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p − lr·m̂/(√v̂ + ε) with the bias
+    /// corrections m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ). Two temporaries per parameter.
+    pub fn step(&mut self, grads: &[Tensor]) {
         self.t += 1;
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(self.t as i32);
@@ -87,17 +86,32 @@ impl Adam {
         let step_size = self.lr / bc1;
         let bc2_sqrt = bc2.sqrt();
         tch::no_grad(|| {
-            for ((p, m), v) in self.params.iter_mut().zip(&mut self.m).zip(&mut self.v) {
-                let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
-                let _ = m.lerp_(&g, 1.0 - b1);
+            for (((p, m), v), g) in self
+                .params
+                .iter_mut()
+                .zip(&mut self.m)
+                .zip(&mut self.v)
+                .zip(grads)
+            {
+                let _ = m.lerp_(g, 1.0 - b1);
                 let _ = v.lerp_(&g.square(), 1.0 - b2);
-                let denom = (v.sqrt() / bc2_sqrt) + self.eps;
-                let _ = p.addcdiv_(&(&*m * -step_size), &denom);
+                // denom = −(√v/√bc2 + ε)/step_size, so p += m/denom is the Adam update.
+                let mut denom = v.sqrt();
+                let _ = denom.g_div_scalar_(bc2_sqrt);
+                let _ = denom.g_add_scalar_(self.eps);
+                let _ = denom.g_mul_scalar_(-1.0 / step_size);
+                let _ = p.addcdiv_(m, &denom);
             }
         });
+    }
+
+    /// Gradients of `loss`, clipped to `clip` if given, then one step.
+    pub fn backward_step(&mut self, loss: &Tensor, clip: Option<f64>) {
+        let mut grads = self.gradients(loss);
+        if let Some(c) = clip {
+            Self::clip_grad_norm(&mut grads, c);
+        }
+        self.step(&grads);
     }
 }
 
@@ -112,17 +126,13 @@ mod tests {
         let w = vs.root().var("w", &[2], nn::Init::Const(1.0));
         let mut adam = Adam::new(&vs, 0.1, (0.9, 0.999), 1e-8);
         // loss = Σ w² → g = 2w. First Adam step moves each weight by −lr·sign(g).
-        let loss = w.square().sum(Kind::Float);
-        loss.backward();
-        adam.step();
+        adam.backward_step(&w.square().sum(Kind::Float), None);
         let after: Vec<f32> = Vec::try_from(&w.detach()).unwrap();
         for x in after {
             assert!((x - 0.9).abs() < 1e-6, "{x}");
         }
         // Second step by hand.
-        adam.zero_grad();
-        w.square().sum(Kind::Float).backward();
-        adam.step();
+        adam.backward_step(&w.square().sum(Kind::Float), None);
         let (g1, g2) = (2.0f64, 1.8f64);
         let m = 0.9 * (0.1 * g1) + 0.1 * g2;
         let v = 0.999 * (0.001 * g1 * g1) + 0.001 * g2 * g2;
@@ -136,13 +146,18 @@ mod tests {
         let vs = nn::VarStore::new(Device::Cpu);
         let a = vs.root().var("a", &[3], nn::Init::Const(1.0));
         let b = vs.root().var("b", &[4], nn::Init::Const(1.0));
-        ((&a * 10.0).sum(Kind::Float) + (&b * 10.0).sum(Kind::Float)).backward();
-        let mut adam = Adam::new(&vs, 0.1, (0.9, 0.999), 1e-8);
-        adam.clip_grad_norm(1.0);
-        let norm = (a.grad().square().sum(Kind::Float) + b.grad().square().sum(Kind::Float)).sqrt();
+        let adam = Adam::new(&vs, 0.1, (0.9, 0.999), 1e-8);
+        let loss = (&a * 10.0).sum(Kind::Float) + (&b * 10.0).sum(Kind::Float);
+        let mut grads = adam.gradients(&loss);
+        Adam::clip_grad_norm(&mut grads, 1.0);
+        let norm = grads
+            .iter()
+            .map(|g| g.square().sum(Kind::Float))
+            .fold(Tensor::from(0.0f32), |acc, x| acc + x)
+            .sqrt();
         assert!((norm.double_value(&[]) - 1.0).abs() < 1e-4);
         // Below the bound nothing changes.
-        adam.clip_grad_norm(100.0);
-        assert!((a.grad().double_value(&[0]) - 10.0 / 700f64.sqrt()).abs() < 1e-4);
+        Adam::clip_grad_norm(&mut grads, 100.0);
+        assert!((grads[0].double_value(&[0]) - 10.0 / 700f64.sqrt()).abs() < 1e-4);
     }
 }

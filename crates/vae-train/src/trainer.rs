@@ -400,12 +400,7 @@ impl Trainer {
                 let terms = self.model.elbo(&x)?;
                 let w = self.config.kl_weight(self.state.step);
                 let loss = (&terms.reconstruction + &terms.kl * w).mean(Kind::Float);
-                self.adam.zero_grad();
-                loss.backward();
-                if let Some(c) = self.config.grad_clip {
-                    self.adam.clip_grad_norm(c);
-                }
-                self.adam.step();
+                self.adam.backward_step(&loss, self.config.grad_clip);
                 self.state.step += 1;
                 steps_this_call += 1;
                 let _ = rec_sum.g_add_(&terms.reconstruction.detach().sum(Kind::Double));
