@@ -71,9 +71,12 @@ enum Task {
         /// Also train both fully and compare test ELBO, IW NLL and time to the peer's ELBO.
         #[arg(long)]
         quality: bool,
-        /// Epochs of the --quality runs.
+        /// Epochs of the peer's --quality run (the reference protocol is 10).
         #[arg(long, default_value_t = 10)]
         epochs: usize,
+        /// Epochs of our --quality run [default: `vae train`'s default].
+        #[arg(long)]
+        our_epochs: Option<usize>,
         /// Importance samples of the --quality evaluation.
         #[arg(long, default_value_t = 1000)]
         iw: u64,
@@ -189,6 +192,7 @@ fn main() -> ExitCode {
             device,
             quality,
             epochs,
+            our_epochs,
             iw,
             iw_images,
             peer,
@@ -204,6 +208,7 @@ fn main() -> ExitCode {
                 json,
                 quality,
                 epochs,
+                our_epochs,
                 iw,
                 iw_images,
                 peer,

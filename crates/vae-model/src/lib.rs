@@ -32,7 +32,7 @@ mod model;
 
 pub use config::ConvVaeConfig;
 pub use error::ModelError;
-pub use model::{ConvVae, ElboTerms, Posterior, VaeOutput};
+pub use model::{ConvVae, ElboTerms, IwaeTerms, Posterior, VaeOutput};
 
 #[cfg(test)]
 mod tests;

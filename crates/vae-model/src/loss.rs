@@ -24,6 +24,22 @@ pub fn gaussian_kl(mu: &Tensor, logvar: &Tensor) -> Tensor {
     (mu.square() + logvar.exp() - 1.0 - logvar).sum_dim_intlist(-1, false, Kind::Float) * 0.5
 }
 
+/// KL(N(μ, σ²) ‖ N(0, 1)) of each latent dimension, `[N, latent]`.
+pub fn gaussian_kl_dims(mu: &Tensor, logvar: &Tensor) -> Tensor {
+    (mu.square() + logvar.exp() - 1.0 - logvar) * 0.5
+}
+
+/// The free-bits KL term (Kingma et al., "Improved Variational Inference with Inverse
+/// Autoregressive Flow", NeurIPS 2016): Σ_j max(λ, E_batch[KL_j]), where KL_j is the KL of
+/// latent dimension j. Dimensions already below λ nats get no gradient towards the prior, so
+/// they are not pushed to collapse. λ = 0 gives the batch-mean KL.
+pub fn free_bits_kl(mu: &Tensor, logvar: &Tensor, lambda: f64) -> Tensor {
+    gaussian_kl_dims(mu, logvar)
+        .mean_dim(0, false, Kind::Float)
+        .clamp_min(lambda)
+        .sum(Kind::Float)
+}
+
 /// log N(z; 0, I) summed over the last dimension.
 pub fn standard_normal_log_density(z: &Tensor) -> Tensor {
     (z.square() + LN_2PI).sum_dim_intlist(-1, false, Kind::Float) * -0.5

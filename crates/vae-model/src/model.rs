@@ -163,6 +163,24 @@ impl ElboTerms {
     }
 }
 
+/// The IWAE objective's terms, per example; see [`ConvVae::iwae_terms`].
+#[derive(Debug)]
+pub struct IwaeTerms {
+    /// The k-sample importance-weighted bound on log p(x), `[N]` (maximise it).
+    pub bound: Tensor,
+    /// −log p(x | z_1) of the first sample, `[N]`.
+    pub reconstruction: Tensor,
+    /// log q(z_1 | x) − log p(z_1) of the first sample (a one-sample KL estimate), `[N]`.
+    pub kl: Tensor,
+}
+
+/// The three log-densities of importance sampling, `[s, N]` each.
+struct WeightTerms {
+    log_px: Tensor,
+    log_pz: Tensor,
+    log_qz: Tensor,
+}
+
 /// A convolutional VAE with a standard-normal prior and a Bernoulli decoder.
 ///
 /// Variables live under the `nn::Path` it is built on, named after the fields:
@@ -404,8 +422,36 @@ impl ConvVae {
         Ok(loss::log_mean_exp(&Tensor::cat(&chunks, 0)))
     }
 
+    /// The IWAE objective's terms for `k` samples per image (Burda et al. 2016), with gradients:
+    /// the bound log (1/k) Σ_i p(x, z_i)/q(z_i | x) per image, and, from the first sample, the
+    /// reconstruction term −log p(x | z_1) and the sampled KL log q(z_1 | x) − log p(z_1) (for
+    /// logging). With k = 1 the bound is the single-sample ELBO: −(reconstruction + kl).
+    pub fn iwae_terms(&self, x: &Tensor, k: i64) -> Result<IwaeTerms, ModelError> {
+        self.check_images(x)?;
+        if k < 1 {
+            return Err(ModelError::InvalidArgument(format!(
+                "importance samples k must be at least 1, got {k}"
+            )));
+        }
+        let posterior = self.encode_unchecked(x);
+        let std = (&posterior.logvar * 0.5).exp();
+        let w = self.weight_terms(x, &posterior, &std, k);
+        let log_w = &w.log_px + &w.log_pz - &w.log_qz;
+        Ok(IwaeTerms {
+            bound: loss::log_mean_exp(&log_w),
+            reconstruction: -w.log_px.get(0),
+            kl: w.log_qz.get(0) - w.log_pz.get(0),
+        })
+    }
+
     /// log p(x, z_i) − log q(z_i | x) for `s` fresh samples per image: `[s, N]`.
     fn log_weights(&self, x: &Tensor, q: &Posterior, std: &Tensor, s: i64) -> Tensor {
+        let w = self.weight_terms(x, q, std, s);
+        w.log_px + w.log_pz - w.log_qz
+    }
+
+    /// log p(x | z_i), log p(z_i) and log q(z_i | x) for `s` fresh samples per image, `[s, N]` each.
+    fn weight_terms(&self, x: &Tensor, q: &Posterior, std: &Tensor, s: i64) -> WeightTerms {
         let n = x.size()[0];
         let latent = self.config.latent_dim;
         let eps = Tensor::randn([s, n, latent], (Kind::Float, x.device()));
@@ -418,6 +464,10 @@ impl ConvVae {
         let log_px = -loss::bernoulli_nll(&logits.view([s * n, -1]), &targets).view([s, n]);
         let log_pz = loss::standard_normal_log_density(&z);
         let log_qz = loss::diagonal_normal_log_density(&eps, &q.logvar);
-        log_px + log_pz - log_qz
+        WeightTerms {
+            log_px,
+            log_pz,
+            log_qz,
+        }
     }
 }

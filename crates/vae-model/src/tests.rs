@@ -261,9 +261,95 @@ fn decoder_matches_plain_transposed_convolutions() {
     let v = vs.variables();
     let z = Tensor::randn([16, 32], (Kind::Float, Device::Cpu));
     let ours = vae.decode(&z).unwrap();
-    let h = z.linear(&v["decoder.fc.weight"], Some(&v["decoder.fc.bias"])).relu().view([-1, 64, 7, 7]);
-    let h = h.conv_transpose2d(&v["decoder.deconv1.weight"], Some(&v["decoder.deconv1.bias"]), [2, 2], [1, 1], [0, 0], 1, [1, 1]).relu();
-    let want = h.conv_transpose2d(&v["decoder.deconv2.weight"], Some(&v["decoder.deconv2.bias"]), [2, 2], [1, 1], [0, 0], 1, [1, 1]);
+    let h = z
+        .linear(&v["decoder.fc.weight"], Some(&v["decoder.fc.bias"]))
+        .relu()
+        .view([-1, 64, 7, 7]);
+    let h = h
+        .conv_transpose2d(
+            &v["decoder.deconv1.weight"],
+            Some(&v["decoder.deconv1.bias"]),
+            [2, 2],
+            [1, 1],
+            [0, 0],
+            1,
+            [1, 1],
+        )
+        .relu();
+    let want = h.conv_transpose2d(
+        &v["decoder.deconv2.weight"],
+        Some(&v["decoder.deconv2.bias"]),
+        [2, 2],
+        [1, 1],
+        [0, 0],
+        1,
+        [1, 1],
+    );
     let diff = (ours - want).abs().max().double_value(&[]);
     assert!(diff < 1e-4, "max abs difference {diff}");
+}
+
+#[test]
+fn iwae_with_one_sample_is_the_elbo_on_that_sample_and_rises_with_k() {
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let vae = ConvVae::new(&vs.root(), &small_config()).unwrap();
+    let x = Tensor::rand([6, 1, 8, 12], (Kind::Float, Device::Cpu)).round();
+    let t = vae.iwae_terms(&x, 1).unwrap();
+    // k = 1: log p(x|z) + log p(z) − log q(z|x) = −(reconstruction + sampled KL), same z.
+    let diff = (&t.bound + &t.reconstruction + &t.kl)
+        .abs()
+        .max()
+        .double_value(&[]);
+    assert!(diff < 1e-4, "{diff}");
+    // The same draw by hand.
+    tch::manual_seed(9);
+    let bound = vae.iwae_terms(&x, 1).unwrap().bound;
+    tch::manual_seed(9);
+    let q = vae.encode(&x).unwrap();
+    let eps = Tensor::randn([1, 6, 3], (Kind::Float, Device::Cpu));
+    let z = &q.mu + &eps * (&q.logvar * 0.5).exp();
+    let logits = vae.decode(&z.view([6, 3])).unwrap();
+    let by_hand = -crate::loss::bernoulli_nll(&logits, &x)
+        + crate::loss::standard_normal_log_density(&z.view([6, 3]))
+        - crate::loss::diagonal_normal_log_density(&eps.view([6, 3]), &q.logvar);
+    assert!((bound - by_hand).abs().max().double_value(&[]) < 1e-4);
+    // On average the bound rises with k.
+    let xr = x.repeat([200, 1, 1, 1]);
+    let mean = |k| {
+        vae.iwae_terms(&xr, k)
+            .unwrap()
+            .bound
+            .mean(Kind::Float)
+            .double_value(&[])
+    };
+    assert!(mean(10) > mean(1) + 0.05);
+    assert!(vae.iwae_terms(&x, 0).is_err());
+}
+
+#[test]
+fn free_bits_clamp_each_dimension_as_stated() {
+    use crate::loss::{free_bits_kl, gaussian_kl, gaussian_kl_dims};
+    // Two examples, three dims; dimension KLs by hand: ½(μ² + σ² − 1 − log σ²).
+    let mu = t(&[0.1, 2.0, 0.0, -0.1, 1.0, 0.0], &[2, 3]);
+    let logvar = Tensor::zeros([2, 3], (Kind::Float, Device::Cpu));
+    let dims = gaussian_kl_dims(&mu, &logvar);
+    let per_dim_mean = [(0.01 + 0.01) / 4.0, (4.0 + 1.0) / 4.0, 0.0];
+    for (j, want) in per_dim_mean.iter().enumerate() {
+        assert!(
+            (dims.get(0).get(j as i64).double_value(&[])
+                + dims.get(1).get(j as i64).double_value(&[]))
+                / 2.0
+                - want
+                < 1e-6
+        );
+    }
+    let lambda = 0.5;
+    let want: f64 = per_dim_mean.iter().map(|&k: &f64| k.max(lambda)).sum();
+    assert!((free_bits_kl(&mu, &logvar, lambda).double_value(&[]) - want).abs() < 1e-6);
+    // λ = 0 is the plain batch-mean KL.
+    let plain = gaussian_kl(&mu, &logvar)
+        .mean(Kind::Float)
+        .double_value(&[]);
+    assert!((free_bits_kl(&mu, &logvar, 0.0).double_value(&[]) - plain).abs() < 1e-6);
 }

@@ -37,6 +37,9 @@ pub struct EpochMetrics {
     pub val_kl: f64,
     /// Validation reconstruction term.
     pub val_reconstruction: f64,
+    /// Test-set ELBO, when the trainer was given a test set ([`Trainer::set_test_set`](crate::Trainer::set_test_set)).
+    #[serde(default)]
+    pub test_elbo: Option<f64>,
     /// Learning rate at the epoch's end.
     pub lr: f64,
     /// Training throughput.

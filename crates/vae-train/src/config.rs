@@ -37,14 +37,52 @@ pub struct TrainConfig {
     pub threads: Option<usize>,
     /// Stop after this many steps in all (benchmarks); None trains all epochs.
     pub max_steps: Option<u64>,
+    /// What the optimiser maximises: the ELBO, or the IWAE bound with `iw_k` samples.
+    pub objective: Objective,
+    /// Importance samples per image of the IWAE objective.
+    pub iw_k: i64,
+    /// Free bits: a floor, in nats, on each latent dimension's batch-mean KL (0: off; ELBO only).
+    pub free_bits: f64,
+    /// Learning-rate schedule after the warm-up.
+    pub lr_schedule: LrSchedule,
+    /// Steps of linear learning-rate warm-up from 0 to `lr`.
+    pub warmup_steps: u64,
+    /// The cosine schedule's final learning rate.
+    pub min_lr: f64,
+    /// Stop when the validation ELBO has not improved for this many epochs.
+    pub patience: Option<usize>,
+}
+
+/// The training objective.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// The evidence lower bound (β-weighted, with warm-up and free bits if set).
+    #[default]
+    Elbo,
+    /// The importance-weighted bound (Burda et al. 2016) with `iw_k` samples.
+    Iwae,
+}
+
+/// How the learning rate moves after the warm-up.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LrSchedule {
+    /// `lr` throughout.
+    #[default]
+    Constant,
+    /// Cosine decay from `lr` to `min_lr` over the remaining steps (Loshchilov & Hutter 2017).
+    Cosine,
 }
 
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            epochs: 10,
+            // Measured (docs/performance.md): lr 2e-3 for 12 epochs reaches a better test ELBO
+            // than the reference's 1e-3 for 10, in less time than the PyTorch peer's 10 epochs.
+            epochs: 12,
             batch_size: 128,
-            lr: 1e-3,
+            lr: 2e-3,
             betas: (0.9, 0.999),
             eps: 1e-8,
             seed: 0,
@@ -56,6 +94,13 @@ impl Default for TrainConfig {
             device: "auto".into(),
             threads: None,
             max_steps: None,
+            objective: Objective::Elbo,
+            iw_k: 5,
+            free_bits: 0.0,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
+            min_lr: 0.0,
+            patience: None,
         }
     }
 }
@@ -103,7 +148,44 @@ impl TrainConfig {
         if self.max_steps == Some(0) {
             return bad("max steps must be at least 1".into());
         }
+        if self.iw_k < 1 {
+            return bad(format!(
+                "IWAE samples k must be at least 1, got {}",
+                self.iw_k
+            ));
+        }
+        if !(self.free_bits.is_finite() && self.free_bits >= 0.0) {
+            return bad(format!(
+                "free bits must be a non-negative number, got {}",
+                self.free_bits
+            ));
+        }
+        if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
+            return bad(format!("min_lr must lie in [0, lr], got {}", self.min_lr));
+        }
+        if self.patience == Some(0) {
+            return bad("patience must be at least 1 epoch".into());
+        }
         Ok(())
+    }
+
+    /// The learning rate at global step `step` (0-based) of `total` steps: a linear warm-up
+    /// over `warmup_steps`, then constant or cosine-decayed to `min_lr` at `total`.
+    pub fn lr_at(&self, step: u64, total: u64) -> f64 {
+        if step < self.warmup_steps {
+            return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        match self.lr_schedule {
+            LrSchedule::Constant => self.lr,
+            LrSchedule::Cosine => {
+                let span = total.saturating_sub(self.warmup_steps).max(1) as f64;
+                let progress = ((step - self.warmup_steps) as f64 / span).min(1.0);
+                self.min_lr
+                    + (self.lr - self.min_lr)
+                        * 0.5
+                        * (1.0 + (std::f64::consts::PI * progress).cos())
+            }
+        }
     }
 
     /// The KL weight at global step `step` (0-based), with the linear warm-up applied.
@@ -126,4 +208,60 @@ pub struct RunConfig {
     pub model: vae_model::ConvVaeConfig,
     /// The training settings.
     pub train: TrainConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warmup_then_cosine_reaches_min_lr() {
+        let c = TrainConfig {
+            lr: 1.0,
+            min_lr: 0.1,
+            warmup_steps: 10,
+            lr_schedule: LrSchedule::Cosine,
+            ..TrainConfig::default()
+        };
+        assert!((c.lr_at(0, 110) - 0.1).abs() < 1e-12);
+        assert!((c.lr_at(9, 110) - 1.0).abs() < 1e-12);
+        assert!((c.lr_at(10, 110) - 1.0).abs() < 1e-12);
+        assert!(
+            (c.lr_at(60, 110) - 0.55).abs() < 1e-12,
+            "halfway: the mean of lr and min_lr"
+        );
+        assert!((c.lr_at(110, 110) - 0.1).abs() < 1e-12);
+        let constant = TrainConfig {
+            lr: 0.5,
+            ..TrainConfig::default()
+        };
+        assert_eq!(constant.lr_at(1000, 10), 0.5);
+    }
+
+    #[test]
+    fn kl_warmup_is_linear_to_beta() {
+        let c = TrainConfig {
+            beta: 2.0,
+            kl_warmup_steps: 4,
+            ..TrainConfig::default()
+        };
+        assert_eq!(
+            [
+                c.kl_weight(0),
+                c.kl_weight(1),
+                c.kl_weight(3),
+                c.kl_weight(100)
+            ],
+            [0.5, 1.0, 2.0, 2.0]
+        );
+    }
+
+    #[test]
+    fn older_configs_without_the_new_fields_still_load() {
+        let c: TrainConfig = serde_json::from_str(r#"{"epochs": 3, "lr": 0.001}"#).unwrap();
+        assert_eq!(
+            (c.objective, c.free_bits, c.patience),
+            (Objective::Elbo, 0.0, None)
+        );
+    }
 }

@@ -42,8 +42,8 @@ pub use checkpoint::{
     Checkpoint, EpochAccum, EpochMetrics, FORMAT as CHECKPOINT_FORMAT, TrainState,
     remove_stale_temporaries, write_atomic,
 };
-pub use config::{RunConfig, TrainConfig};
+pub use config::{LrSchedule, Objective, RunConfig, TrainConfig};
 pub use device::{device_name, parse_device};
 pub use error::{Result, TrainError};
 pub use eval::{ElboSummary, IwEstimate, evaluate_elbo, evaluate_iw, images_tensor, prepare};
-pub use trainer::{Outcome, Trainer, files};
+pub use trainer::{Outcome, Trainer, files, patience_exhausted};

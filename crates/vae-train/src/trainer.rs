@@ -6,11 +6,12 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor, nn};
 use vae_data::MnistDataset;
+use vae_model::loss::{bernoulli_nll, free_bits_kl, gaussian_kl};
 use vae_model::{ConvVae, ConvVaeConfig};
 
 use crate::adam::Adam;
 use crate::checkpoint::{self, Checkpoint, EpochAccum, EpochMetrics, TrainState};
-use crate::config::{RunConfig, TrainConfig};
+use crate::config::{Objective, RunConfig, TrainConfig};
 use crate::device::{device_name, parse_device};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate_elbo, images_tensor, prepare};
@@ -36,12 +37,28 @@ pub enum Outcome {
     Interrupted,
     /// `max_steps` was reached; a checkpoint was written.
     StepLimit,
+    /// The validation ELBO stopped improving for `patience` epochs.
+    EarlyStopped,
+}
+
+/// Whether the best validation ELBO of `history` lies `patience` or more epochs back.
+pub fn patience_exhausted(history: &[EpochMetrics], patience: usize) -> bool {
+    let Some((best, _)) = history
+        .iter()
+        .enumerate()
+        .max_by(|a, b| a.1.val_elbo.total_cmp(&b.1.val_elbo))
+    else {
+        return false;
+    };
+    history.len() - 1 - best >= patience
 }
 
 /// Steps between reads of the loss back to the host (progress, NaN checks).
 const LOG_EVERY: usize = 25;
 /// Seed of the validation noise: the same every epoch, so epochs compare.
 const VALIDATION_SEED: u64 = 0x5EED_0F7A_1100;
+/// Seed of the per-epoch test ELBO's noise; `vae eval` and the peer use 123 too.
+const TEST_SEED: u64 = 123;
 
 /// splitmix64: decorrelates (seed, purpose, counter) into a libtorch seed.
 fn mix(seed: u64, purpose: u64, counter: u64) -> i64 {
@@ -66,6 +83,7 @@ pub struct Trainer {
     state: TrainState,
     train_x: Tensor,
     val_x: Tensor,
+    test_x: Option<Tensor>,
     interrupt: Option<Arc<AtomicBool>>,
     progress: bool,
 }
@@ -237,9 +255,18 @@ impl Trainer {
             state,
             train_x,
             val_x,
+            test_x: None,
             interrupt: None,
             progress: false,
         })
+    }
+
+    /// Also measures the ELBO of `test` after every epoch (the `test_elbo` column of
+    /// `metrics.csv`), as PyTorch's VAE example prints its test loss. It never steers training.
+    pub fn set_test_set(&mut self, test: &MnistDataset) -> Result<()> {
+        check_sizes(&self.model_config, test, "test")?;
+        self.test_x = Some(images_tensor(test, self.device));
+        Ok(())
     }
 
     /// A flag that, once raised (e.g. by a Ctrl-C handler), makes [`run`](Self::run) finish
@@ -320,11 +347,11 @@ impl Trainer {
 
     fn write_metrics(&self) -> Result<()> {
         let mut csv = String::from(
-            "epoch,step,train_elbo,train_kl,train_reconstruction,val_elbo,val_kl,val_reconstruction,lr,images_per_s,seconds\n",
+            "epoch,step,train_elbo,train_kl,train_reconstruction,val_elbo,val_kl,val_reconstruction,test_elbo,lr,images_per_s,seconds\n",
         );
         for m in &self.state.history {
             csv.push_str(&format!(
-                "{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{:.1},{:.2}\n",
+                "{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{:.1},{:.2}\n",
                 m.epoch,
                 m.step,
                 m.train_elbo,
@@ -333,6 +360,7 @@ impl Trainer {
                 m.val_elbo,
                 m.val_kl,
                 m.val_reconstruction,
+                m.test_elbo.map_or(String::new(), |t| format!("{t:.4}")),
                 m.lr,
                 m.images_per_s,
                 m.seconds
@@ -356,6 +384,8 @@ impl Trainer {
         if let Some(max) = self.config.max_steps {
             total = total.min(max);
         }
+        // The schedule spans all epochs, whatever `max_steps` cuts.
+        let schedule_total = spe * self.config.epochs as u64;
         let batch = self.config.batch_size as i64;
         let n_train = self.train_x.size()[0];
         tracing::info!(device = %device_name(self.device), steps_per_epoch = spe, total_steps = total, "training");
@@ -397,14 +427,14 @@ impl Trainer {
                 tch::manual_seed(mix(self.config.seed, 3, self.state.step));
                 let idx = perm.narrow(0, b as i64 * batch, batch);
                 let x = prepare(&self.train_x.index_select(0, &idx), self.config.binarize);
-                let terms = self.model.elbo(&x)?;
-                let w = self.config.kl_weight(self.state.step);
-                let loss = (&terms.reconstruction + &terms.kl * w).mean(Kind::Float);
+                let (loss, rec, kl) = self.loss(&x)?;
+                self.adam
+                    .set_lr(self.config.lr_at(self.state.step, schedule_total));
                 self.adam.backward_step(&loss, self.config.grad_clip);
                 self.state.step += 1;
                 steps_this_call += 1;
-                let _ = rec_sum.g_add_(&terms.reconstruction.detach().sum(Kind::Double));
-                let _ = kl_sum.g_add_(&terms.kl.detach().sum(Kind::Double));
+                let _ = rec_sum.g_add_(&rec.detach().sum(Kind::Double));
+                let _ = kl_sum.g_add_(&kl.detach().sum(Kind::Double));
                 pending.push(loss.detach());
 
                 let end_of_epoch = b + 1 == spe || self.state.step >= total;
@@ -463,6 +493,16 @@ impl Trainer {
 
             if self.state.step.is_multiple_of(spe) && self.state.step > 0 && !interrupted {
                 self.finish_epoch(epoch)?;
+                if let Some(p) = self.config.patience
+                    && self.state.step < total
+                    && patience_exhausted(&self.state.history, p)
+                {
+                    tracing::info!(
+                        patience = p,
+                        "validation ELBO stopped improving: stopping early"
+                    );
+                    return Ok(Outcome::EarlyStopped);
+                }
                 if self
                     .interrupt
                     .as_ref()
@@ -483,6 +523,29 @@ impl Trainer {
         Ok(Outcome::Completed)
     }
 
+    /// The loss to minimise for a batch, and the per-example reconstruction and KL terms to
+    /// report.
+    fn loss(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        match self.config.objective {
+            Objective::Elbo => {
+                let out = self.model.forward(x)?;
+                let rec = bernoulli_nll(&out.logits, x);
+                let kl = gaussian_kl(&out.mu, &out.logvar);
+                let kl_term = if self.config.free_bits > 0.0 {
+                    free_bits_kl(&out.mu, &out.logvar, self.config.free_bits)
+                } else {
+                    kl.mean(Kind::Float)
+                };
+                let w = self.config.kl_weight(self.state.step);
+                Ok((rec.mean(Kind::Float) + kl_term * w, rec, kl))
+            }
+            Objective::Iwae => {
+                let t = self.model.iwae_terms(x, self.config.iw_k)?;
+                Ok((-t.bound.mean(Kind::Float), t.reconstruction, t.kl))
+            }
+        }
+    }
+
     fn finish_epoch(&mut self, epoch: usize) -> Result<()> {
         let val = evaluate_elbo(
             &self.model,
@@ -490,6 +553,10 @@ impl Trainer {
             self.config.binarize,
             VALIDATION_SEED,
         )?;
+        let test_elbo = match &self.test_x {
+            Some(x) => Some(evaluate_elbo(&self.model, x, self.config.binarize, TEST_SEED)?.elbo),
+            None => None,
+        };
         let p = std::mem::take(&mut self.state.partial);
         let n = p.examples.max(1) as f64;
         let metrics = EpochMetrics {
@@ -501,6 +568,7 @@ impl Trainer {
             val_elbo: val.elbo,
             val_kl: val.kl,
             val_reconstruction: val.reconstruction,
+            test_elbo,
             lr: self.adam.lr(),
             images_per_s: p.examples as f64 / p.seconds.max(1e-9),
             seconds: p.seconds,

@@ -390,3 +390,52 @@ fn checkpoint_fuzz_regressions_are_errors_not_panics() {
     }
     assert!(n > 0, "no regression inputs in {}", dir.display());
 }
+
+#[test]
+fn patience_counts_epochs_since_the_best() {
+    let h = |v: &[f64]| {
+        v.iter()
+            .enumerate()
+            .map(|(i, &e)| EpochMetrics {
+                epoch: i + 1,
+                val_elbo: e,
+                ..Default::default()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert!(!patience_exhausted(&h(&[-100.0, -99.0, -98.0]), 1));
+    assert!(!patience_exhausted(&h(&[-100.0, -98.0, -99.0]), 2));
+    assert!(patience_exhausted(&h(&[-100.0, -98.0, -99.0, -98.5]), 2));
+    assert!(!patience_exhausted(&[], 1));
+}
+
+#[test]
+fn iwae_objective_free_bits_and_cosine_schedule_train() {
+    let _g = lock();
+    let (train, val) = data();
+    for cfg in [
+        TrainConfig {
+            objective: Objective::Iwae,
+            iw_k: 3,
+            ..tiny_train(3)
+        },
+        TrainConfig {
+            free_bits: 0.25,
+            lr_schedule: LrSchedule::Cosine,
+            warmup_steps: 4,
+            min_lr: 1e-4,
+            ..tiny_train(3)
+        },
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Trainer::new(dir.path(), tiny_model(), cfg.clone(), &train, &val).unwrap();
+        assert_eq!(t.run().unwrap(), Outcome::Completed);
+        let h = &t.state().history;
+        assert!(h[2].val_elbo > h[0].val_elbo - 1.0, "{cfg:?}: {h:?}");
+        assert!(h.iter().all(|m| m.train_elbo.is_finite()));
+        if cfg.lr_schedule == LrSchedule::Cosine {
+            // 8 steps an epoch, 24 in all: the last step's rate is near min_lr.
+            assert!(h[2].lr < 2e-4 && h[0].lr > 1e-3, "{} {}", h[0].lr, h[2].lr);
+        }
+    }
+}
