@@ -2,6 +2,9 @@
 //!
 //! Plain Rust instead of shell scripts; it never links libtorch, so it builds on a bare machine.
 
+// Doc comments here are the command-line help text, where `<run>` and `[...]` are plain text.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 

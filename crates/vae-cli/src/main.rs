@@ -1,5 +1,8 @@
 //! `vae`: train, evaluate and sample convolutional VAEs on MNIST-format data.
 
+// Doc comments here are the command-line help text, where `<run>` and `[...]` are plain text.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};

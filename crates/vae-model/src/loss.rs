@@ -30,7 +30,7 @@ pub fn gaussian_kl_dims(mu: &Tensor, logvar: &Tensor) -> Tensor {
 }
 
 /// The free-bits KL term (Kingma et al., "Improved Variational Inference with Inverse
-/// Autoregressive Flow", NeurIPS 2016): Σ_j max(λ, E_batch[KL_j]), where KL_j is the KL of
+/// Autoregressive Flow", NeurIPS 2016): Σ_j max(λ, E_batch\[KL_j\]), where KL_j is the KL of
 /// latent dimension j. Dimensions already below λ nats get no gradient towards the prior, so
 /// they are not pushed to collapse. λ = 0 gives the batch-mean KL.
 pub fn free_bits_kl(mu: &Tensor, logvar: &Tensor, lambda: f64) -> Tensor {
