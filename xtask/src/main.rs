@@ -111,6 +111,11 @@ enum Task {
     Dist,
 }
 
+/// The cargo that runs us (`$CARGO`), for building the workspace's binaries.
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
+}
+
 /// The workspace root: the folder above this crate's manifest.
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -201,7 +206,6 @@ fn main() -> ExitCode {
             peer,
             json,
         } => {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let args = bench::BenchArgs {
                 steps,
                 pairs,
@@ -216,20 +220,15 @@ fn main() -> ExitCode {
                 iw_images,
                 peer,
             };
-            bench::run(&root(), &cargo, &args)
+            bench::run(&root(), &cargo(), &args)
         }
         Task::Train {
             cuda,
             mirrors,
             args,
-        } => download(&["mnist".to_string()], &mirrors, false, None).and_then(|()| {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            gpu::train(&root(), &cargo, cuda, &args)
-        }),
-        Task::Dist => {
-            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            gpu::dist(&root(), &cargo)
-        }
+        } => download(&["mnist".to_string()], &mirrors, false, None)
+            .and_then(|()| gpu::train(&root(), &cargo(), cuda, &args)),
+        Task::Dist => gpu::dist(&root(), &cargo()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -2,16 +2,17 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context, Result, bail};
-use vae_data::{MnistDataset, Split};
-use vae_train::{Checkpoint, evaluate_elbo, evaluate_iw, files, images_tensor, parse_device};
+use anyhow::{Result, bail};
+use vae_data::Split;
+use vae_train::{evaluate_elbo, evaluate_iw, images_tensor};
+
+use crate::explore::{ModelArgs, load_split};
 
 /// Options of `vae eval`.
 #[derive(clap::Args, Debug)]
 pub struct EvalArgs {
-    /// Run directory made by `vae train` (or a checkpoint file).
-    #[arg(long)]
-    pub run: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
     /// Folder holding the MNIST-format test files.
     #[arg(long, default_value = "data/mnist")]
     pub data: PathBuf,
@@ -21,12 +22,6 @@ pub struct EvalArgs {
     /// Test images for the importance-weighted estimate (the first N) [default: all].
     #[arg(long)]
     pub images: Option<usize>,
-    /// Which checkpoint of the run: best or last.
-    #[arg(long, default_value = "best")]
-    pub checkpoint: String,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
     /// Seed of the binarisation and sampling noise.
     #[arg(long, default_value_t = 123)]
     pub seed: u64,
@@ -39,37 +34,10 @@ pub fn run(args: EvalArgs) -> Result<u8> {
     if args.iw_samples < 0 {
         bail!("--iw-samples must be at least 0, got {}", args.iw_samples);
     }
-    let path = if args.run.is_dir() {
-        let name = match args.checkpoint.as_str() {
-            "best" => files::BEST,
-            "last" => files::LAST,
-            other => bail!("--checkpoint must be best or last, got {other:?}"),
-        };
-        args.run.join(name)
-    } else {
-        args.run.clone()
-    };
-    if !path.exists() {
-        bail!(
-            "{} not found: is {} a run directory made by `vae train`?",
-            path.display(),
-            args.run.display()
-        );
-    }
-    let device = parse_device(&args.device)?;
-    let (model, _vs, ckpt) = Checkpoint::load(&path)?.into_model(device)?;
-    let test = MnistDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
-    let cfg = model.config();
-    if test.image_size() != (cfg.input_height as usize, cfg.input_width as usize) {
-        bail!(
-            "the test images in {} are {}x{}, but the model was trained on {}x{}",
-            args.data.display(),
-            test.image_size().0,
-            test.image_size().1,
-            cfg.input_height,
-            cfg.input_width
-        );
-    }
+    let path = args.model.path()?;
+    let (model, _vs, ckpt) = args.model.load()?;
+    let device = model.device();
+    let test = load_split(&args.data, Split::Test, &model)?;
     let binarize = ckpt.train_config.binarize;
     let x = images_tensor(&test, device);
     let elbo = evaluate_elbo(&model, &x, binarize, args.seed)?;

@@ -64,7 +64,8 @@ impl ModelArgs {
     }
 }
 
-fn load_split(data: &Path, split: Split, model: &ConvVae) -> Result<MnistDataset> {
+/// Loads a split and checks its images have the model's size.
+pub fn load_split(data: &Path, split: Split, model: &ConvVae) -> Result<MnistDataset> {
     let ds = MnistDataset::load(data, split).context("cannot load the data")?;
     let c = model.config();
     if ds.image_size() != (c.input_height as usize, c.input_width as usize) {
