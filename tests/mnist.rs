@@ -75,11 +75,11 @@ fn labels_and_counts_are_mnists() {
 }
 
 #[test]
-fn the_default_model_learns_digits_in_a_few_hundred_steps() {
+fn the_default_model_learns_digits_in_two_hundred_steps() {
     use vae_train::{Outcome, TrainConfig, Trainer};
     let dir = mnist_dir();
     let full = MnistDataset::load(&dir, Split::Train).unwrap();
-    let subset = full.select(&(0..13_800).collect::<Vec<_>>());
+    let subset = full.select(&(0..26_600).collect::<Vec<_>>());
     let (train, val) = subset.split_validation(1_000).unwrap();
     let run = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
@@ -97,9 +97,10 @@ fn the_default_model_learns_digits_in_a_few_hundred_steps() {
     .unwrap();
     assert_eq!(t.run().unwrap(), Outcome::Completed);
     let val_elbo = t.state().history[0].val_elbo;
-    // A fresh model scores about -545 nats; 100 steps of Adam reach well under -200.
+    // A fresh model scores about -545 nats; 200 default steps (mostly warm-up) reach
+    // well above -200.
     assert!(
         val_elbo > -200.0,
-        "validation ELBO after 100 steps: {val_elbo}"
+        "validation ELBO after 200 steps: {val_elbo}"
     );
 }
