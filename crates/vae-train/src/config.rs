@@ -234,6 +234,8 @@ mod tests {
         assert!((c.lr_at(110, 110) - 0.1).abs() < 1e-12);
         let constant = TrainConfig {
             lr: 0.5,
+            lr_schedule: LrSchedule::Constant,
+            warmup_steps: 0,
             ..TrainConfig::default()
         };
         assert_eq!(constant.lr_at(1000, 10), 0.5);

@@ -44,6 +44,10 @@ fn tiny_train(epochs: usize) -> TrainConfig {
         epochs,
         batch_size: 16,
         lr: 3e-3,
+        // Constant: these runs are shorter than the default's warm-up.
+        lr_schedule: LrSchedule::Constant,
+        warmup_steps: 0,
+        min_lr: 0.0,
         device: "cpu".into(),
         threads: Some(1),
         validation_size: 16,
