@@ -230,9 +230,10 @@ pub fn run(args: TrainArgs) -> Result<u8> {
         dir.display()
     );
     trainer.set_progress(true);
-    if let Ok(test) = MnistDataset::load(&args.data, Split::Test) {
-        trainer.set_test_set(&test)?;
-    }
+    // Loaded once: the per-epoch test ELBO and the final pictures use it (set_test_set also
+    // checks its image size against the model's).
+    let test = MnistDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
+    trainer.set_test_set(&test)?;
     trainer.set_interrupt_flag(install_interrupt_handler());
     let outcome = trainer.run()?;
     for m in trainer.state().history.iter().rev().take(1) {
@@ -264,7 +265,7 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     }
     let device = trainer.device();
     drop(trainer);
-    finish(&dir, &args.data, device)?;
+    finish(&dir, &test, device)?;
     Ok(0)
 }
 
@@ -314,22 +315,10 @@ fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
 }
 
 /// After training: pictures and the test ELBO of the best checkpoint.
-fn finish(dir: &Path, data: &Path, device: Device) -> Result<()> {
+fn finish(dir: &Path, test: &MnistDataset, device: Device) -> Result<()> {
     let best = dir.join(files::BEST);
     let (model, _vs, ckpt) = Checkpoint::load(&best)?.into_model(device)?;
-    let test = MnistDataset::load(data, Split::Test).context("cannot load the test set")?;
-    let test_x = images_tensor(&test, device);
-    let (_, h, w) = (
-        model.config().input_channels,
-        model.config().input_height,
-        model.config().input_width,
-    );
-    if test.image_size() != (h as usize, w as usize) {
-        bail!(
-            "the test images are {:?}, the model was trained on {h}x{w}",
-            test.image_size()
-        );
-    }
+    let test_x = images_tensor(test, device);
     tch::manual_seed(ckpt.train_config.seed as i64);
     let samples = tch::no_grad(|| model.sample(64, 1.0))?;
     save_grid(&dir.join("samples.png"), &samples, 8)?;

@@ -101,6 +101,15 @@ fn check_sizes(model_config: &ConvVaeConfig, data: &MnistDataset, what: &str) ->
     Ok(())
 }
 
+/// The device `config` asks for, with libtorch's thread count set as it says.
+fn runtime(config: &TrainConfig) -> Result<Device> {
+    let device = parse_device(&config.device)?;
+    if let Some(t) = config.threads {
+        tch::set_num_threads(t as i32);
+    }
+    Ok(device)
+}
+
 impl Trainer {
     /// Starts a new run in `run_dir` (created if needed; an existing checkpoint there is an
     /// error: resume it instead, or pick another directory).
@@ -120,10 +129,7 @@ impl Trainer {
         }
         config.validate()?;
         model_config.validate()?;
-        let device = parse_device(&config.device)?;
-        if let Some(t) = config.threads {
-            tch::set_num_threads(t as i32);
-        }
+        let device = runtime(&config)?;
         tch::manual_seed(mix(config.seed, 1, 0));
         let vs = nn::VarStore::new(device);
         let model = ConvVae::new(&vs.root(), &model_config)?;
@@ -162,10 +168,7 @@ impl Trainer {
         let mut config = ckpt.train_config.clone();
         adjust(&mut config);
         config.validate()?;
-        let device = parse_device(&config.device)?;
-        if let Some(t) = config.threads {
-            tch::set_num_threads(t as i32);
-        }
+        let device = runtime(&config)?;
         let mut vs = nn::VarStore::new(device);
         let model = ConvVae::new(&vs.root(), &ckpt.model_config)?;
         ckpt.restore_variables(&mut vs)?;
