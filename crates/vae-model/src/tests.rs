@@ -3,6 +3,14 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::loss::{bernoulli_nll, gaussian_kl, log_mean_exp};
 use crate::*;
 
+/// libtorch's generator is global to the process: tests that seed it and compare draws take
+/// this lock so parallel tests cannot reseed between their steps.
+static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn t(v: &[f32], shape: &[i64]) -> Tensor {
     Tensor::from_slice(v).view(shape)
 }
@@ -180,6 +188,7 @@ fn invalid_configs_are_rejected() {
 
 #[test]
 fn iw_bound_with_one_sample_is_the_elbo_in_expectation_and_rises_with_k() {
+    let _g = lock();
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
     let vae = ConvVae::new(&vs.root(), &small_config()).unwrap();
@@ -291,6 +300,7 @@ fn decoder_matches_plain_transposed_convolutions() {
 
 #[test]
 fn iwae_with_one_sample_is_the_elbo_on_that_sample_and_rises_with_k() {
+    let _g = lock();
     tch::manual_seed(3);
     let vs = nn::VarStore::new(Device::Cpu);
     let vae = ConvVae::new(&vs.root(), &small_config()).unwrap();
