@@ -27,6 +27,26 @@ pub struct ConvVaeConfig {
     /// Parameter sharing: each decoder transposed conv reuses the weight tensor of the mirrored
     /// encoder conv (same shape), halving the conv weights. Biases stay separate.
     pub tie_weights: bool,
+    /// Residual blocks (x + Conv3x3(ReLU(Conv3x3(x))), then ReLU) after each encoder conv and
+    /// before each decoder transposed conv, at that resolution and width (0: none).
+    pub res_blocks: usize,
+    /// The prior p(z).
+    pub prior: Prior,
+}
+
+/// The prior over the latent z.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum Prior {
+    /// N(0, I).
+    #[default]
+    Standard,
+    /// The VampPrior (Tomczak & Welling, "VAE with a VampPrior", AISTATS 2018): the mixture
+    /// (1/K) Σ_k q(z | u_k) of the encoder's posteriors at K learned pseudo-inputs u_k.
+    Vamp {
+        /// K, the number of pseudo-inputs.
+        components: i64,
+    },
 }
 
 impl Default for ConvVaeConfig {
@@ -39,6 +59,8 @@ impl Default for ConvVaeConfig {
             channels: vec![32, 64],
             hidden_dim: None,
             tie_weights: false,
+            res_blocks: 0,
+            prior: Prior::Standard,
         }
     }
 }
@@ -69,6 +91,19 @@ impl ConvVaeConfig {
             && h < 1
         {
             return bad(format!("hidden_dim must be at least 1, got {h}"));
+        }
+        if let Prior::Vamp { components } = self.prior
+            && !(1..=100_000).contains(&components)
+        {
+            return bad(format!(
+                "the VampPrior needs 1 to 100000 pseudo-inputs, got {components}"
+            ));
+        }
+        if self.res_blocks > 64 {
+            return bad(format!(
+                "res_blocks must be at most 64, got {}",
+                self.res_blocks
+            ));
         }
         let factor = 1i64 << self.channels.len().min(30);
         if self.input_height % factor != 0 || self.input_width % factor != 0 {

@@ -3,7 +3,7 @@
 //! A [`ConvVae`] is built from a [`ConvVaeConfig`] on a `tch::nn::Path`: a stride-2 conv
 //! encoder with μ and log σ² heads for q(z | x) = N(μ, diag σ²), the reparameterised sample
 //! z = μ + σ·ε, a transposed-conv decoder giving Bernoulli logits for p(x | z), and the prior
-//! p(z) = N(0, I). It computes the ELBO terms (analytic KL, numerically stable BCE with logits),
+//! p(z) = N(0, I) or a VampPrior ([`Prior`]); optional residual blocks deepen both halves. It computes the ELBO terms (analytic KL, numerically stable BCE with logits),
 //! samples, reconstructions and the importance-weighted estimate of log p(x).
 //!
 //! This crate is the model only: no data loading (see `vae-data`), no optimiser or checkpoints
@@ -30,7 +30,7 @@ mod error;
 pub mod loss;
 mod model;
 
-pub use config::ConvVaeConfig;
+pub use config::{ConvVaeConfig, Prior};
 pub use error::ModelError;
 pub use model::{ConvVae, ElboTerms, IwaeTerms, Posterior, VaeOutput};
 

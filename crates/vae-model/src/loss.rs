@@ -51,6 +51,29 @@ pub fn diagonal_normal_log_density(eps: &Tensor, logvar: &Tensor) -> Tensor {
     (eps.square() + logvar + LN_2PI).sum_dim_intlist(-1, false, Kind::Float) * -0.5
 }
 
+/// log N(z; μ, diag σ²) summed over the last dimension: −½ Σ ((z − μ)²/σ² + log σ² + ln 2π).
+/// Broadcasts like the tensor ops it is made of.
+pub fn normal_log_density(z: &Tensor, mu: &Tensor, logvar: &Tensor) -> Tensor {
+    ((z - mu).square() * (-logvar).exp() + logvar + LN_2PI).sum_dim_intlist(-1, false, Kind::Float)
+        * -0.5
+}
+
+/// log (1/K Σ_k N(z; μ_k, diag σ_k²)) for every row of `z` (`[M, D]`) under the mixture of K
+/// diagonal Gaussians with `mu`, `logvar` (`[K, D]`): `[M]`. The VampPrior's log-density.
+///
+/// Expands the squares, Σ_d (z_d − μ_kd)²/σ_kd² = z²·(1/σ_k²) − 2 z·(μ_k/σ_k²) + Σ μ_k²/σ_k²,
+/// so the `[M, K]` component log-densities come from two matrix products and no `[M, K, D]`
+/// tensor is built.
+pub fn mixture_log_density(z: &Tensor, mu: &Tensor, logvar: &Tensor) -> Tensor {
+    let k = mu.size()[0];
+    let d = mu.size()[1];
+    let precision = (-logvar).exp(); // [K, D]
+    let quad = z.square().matmul(&precision.tr()) - z.matmul(&(mu * &precision).tr()) * 2.0
+        + (mu.square() * &precision + logvar).sum_dim_intlist(-1, false, Kind::Float); // [M, K]
+    let log_components = (quad + d as f64 * LN_2PI) * -0.5;
+    log_components.logsumexp([-1].as_slice(), false) - (k as f64).ln()
+}
+
 /// log (1/k Σ_i exp(w_i)) over dimension 0 of `log_weights` (`[k, N]`), stably: the
 /// importance-weighted bound from k samples' log weights log p(x, z_i) − log q(z_i | x).
 pub fn log_mean_exp(log_weights: &Tensor) -> Tensor {

@@ -1,7 +1,7 @@
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::ConvVaeConfig;
+use crate::config::{ConvVaeConfig, Prior};
 use crate::error::ModelError;
 use crate::loss;
 
@@ -54,10 +54,59 @@ fn deconv(p: nn::Path<'_>, i: i64, o: i64) -> nn::ConvTranspose2D {
     nn::conv_transpose2d(p, i, o, 4, cfg)
 }
 
+/// x ↦ ReLU(x + Conv3x3(ReLU(Conv3x3(x)))): a residual block keeping width and resolution
+/// (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016).
+#[derive(Debug)]
+struct ResBlock {
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+}
+
+impl ResBlock {
+    fn new(p: nn::Path<'_>, c: i64) -> Self {
+        let init = torch_default(c * 9);
+        let cfg = nn::ConvConfig {
+            padding: 1,
+            ws_init: init,
+            bs_init: init,
+            ..Default::default()
+        };
+        Self {
+            conv1: nn::conv2d(&p / "conv1", c, c, 3, cfg),
+            conv2: nn::conv2d(&p / "conv2", c, c, 3, cfg),
+        }
+    }
+
+    fn forward(&self, x: &Tensor) -> Tensor {
+        (x + x.apply(&self.conv1).relu_().apply(&self.conv2)).relu_()
+    }
+
+    fn stack(p: &nn::Path<'_>, name: &str, c: i64, n: usize) -> Vec<Self> {
+        (0..n)
+            .map(|j| Self::new(p / name / j.to_string(), c))
+            .collect()
+    }
+}
+
+fn apply_blocks(mut h: Tensor, blocks: &[ResBlock]) -> Tensor {
+    for b in blocks {
+        h = b.forward(&h);
+    }
+    h
+}
+
+/// The VampPrior's K pseudo-inputs, stored as logits: u_k = sigmoid(`logits_k`) ∈ (0, 1)ᴰ.
+#[derive(Debug)]
+struct PseudoInputs {
+    logits: Tensor,
+}
+
 /// q(z | x): stride-2 convs, an optional dense layer, and one linear head giving [μ, log σ²].
 #[derive(Debug)]
 struct Encoder {
     convs: Vec<nn::Conv2D>,
+    /// Residual blocks after each conv (one list per conv).
+    blocks: Vec<Vec<ResBlock>>,
     hidden: Option<nn::Linear>,
     head: nn::Linear,
 }
@@ -122,6 +171,8 @@ impl Deconv {
 struct Decoder {
     hidden: Option<nn::Linear>,
     fc: nn::Linear,
+    /// Residual blocks before each transposed conv (one list per deconv).
+    blocks: Vec<Vec<ResBlock>>,
     deconvs: Vec<Deconv>,
 }
 
@@ -181,15 +232,18 @@ struct WeightTerms {
     log_qz: Tensor,
 }
 
-/// A convolutional VAE with a standard-normal prior and a Bernoulli decoder.
+/// A convolutional VAE with a Bernoulli decoder and a standard-normal or VampPrior prior.
 ///
 /// Variables live under the `nn::Path` it is built on, named after the fields:
-/// `encoder.conv1.weight`, …, `encoder.head.bias`, `decoder.fc.weight`, `decoder.deconv1.weight`, ….
+/// `encoder.conv1.weight`, …, `encoder.head.bias`, `decoder.fc.weight`, `decoder.deconv1.weight`, …;
+/// residual blocks as `encoder.block1.0.conv1.weight`, …; VampPrior pseudo-inputs as
+/// `prior.pseudo_inputs`.
 #[derive(Debug)]
 pub struct ConvVae {
     config: ConvVaeConfig,
     encoder: Encoder,
     decoder: Decoder,
+    pseudo: Option<PseudoInputs>,
     device: Device,
 }
 
@@ -203,9 +257,16 @@ impl ConvVae {
         let dec = p / "decoder";
 
         let mut convs = Vec::new();
+        let mut enc_blocks = Vec::new();
         let mut c_in = config.input_channels;
         for (i, &c) in config.channels.iter().enumerate() {
             convs.push(conv(&enc / format!("conv{}", i + 1), c_in, c));
+            enc_blocks.push(ResBlock::stack(
+                &enc,
+                &format!("block{}", i + 1),
+                c,
+                config.res_blocks,
+            ));
             c_in = c;
         }
         let (hidden, head_in) = match config.hidden_dim {
@@ -222,8 +283,15 @@ impl ConvVae {
         let mut outs: Vec<i64> = config.channels.iter().rev().skip(1).copied().collect();
         outs.push(config.input_channels);
         let mut deconvs = Vec::new();
+        let mut dec_blocks = Vec::new();
         let mut c_in = c_last;
         for (i, &c) in outs.iter().enumerate() {
+            dec_blocks.push(ResBlock::stack(
+                &dec,
+                &format!("block{}", i + 1),
+                c_in,
+                config.res_blocks,
+            ));
             let p = &dec / format!("deconv{}", i + 1);
             deconvs.push(if config.tie_weights {
                 // deconv1 mirrors the last conv, deconv2 the one before, ...
@@ -233,18 +301,42 @@ impl ConvVae {
             });
             c_in = c;
         }
+        let pseudo = match config.prior {
+            Prior::Standard => None,
+            Prior::Vamp { components } => {
+                // Logits around −2 (pixel ≈ 0.12, MNIST's mean intensity) with some spread, so
+                // the pseudo-inputs start distinct and inside sigmoid's responsive range.
+                let logits = (p / "prior").var(
+                    "pseudo_inputs",
+                    &[
+                        components,
+                        config.input_channels,
+                        config.input_height,
+                        config.input_width,
+                    ],
+                    nn::Init::Randn {
+                        mean: -2.0,
+                        stdev: 0.5,
+                    },
+                );
+                Some(PseudoInputs { logits })
+            }
+        };
         Ok(Self {
             config: config.clone(),
             encoder: Encoder {
                 convs,
+                blocks: enc_blocks,
                 hidden,
                 head,
             },
             decoder: Decoder {
                 hidden: dec_hidden,
                 fc,
+                blocks: dec_blocks,
                 deconvs,
             },
+            pseudo,
             device: p.device(),
         })
     }
@@ -300,8 +392,8 @@ impl ConvVae {
 
     fn encode_unchecked(&self, x: &Tensor) -> Posterior {
         let mut h = x.shallow_clone();
-        for conv in &self.encoder.convs {
-            h = h.apply(conv).relu_();
+        for (conv, blocks) in self.encoder.convs.iter().zip(&self.encoder.blocks) {
+            h = apply_blocks(h.apply(conv).relu_(), blocks);
         }
         h = h.flatten(1, -1);
         if let Some(hidden) = &self.encoder.hidden {
@@ -334,8 +426,14 @@ impl ConvVae {
         }
         t = t.apply(&self.decoder.fc).relu_().view([-1, c, h, w]);
         let last = self.decoder.deconvs.len() - 1;
-        for (i, deconv) in self.decoder.deconvs.iter().enumerate() {
-            t = deconv.forward(&t);
+        for (i, (deconv, blocks)) in self
+            .decoder
+            .deconvs
+            .iter()
+            .zip(&self.decoder.blocks)
+            .enumerate()
+        {
+            t = deconv.forward(&apply_blocks(t, blocks));
             if i < last {
                 t = t.relu_();
             }
@@ -367,20 +465,72 @@ impl ConvVae {
         let out = self.forward_unchecked(x);
         Ok(ElboTerms {
             reconstruction: loss::bernoulli_nll(&out.logits, x),
-            kl: loss::gaussian_kl(&out.mu, &out.logvar),
+            kl: self.kl(&out),
         })
     }
 
-    /// `n` images decoded from the prior with latents scaled by `temperature` (1 = the
-    /// prior itself): Bernoulli means (pixel probabilities), `[n, C, H, W]`.
+    /// The KL term of the ELBO per example, `[N]`: KL(q(z | x) ‖ N(0, I)) in closed form for
+    /// the standard prior; for the VampPrior, which has no closed form, the one-sample estimate
+    /// log q(z | x) − log p(z) at the forward pass's own z (unbiased; its mean is the KL).
+    pub fn kl(&self, out: &VaeOutput) -> Tensor {
+        match self.pseudo {
+            None => loss::gaussian_kl(&out.mu, &out.logvar),
+            Some(_) => {
+                loss::normal_log_density(&out.z, &out.mu, &out.logvar) - self.log_prior(&out.z)
+            }
+        }
+    }
+
+    /// log p(z) under the model's prior for latents `[..., latent]`: `[...]`.
+    pub fn log_prior(&self, z: &Tensor) -> Tensor {
+        match &self.pseudo {
+            None => loss::standard_normal_log_density(z),
+            Some(_) => {
+                let (mu, logvar) = self.prior_components();
+                let size = z.size();
+                let flat = z.reshape([-1, self.config.latent_dim]);
+                loss::mixture_log_density(&flat, &mu, &logvar).view(&size[..size.len() - 1])
+            }
+        }
+    }
+
+    /// The VampPrior's pseudo-inputs as images in (0, 1), `[K, C, H, W]`; `None` for the
+    /// standard prior.
+    pub fn pseudo_inputs(&self) -> Option<Tensor> {
+        self.pseudo.as_ref().map(|p| p.logits.sigmoid())
+    }
+
+    /// The VampPrior's K components q(z | u_k): means and log-variances, `[K, latent]` each.
+    fn prior_components(&self) -> (Tensor, Tensor) {
+        let u = self.pseudo_inputs().expect("called for the VampPrior only");
+        let q = self.encode_unchecked(&u);
+        (q.mu, q.logvar)
+    }
+
+    /// `n` latents drawn from the prior, with the Gaussian noise scaled by `temperature`.
+    fn sample_prior(&self, n: i64, temperature: f64) -> Tensor {
+        let eps =
+            Tensor::randn([n, self.config.latent_dim], (Kind::Float, self.device)) * temperature;
+        match &self.pseudo {
+            None => eps,
+            Some(p) => {
+                let (mu, logvar) = self.prior_components();
+                let k = p.logits.size()[0];
+                let pick = Tensor::randint(k, [n], (Kind::Int64, self.device));
+                mu.index_select(0, &pick) + (logvar.index_select(0, &pick) * 0.5).exp() * eps
+            }
+        }
+    }
+
+    /// `n` images decoded from the prior with its Gaussian noise scaled by `temperature` (1 =
+    /// the prior itself; for the VampPrior, a random component's noise): Bernoulli means (pixel probabilities), `[n, C, H, W]`.
     pub fn sample(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
         if n < 1 {
             return Err(ModelError::InvalidArgument(format!(
                 "cannot sample {n} images"
             )));
         }
-        let z =
-            Tensor::randn([n, self.config.latent_dim], (Kind::Float, self.device)) * temperature;
+        let z = self.sample_prior(n, temperature);
         Ok(self.decode_unchecked(&z).sigmoid())
     }
 
@@ -462,7 +612,7 @@ impl ConvVae {
             .expand([s, -1, -1, -1, -1], false)
             .reshape([s * n, -1]);
         let log_px = -loss::bernoulli_nll(&logits.view([s * n, -1]), &targets).view([s, n]);
-        let log_pz = loss::standard_normal_log_density(&z);
+        let log_pz = self.log_prior(&z);
         let log_qz = loss::diagonal_normal_log_density(&eps, &q.logvar);
         WeightTerms {
             log_px,
