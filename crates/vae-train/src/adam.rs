@@ -1,9 +1,13 @@
-//! Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015) over tensors,
-//! written out so its moments can be checkpointed and restored exactly.
+//! Adam (Kingma & Ba, "Adam: A Method for Stochastic Optimization", ICLR 2015), its
+//! infinity-norm variant Adamax (same paper, §7.1) and AdamW's decoupled weight decay
+//! (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019) over tensors,
+//! written out so their moments can be checkpointed and restored exactly.
 
 use tch::{Kind, Tensor};
 
-/// Adam's state for one set of parameters, in a fixed (name-sorted) order.
+use crate::config::Optimizer;
+
+/// The optimiser's state for one set of parameters, in a fixed (name-sorted) order.
 #[derive(Debug)]
 pub struct Adam {
     /// Parameter names, sorted.
@@ -11,13 +15,15 @@ pub struct Adam {
     params: Vec<Tensor>,
     /// First moments, one per parameter.
     pub m: Vec<Tensor>,
-    /// Second moments, one per parameter.
+    /// Second moments (Adamax: the exponentially weighted infinity norms), one per parameter.
     pub v: Vec<Tensor>,
     /// Steps taken (t in the paper).
     pub t: u64,
     lr: f64,
     betas: (f64, f64),
     eps: f64,
+    kind: Optimizer,
+    weight_decay: f64,
 }
 
 impl Adam {
@@ -37,7 +43,21 @@ impl Adam {
             lr,
             betas,
             eps,
+            kind: Optimizer::Adam,
+            weight_decay: 0.0,
         }
+    }
+
+    /// Switches the update rule: Adam, AdamW with decoupled `weight_decay`, or Adamax.
+    pub fn with_rule(mut self, kind: Optimizer, weight_decay: f64) -> Self {
+        self.kind = kind;
+        self.weight_decay = weight_decay;
+        self
+    }
+
+    /// The parameters it updates, in [`names`](Self::names) order.
+    pub fn params(&self) -> &[Tensor] {
+        &self.params
     }
 
     /// Sets the learning rate for the next steps.
@@ -75,10 +95,49 @@ impl Adam {
         }
     }
 
-    /// One Adam step with `grads` (one per parameter, in [`names`](Self::names) order):
-    /// m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p − lr·m̂/(√v̂ + ε) with the bias
+    /// One step with `grads` (one per parameter, in [`names`](Self::names) order).
+    ///
+    /// Adam: m ← β₁m + (1−β₁)g, v ← β₂v + (1−β₂)g², p ← p − lr·m̂/(√v̂ + ε) with the bias
     /// corrections m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ). Two temporaries per parameter.
+    /// AdamW: first p ← p·(1 − lr·λ), then the Adam step. Adamax: u ← max(β₂u, |g| + ε),
+    /// p ← p − (lr/(1−β₁ᵗ))·m/u (PyTorch's `Adamax`).
     pub fn step(&mut self, grads: &[Tensor]) {
+        match self.kind {
+            Optimizer::Adam => self.adam_step(grads),
+            Optimizer::Adamw => {
+                let factor = 1.0 - self.lr * self.weight_decay;
+                tch::no_grad(|| {
+                    for p in &mut self.params {
+                        let _ = p.g_mul_scalar_(factor);
+                    }
+                });
+                self.adam_step(grads);
+            }
+            Optimizer::Adamax => self.adamax_step(grads),
+        }
+    }
+
+    fn adamax_step(&mut self, grads: &[Tensor]) {
+        self.t += 1;
+        let (b1, b2) = self.betas;
+        let step_size = self.lr / (1.0 - b1.powi(self.t as i32));
+        tch::no_grad(|| {
+            for (((p, m), u), g) in self
+                .params
+                .iter_mut()
+                .zip(&mut self.m)
+                .zip(&mut self.v)
+                .zip(grads)
+            {
+                let _ = m.lerp_(g, 1.0 - b1);
+                let bound = (&*u * b2).maximum(&(g.abs() + self.eps));
+                u.copy_(&bound);
+                let _ = p.addcdiv_(m, &(bound * -(1.0 / step_size)));
+            }
+        });
+    }
+
+    fn adam_step(&mut self, grads: &[Tensor]) {
         self.t += 1;
         let (b1, b2) = self.betas;
         let bc1 = 1.0 - b1.powi(self.t as i32);
@@ -139,6 +198,45 @@ mod tests {
         let want = 0.9 - 0.1 * (m / (1.0 - 0.81)) / ((v / (1.0 - 0.999f64.powi(2))).sqrt() + 1e-8);
         let got = w.double_value(&[0]);
         assert!((got - want).abs() < 1e-6, "{got} vs {want}");
+    }
+
+    #[test]
+    fn adamw_decays_then_steps_and_adamax_follows_its_formula() {
+        // AdamW: loss 0 ⇒ g = 0 ⇒ only the decay moves w: w(1 − lr·λ).
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[1], nn::Init::Const(2.0));
+        let mut opt = Adam::new(&vs, 0.1, (0.9, 0.999), 1e-8).with_rule(Optimizer::Adamw, 0.5);
+        opt.backward_step(&(&w * 0.0).sum(Kind::Float), None);
+        assert!((w.double_value(&[0]) - 2.0 * (1.0 - 0.05)).abs() < 1e-6);
+        // With a gradient: decay first, then Adam's −lr·sign(g) first step.
+        opt.backward_step(&w.square().sum(Kind::Float), None);
+        let after_decay = 1.9 * 0.95;
+        // t = 2 with m, v from a zero first gradient: m = 0.1g, v = 0.001g², m̂/√v̂ = sign(g)·
+        // (0.1/0.19)/(√(0.001)/√(1−0.999²)) — computed below.
+        let g = 2.0 * after_decay;
+        let m = 0.1 * g;
+        let v = 0.001 * g * g;
+        let want =
+            after_decay - 0.1 * (m / (1.0 - 0.81)) / ((v / (1.0 - 0.999f64.powi(2))).sqrt() + 1e-8);
+        assert!(
+            (w.double_value(&[0]) - want).abs() < 1e-5,
+            "{}",
+            w.double_value(&[0])
+        );
+
+        // Adamax, two steps by hand.
+        let vs = nn::VarStore::new(Device::Cpu);
+        let w = vs.root().var("w", &[1], nn::Init::Const(1.0));
+        let mut opt = Adam::new(&vs, 0.1, (0.9, 0.999), 1e-8).with_rule(Optimizer::Adamax, 0.0);
+        let (mut m, mut u, mut want) = (0.0f64, 0.0f64, 1.0f64);
+        for t in 1..=2 {
+            let g = 2.0 * want;
+            m = 0.9 * m + 0.1 * g;
+            u = (0.999 * u).max(g.abs() + 1e-8);
+            want -= 0.1 / (1.0 - 0.9f64.powi(t)) * m / u;
+            opt.backward_step(&w.square().sum(Kind::Float), None);
+            assert!((w.double_value(&[0]) - want).abs() < 1e-6, "step {t}");
+        }
     }
 
     #[test]

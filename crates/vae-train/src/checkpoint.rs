@@ -1,5 +1,6 @@
 //! Checkpoints: one safetensors file holding the model's weights (under their own names),
-//! optionally Adam's moments (`optimizer.m.<name>`, `optimizer.v.<name>`), and as header
+//! optionally Adam's moments (`optimizer.m.<name>`, `optimizer.v.<name>`) and the weights'
+//! moving average (`ema.<name>`), and as header
 //! metadata the model config, train config and training state (JSON). Written atomically.
 
 use std::collections::HashMap;
@@ -157,26 +158,38 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     result
 }
 
-/// Saves a checkpoint of `vs` (and Adam's moments if given) to `path`, atomically.
-pub fn save(
+/// What a resumable checkpoint holds besides the weights, one tensor per name of `names`.
+pub(crate) struct OptimizerState<'a> {
+    pub names: &'a [String],
+    pub m: &'a [Tensor],
+    pub v: &'a [Tensor],
+    pub ema: Option<&'a [Tensor]>,
+}
+
+/// Saves a checkpoint of `vs` (and the optimiser's state if given) to `path`, atomically.
+pub(crate) fn save(
     path: &Path,
     model_config: &ConvVaeConfig,
     train_config: &TrainConfig,
     state: &TrainState,
     vs: &nn::VarStore,
-    moments: Option<(&[String], &[Tensor], &[Tensor])>,
+    optimizer: Option<OptimizerState<'_>>,
 ) -> Result<()> {
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for (name, t) in vs.variables() {
         let (shape, bytes) = to_bytes(&t)?;
         owned.push((name, shape, bytes));
     }
-    if let Some((names, m, v)) = moments {
-        for ((name, m), v) in names.iter().zip(m).zip(v) {
+    if let Some(o) = optimizer {
+        for ((name, m), v) in o.names.iter().zip(o.m).zip(o.v) {
             let (shape, bytes) = to_bytes(m)?;
             owned.push((format!("optimizer.m.{name}"), shape, bytes));
             let (shape, bytes) = to_bytes(v)?;
             owned.push((format!("optimizer.v.{name}"), shape, bytes));
+        }
+        for (name, e) in o.names.iter().zip(o.ema.unwrap_or_default()) {
+            let (shape, bytes) = to_bytes(e)?;
+            owned.push((format!("ema.{name}"), shape, bytes));
         }
     }
     let mut meta = HashMap::new();
@@ -327,6 +340,19 @@ impl Checkpoint {
             .map(|n| get("v", n))
             .collect::<Option<Vec<_>>>()?;
         Some((m, v))
+    }
+
+    /// The stored moving average of the weights for `names` (in that order), moved to
+    /// `device`, if the checkpoint has it.
+    pub fn ema(&self, names: &[String], device: Device) -> Option<Vec<Tensor>> {
+        names
+            .iter()
+            .map(|n| {
+                self.tensors
+                    .get(&format!("ema.{n}"))
+                    .map(|t| t.to_device(device))
+            })
+            .collect()
     }
 
     /// Builds the model the checkpoint describes on `device` and loads its weights.

@@ -51,6 +51,26 @@ pub struct TrainConfig {
     pub min_lr: f64,
     /// Stop when the validation ELBO has not improved for this many epochs.
     pub patience: Option<usize>,
+    /// The update rule.
+    pub optimizer: Optimizer,
+    /// AdamW's decoupled weight decay λ (p ← p·(1 − lr·λ) each step); AdamW only.
+    pub weight_decay: f64,
+    /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and
+    /// evaluate, select and save the best checkpoint with it (Polyak averaging); None: off.
+    pub ema_decay: Option<f64>,
+}
+
+/// The optimiser's update rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Adam (Kingma & Ba 2015).
+    #[default]
+    Adam,
+    /// Adam with decoupled weight decay (Loshchilov & Hutter 2019).
+    Adamw,
+    /// Adam's infinity-norm variant (Kingma & Ba 2015, §7.1).
+    Adamax,
 }
 
 /// The training objective.
@@ -102,6 +122,9 @@ impl Default for TrainConfig {
             warmup_steps: 300,
             min_lr: 1e-4,
             patience: None,
+            optimizer: Optimizer::Adam,
+            weight_decay: 0.0,
+            ema_decay: None,
         }
     }
 }
@@ -163,6 +186,20 @@ impl TrainConfig {
         }
         if !(self.min_lr.is_finite() && self.min_lr >= 0.0 && self.min_lr <= self.lr) {
             return bad(format!("min_lr must lie in [0, lr], got {}", self.min_lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "weight decay must be a non-negative number, got {}",
+                self.weight_decay
+            ));
+        }
+        if self.weight_decay > 0.0 && self.optimizer != Optimizer::Adamw {
+            return bad("weight decay is AdamW's: use --optimizer adamw with it".into());
+        }
+        if let Some(d) = self.ema_decay
+            && !(0.0..1.0).contains(&d)
+        {
+            return bad(format!("EMA decay must lie in [0, 1), got {d}"));
         }
         if self.patience == Some(0) {
             return bad("patience must be at least 1 epoch".into());

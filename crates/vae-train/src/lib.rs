@@ -1,7 +1,8 @@
 //! Training, checkpointing and evaluating [`vae_model::ConvVae`] models.
 //!
-//! A [`Trainer`] runs Adam on the negative ELBO (optionally β-weighted with a linear KL
-//! warm-up, with gradient clipping) over an `vae_data::MnistDataset` held on the training
+//! A [`Trainer`] runs Adam (or AdamW, Adamax) on the negative ELBO (optionally β-weighted with
+//! a linear KL warm-up and free bits, or the IWAE bound instead; with gradient clipping, a
+//! warm-up + cosine learning-rate schedule and an optional weight EMA) over an `vae_data::MnistDataset` held on the training
 //! device as `u8`, shuffled and dynamically binarised there. After every epoch it measures the
 //! validation ELBO and writes, atomically, `last.safetensors` (weights, Adam moments, configs,
 //! state and metric history), `best.safetensors` and `metrics.csv` into the run directory.
@@ -42,7 +43,7 @@ pub use checkpoint::{
     Checkpoint, EpochAccum, EpochMetrics, FORMAT as CHECKPOINT_FORMAT, TrainState,
     remove_stale_temporaries, write_atomic,
 };
-pub use config::{LrSchedule, Objective, RunConfig, TrainConfig};
+pub use config::{LrSchedule, Objective, Optimizer, RunConfig, TrainConfig};
 pub use device::{device_name, parse_device};
 pub use error::{Result, TrainError};
 pub use eval::{ElboSummary, IwEstimate, evaluate_elbo, evaluate_iw, images_tensor, prepare};

@@ -6,11 +6,11 @@ use std::time::Instant;
 use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor, nn};
 use vae_data::MnistDataset;
-use vae_model::loss::{bernoulli_nll, free_bits_kl, gaussian_kl};
-use vae_model::{ConvVae, ConvVaeConfig};
+use vae_model::loss::{bernoulli_nll, free_bits_kl};
+use vae_model::{ConvVae, ConvVaeConfig, Prior};
 
 use crate::adam::Adam;
-use crate::checkpoint::{self, Checkpoint, EpochAccum, EpochMetrics, TrainState};
+use crate::checkpoint::{self, Checkpoint, EpochAccum, EpochMetrics, OptimizerState, TrainState};
 use crate::config::{Objective, RunConfig, TrainConfig};
 use crate::device::{device_name, parse_device};
 use crate::error::{Result, TrainError};
@@ -80,6 +80,8 @@ pub struct Trainer {
     vs: nn::VarStore,
     model: ConvVae,
     adam: Adam,
+    /// The weights' exponential moving average, in `adam.names` order, when `ema_decay` is set.
+    ema: Option<Vec<Tensor>>,
     state: TrainState,
     train_x: Tensor,
     val_x: Tensor,
@@ -97,6 +99,18 @@ fn check_sizes(model_config: &ConvVaeConfig, data: &MnistDataset, what: &str) ->
             "the {what} images are {h}x{w} with 1 channel, but the model expects {}x{} with {}",
             model_config.input_height, model_config.input_width, model_config.input_channels
         )));
+    }
+    Ok(())
+}
+
+/// Settings that are valid alone but not together.
+fn check_combination(model_config: &ConvVaeConfig, config: &TrainConfig) -> Result<()> {
+    if config.free_bits > 0.0 && model_config.prior != Prior::Standard {
+        return Err(TrainError::InvalidConfig(
+            "free bits need the closed-form per-dimension KL of the standard normal prior; \
+             they cannot be combined with the VampPrior"
+                .into(),
+        ));
     }
     Ok(())
 }
@@ -129,11 +143,16 @@ impl Trainer {
         }
         config.validate()?;
         model_config.validate()?;
+        check_combination(&model_config, &config)?;
         let device = runtime(&config)?;
         tch::manual_seed(mix(config.seed, 1, 0));
         let vs = nn::VarStore::new(device);
         let model = ConvVae::new(&vs.root(), &model_config)?;
-        let adam = Adam::new(&vs, config.lr, config.betas, config.eps);
+        let adam = Adam::new(&vs, config.lr, config.betas, config.eps)
+            .with_rule(config.optimizer, config.weight_decay);
+        let ema = config
+            .ema_decay
+            .map(|_| adam.params().iter().map(|p| p.detach().copy()).collect());
         std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
             path: run_dir.clone(),
             source,
@@ -146,6 +165,7 @@ impl Trainer {
             vs,
             model,
             adam,
+            ema,
             TrainState::default(),
             train,
             validation,
@@ -172,7 +192,8 @@ impl Trainer {
         let mut vs = nn::VarStore::new(device);
         let model = ConvVae::new(&vs.root(), &ckpt.model_config)?;
         ckpt.restore_variables(&mut vs)?;
-        let mut adam = Adam::new(&vs, config.lr, config.betas, config.eps);
+        let mut adam = Adam::new(&vs, config.lr, config.betas, config.eps)
+            .with_rule(config.optimizer, config.weight_decay);
         let (m, v) = ckpt
             .moments(&adam.names, device)
             .ok_or_else(|| TrainError::Checkpoint {
@@ -187,6 +208,11 @@ impl Trainer {
             }
         });
         adam.t = ckpt.state.adam_t;
+        // A checkpoint from before the EMA was stored starts its average at the current weights.
+        let ema = config.ema_decay.map(|_| {
+            ckpt.ema(&adam.names, device)
+                .unwrap_or_else(|| adam.params().iter().map(|p| p.detach().copy()).collect())
+        });
         let state = ckpt.state.clone();
         let model_config = ckpt.model_config.clone();
         tracing::info!(
@@ -203,6 +229,7 @@ impl Trainer {
             vs,
             model,
             adam,
+            ema,
             state,
             train,
             validation,
@@ -218,10 +245,12 @@ impl Trainer {
         vs: nn::VarStore,
         model: ConvVae,
         adam: Adam,
+        ema: Option<Vec<Tensor>>,
         state: TrainState,
         train: &MnistDataset,
         validation: &MnistDataset,
     ) -> Result<Self> {
+        check_combination(&model_config, &config)?;
         let stale = checkpoint::remove_stale_temporaries(&run_dir);
         if stale > 0 {
             tracing::info!(
@@ -255,6 +284,7 @@ impl Trainer {
             vs,
             model,
             adam,
+            ema,
             state,
             train_x,
             val_x,
@@ -331,8 +361,41 @@ impl Trainer {
             &self.config,
             &state,
             &self.vs,
-            Some((&self.adam.names, &self.adam.m, &self.adam.v)),
+            Some(OptimizerState {
+                names: &self.adam.names,
+                m: &self.adam.m,
+                v: &self.adam.v,
+                ema: self.ema.as_deref(),
+            }),
         )
+    }
+
+    /// Exchanges the live weights with their moving average (a no-op without one): called in
+    /// pairs around evaluation, so validation, test and `best.safetensors` use the average.
+    fn swap_ema(&mut self) {
+        let Some(ema) = &mut self.ema else { return };
+        tch::no_grad(|| {
+            for (p, e) in self.adam.params().iter().zip(ema) {
+                let live = p.copy();
+                p.shallow_clone().copy_(e);
+                e.copy_(&live);
+            }
+        });
+    }
+
+    /// One EMA update after optimiser step `t` (1-based): e ← e + (1 − d)(p − e) with
+    /// d = min(decay, (1 + t)/(10 + t)), so the average forgets the initial weights quickly.
+    fn update_ema(&mut self) {
+        let (Some(ema), Some(decay)) = (&mut self.ema, self.config.ema_decay) else {
+            return;
+        };
+        let t = self.state.step as f64;
+        let d = decay.min((1.0 + t) / (10.0 + t));
+        tch::no_grad(|| {
+            for (p, e) in self.adam.params().iter().zip(ema) {
+                let _ = e.lerp_(p, 1.0 - d);
+            }
+        });
     }
 
     fn save_best(&self) -> Result<()> {
@@ -435,6 +498,7 @@ impl Trainer {
                     .set_lr(self.config.lr_at(self.state.step, schedule_total));
                 self.adam.backward_step(&loss, self.config.grad_clip);
                 self.state.step += 1;
+                self.update_ema();
                 steps_this_call += 1;
                 let _ = rec_sum.g_add_(&rec.detach().sum(Kind::Double));
                 let _ = kl_sum.g_add_(&kl.detach().sum(Kind::Double));
@@ -533,7 +597,7 @@ impl Trainer {
             Objective::Elbo => {
                 let out = self.model.forward(x)?;
                 let rec = bernoulli_nll(&out.logits, x);
-                let kl = gaussian_kl(&out.mu, &out.logvar);
+                let kl = self.model.kl(&out);
                 let kl_term = if self.config.free_bits > 0.0 {
                     free_bits_kl(&out.mu, &out.logvar, self.config.free_bits)
                 } else {
@@ -550,15 +614,15 @@ impl Trainer {
     }
 
     fn finish_epoch(&mut self, epoch: usize) -> Result<()> {
-        let val = evaluate_elbo(
-            &self.model,
-            &self.val_x,
-            self.config.binarize,
-            VALIDATION_SEED,
-        )?;
-        let test_elbo = match &self.test_x {
-            Some(x) => Some(evaluate_elbo(&self.model, x, self.config.binarize, TEST_SEED)?.elbo),
-            None => None,
+        // With an EMA, the average is what gets evaluated and saved as best.
+        self.swap_ema();
+        let evaluated = self.evaluate();
+        let (val, test_elbo) = match evaluated {
+            Ok(v) => v,
+            Err(e) => {
+                self.swap_ema();
+                return Err(e);
+            }
         };
         let p = std::mem::take(&mut self.state.partial);
         let n = p.examples.max(1) as f64;
@@ -577,6 +641,7 @@ impl Trainer {
             seconds: p.seconds,
         };
         if !val.elbo.is_finite() {
+            self.swap_ema();
             return Err(TrainError::NonFinite {
                 epoch: epoch + 1,
                 step: self.state.step,
@@ -595,10 +660,25 @@ impl Trainer {
             self.state.best_val_elbo = Some(val.elbo);
         }
         self.state.history.push(metrics);
+        let saved = if improved { self.save_best() } else { Ok(()) };
+        self.swap_ema();
+        saved?;
         self.write_metrics()?;
-        if improved {
-            self.save_best()?;
-        }
         self.save_last()
+    }
+
+    /// Validation ELBO and, with a test set, test ELBO of the current weights.
+    fn evaluate(&self) -> Result<(crate::eval::ElboSummary, Option<f64>)> {
+        let val = evaluate_elbo(
+            &self.model,
+            &self.val_x,
+            self.config.binarize,
+            VALIDATION_SEED,
+        )?;
+        let test_elbo = match &self.test_x {
+            Some(x) => Some(evaluate_elbo(&self.model, x, self.config.binarize, TEST_SEED)?.elbo),
+            None => None,
+        };
+        Ok((val, test_elbo))
     }
 }
