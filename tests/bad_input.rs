@@ -347,6 +347,42 @@ fn every_bad_input_is_a_clear_error() {
             &["--config", betas_toml.to_str().unwrap()][..],
             "betas must lie in [0, 1)",
         ),
+        ("unknown prior", &["--prior", "flat"][..], "unknown prior"),
+        (
+            "pseudo-inputs without the VampPrior",
+            &["--pseudo-inputs", "10"][..],
+            "needs --prior vamp",
+        ),
+        (
+            "zero pseudo-inputs",
+            &["--prior", "vamp", "--pseudo-inputs", "0"][..],
+            "pseudo-inputs",
+        ),
+        (
+            "free bits with the VampPrior",
+            &["--prior", "vamp", "--free-bits", "0.5"][..],
+            "cannot be combined with the VampPrior",
+        ),
+        (
+            "unknown optimizer",
+            &["--optimizer", "sgd"][..],
+            "unknown optimizer",
+        ),
+        (
+            "weight decay without AdamW",
+            &["--weight-decay", "0.1"][..],
+            "use --optimizer adamw",
+        ),
+        (
+            "EMA decay of 1",
+            &["--ema-decay", "1"][..],
+            "EMA decay must lie in [0, 1)",
+        ),
+        (
+            "too many residual blocks",
+            &["--res-blocks", "1000"][..],
+            "res_blocks must be at most 64",
+        ),
     ] {
         cases.push(Case {
             what,

@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
+mod ablation;
 mod bench;
 mod datasets;
 mod gpu;
@@ -105,6 +106,25 @@ enum Task {
         /// Arguments for `vae train`.
         #[arg(last = true)]
         args: Vec<String>,
+    },
+    /// Train the default and each option switched on alone, for the same epochs, and print
+    /// a table of best validation ELBO and training time.
+    Ablation {
+        /// Epochs of every run.
+        #[arg(long, default_value_t = 5)]
+        epochs: usize,
+        /// CPU threads.
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+        /// Run only these variants (repeatable; the default always runs).
+        #[arg(long)]
+        only: Vec<String>,
+        /// Keep the runs in runs/ablation/<variant>.
+        #[arg(long)]
+        keep: bool,
+        /// Print one JSON object instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Put the release `vae` binary and a launcher (`run.sh`, which finds libtorch in an
     /// existing Python's torch) into target/dist/, to run where there is PyTorch but no Rust.
@@ -229,6 +249,23 @@ fn main() -> ExitCode {
         } => download(&["mnist".to_string()], &mirrors, false, None)
             .and_then(|()| gpu::train(&root(), &cargo(), cuda, &args)),
         Task::Dist => gpu::dist(&root(), &cargo()),
+        Task::Ablation {
+            epochs,
+            threads,
+            only,
+            keep,
+            json,
+        } => ablation::run(
+            &root(),
+            &cargo(),
+            &ablation::AblationArgs {
+                epochs,
+                threads,
+                only,
+                keep,
+                json,
+            },
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

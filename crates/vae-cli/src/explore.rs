@@ -588,6 +588,13 @@ pub const PEER_NAMES: [(&str, &str); 6] = [
 pub fn export(a: ExportArgs) -> Result<u8> {
     let (model, vs, _) = a.model.load()?;
     let c = model.config();
+    if c.res_blocks > 0 || c.prior != vae_model::Prior::Standard {
+        bail!(
+            "only the reference architecture maps onto the PyTorch module; this model has {} residual blocks per level and prior {:?}",
+            c.res_blocks,
+            c.prior
+        );
+    }
     if c.channels != [32, 64]
         || c.hidden_dim.is_some()
         || (c.input_channels, c.input_height, c.input_width) != (1, 28, 28)

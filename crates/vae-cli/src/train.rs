@@ -25,7 +25,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint (`--epochs` may extend it).
-    #[arg(long, conflicts_with_all = ["out", "config", "latent_dim", "hidden_dim", "channels", "batch_size", "lr", "seed", "beta", "kl_warmup_steps", "grad_clip", "no_binarize", "validation_size", "preset", "objective", "iw_k", "free_bits", "lr_schedule", "warmup_steps", "min_lr", "patience"])]
+    #[arg(long, conflicts_with_all = ["out", "config", "latent_dim", "hidden_dim", "channels", "batch_size", "lr", "seed", "beta", "kl_warmup_steps", "grad_clip", "no_binarize", "validation_size", "preset", "objective", "iw_k", "free_bits", "lr_schedule", "warmup_steps", "min_lr", "patience", "res_blocks", "prior", "pseudo_inputs", "optimizer", "weight_decay", "ema_decay"])]
     pub resume: Option<PathBuf>,
     /// TOML file with [model] and [train] tables (see a run's config.toml).
     #[arg(long)]
@@ -101,7 +101,31 @@ pub struct TrainArgs {
     /// Stop when the validation ELBO has not improved for this many epochs.
     #[arg(long)]
     pub patience: Option<usize>,
+    /// Residual blocks (two 3x3 convs and a skip) at each conv level of encoder and decoder
+    /// [default: 0].
+    #[arg(long)]
+    pub res_blocks: Option<usize>,
+    /// Prior p(z): standard (N(0, I)) or vamp (VampPrior, a mixture of the posteriors of
+    /// --pseudo-inputs learned images) [default: standard].
+    #[arg(long)]
+    pub prior: Option<String>,
+    /// Pseudo-inputs K of the VampPrior [default: 100].
+    #[arg(long)]
+    pub pseudo_inputs: Option<i64>,
+    /// Update rule: adam, adamw (with --weight-decay) or adamax [default: adam].
+    #[arg(long)]
+    pub optimizer: Option<String>,
+    /// AdamW's decoupled weight decay [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Evaluate and keep an exponential moving average of the weights with this decay
+    /// (e.g. 0.999) [default: off].
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
 }
+
+/// The VampPrior's pseudo-inputs when `--prior vamp` names no count.
+const DEFAULT_PSEUDO_INPUTS: i64 = 100;
 
 fn preset(name: &str) -> Result<RunConfig> {
     let mut run = RunConfig::default();
@@ -195,6 +219,38 @@ fn apply_flags(args: &TrainArgs, run: &mut RunConfig) -> Result<()> {
     }
     if let Some(v) = args.hidden_dim {
         m.hidden_dim = Some(v);
+    }
+    if let Some(v) = args.res_blocks {
+        m.res_blocks = v;
+    }
+    if let Some(v) = &args.prior {
+        m.prior = match v.as_str() {
+            "standard" => vae_model::Prior::Standard,
+            "vamp" => vae_model::Prior::Vamp {
+                components: args.pseudo_inputs.unwrap_or(DEFAULT_PSEUDO_INPUTS),
+            },
+            other => bail!("unknown prior {other:?}: use standard or vamp"),
+        };
+    }
+    if let Some(k) = args.pseudo_inputs {
+        match &mut m.prior {
+            vae_model::Prior::Vamp { components } => *components = k,
+            vae_model::Prior::Standard => bail!("--pseudo-inputs needs --prior vamp"),
+        }
+    }
+    if let Some(v) = &args.optimizer {
+        t.optimizer = match v.as_str() {
+            "adam" => vae_train::Optimizer::Adam,
+            "adamw" => vae_train::Optimizer::Adamw,
+            "adamax" => vae_train::Optimizer::Adamax,
+            other => bail!("unknown optimizer {other:?}: use adam, adamw or adamax"),
+        };
+    }
+    if let Some(v) = args.weight_decay {
+        t.weight_decay = v;
+    }
+    if let Some(v) = args.ema_decay {
+        t.ema_decay = Some(v);
     }
     Ok(())
 }

@@ -104,9 +104,11 @@ pub fn evaluate_iw(
 ) -> Result<IwEstimate> {
     tch::manual_seed(seed as i64);
     let n = images_u8.size()[0];
-    // About 4k decoder rows at once: ~200 MB of activations for the default model.
+    // On the CPU, 1k decoder rows at once keep each activation (~25 MB for the default model)
+    // under the allocator's mmap threshold: 4k rows spent half the time in page faults
+    // (k = 5000 over 20 images: 4.6 s → 3.6 s).
     let max_rows: i64 = if model.device() == Device::Cpu {
-        4096
+        1024
     } else {
         65536
     };
