@@ -350,7 +350,7 @@ fn every_bad_input_is_a_clear_error() {
         ("unknown prior", &["--prior", "flat"][..], "unknown prior"),
         (
             "pseudo-inputs without the VampPrior",
-            &["--pseudo-inputs", "10"][..],
+            &["--prior", "standard", "--pseudo-inputs", "10"][..],
             "needs --prior vamp",
         ),
         (

@@ -25,6 +25,7 @@ pub struct BenchArgs {
     pub iw: u64,
     pub iw_images: usize,
     pub peer: Option<PathBuf>,
+    pub precision: Option<String>,
 }
 
 /// The glibc setting our binary applies with `mallopt`, as an environment variable for the
@@ -130,6 +131,9 @@ fn ours_train(t: &Tools, a: &BenchArgs, out: &Path, extra: &[String]) -> Command
         .arg("--out")
         .arg(out);
     c.args(["--threads", &a.threads.to_string(), "--device", &a.device]);
+    if let Some(p) = &a.precision {
+        c.args(["--precision", p]);
+    }
     c.args(extra);
     c
 }
@@ -170,7 +174,10 @@ fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
     let (mut ratio, mut ratio_tuned) = (Vec::new(), Vec::new());
     for pair in 0..a.pairs {
         let out = t.scratch.path().join(format!("speed-{pair}"));
+        // The peer's model (the fast preset: reference architecture, standard prior).
         let extra = vec![
+            "--preset".into(),
+            "fast".into(),
             "--max-steps".into(),
             a.steps.to_string(),
             "--batch-size".into(),
@@ -382,11 +389,16 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
     };
     if !a.json {
         println!(
-            "bench: {} steps x batch {} on {}, {} threads, {} pairs (ours, peer, peer with our malloc setting)",
-            a.steps, a.batch, a.device, a.threads, a.pairs
+            "bench: {} steps x batch {} on {}, {} threads, {} pairs (ours, peer, peer with our malloc setting); ours in {}",
+            a.steps,
+            a.batch,
+            a.device,
+            a.threads,
+            a.pairs,
+            a.precision.as_deref().unwrap_or("fp32")
         );
     }
-    let mut report = json!({"device": a.device, "threads": a.threads, "batch": a.batch, "steps": a.steps, "pairs": a.pairs});
+    let mut report = json!({"device": a.device, "threads": a.threads, "batch": a.batch, "steps": a.steps, "pairs": a.pairs, "precision": a.precision.as_deref().unwrap_or("fp32")});
     if a.pairs > 0 {
         report["speed"] = speed(&tools, a)?;
     }

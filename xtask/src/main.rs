@@ -93,6 +93,10 @@ enum Task {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Our side's arithmetic (`vae train --precision`): fp32 or bf16 (opt-in, reported
+        /// separately; the peer stays fp32).
+        #[arg(long)]
+        precision: Option<String>,
     },
     /// Train with the release binary on the GPU if there is one (after making sure libtorch
     /// and data are present); arguments after `--` go to `vae train`.
@@ -225,6 +229,7 @@ fn main() -> ExitCode {
             iw_images,
             peer,
             json,
+            precision,
         } => {
             let args = bench::BenchArgs {
                 steps,
@@ -239,6 +244,7 @@ fn main() -> ExitCode {
                 iw,
                 iw_images,
                 peer,
+                precision,
             };
             bench::run(&root(), &cargo(), &args)
         }

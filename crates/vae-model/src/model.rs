@@ -54,6 +54,36 @@ fn deconv(p: nn::Path<'_>, i: i64, o: i64) -> nn::ConvTranspose2D {
     nn::conv_transpose2d(p, i, o, 4, cfg)
 }
 
+/// `t` in `kind` (a shallow copy when it already is).
+fn cast(t: &Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.to_kind(kind)
+    }
+}
+
+/// A k×k conv with padding 1 computed in `kind`: the weights are cast per call, so with
+/// bf16 the arithmetic is reduced-precision while the f32 weights receive the gradients
+/// (autocast's rule). With f32 this is exactly `nn::Conv2D`'s forward.
+fn conv_in(c: &nn::Conv2D, x: &Tensor, stride: i64, kind: Kind) -> Tensor {
+    let bias = c.bs.as_ref().map(|b| cast(b, kind));
+    x.conv2d(
+        &cast(&c.ws, kind),
+        bias.as_ref(),
+        [stride, stride],
+        [1, 1],
+        [1, 1],
+        1,
+    )
+}
+
+/// A dense layer computed in `kind` (see [`conv_in`]).
+fn linear_in(l: &nn::Linear, x: &Tensor, kind: Kind) -> Tensor {
+    let bias = l.bs.as_ref().map(|b| cast(b, kind));
+    x.linear(&cast(&l.ws, kind), bias.as_ref())
+}
+
 /// x ↦ ReLU(x + Conv3x3(ReLU(Conv3x3(x)))): a residual block keeping width and resolution
 /// (He et al., "Deep Residual Learning for Image Recognition", CVPR 2016).
 #[derive(Debug)]
@@ -77,8 +107,9 @@ impl ResBlock {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
-        (x + x.apply(&self.conv1).relu_().apply(&self.conv2)).relu_()
+    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
+        let inner = conv_in(&self.conv1, x, 1, kind).relu_();
+        (x + conv_in(&self.conv2, &inner, 1, kind)).relu_()
     }
 
     fn stack(p: &nn::Path<'_>, name: &str, c: i64, n: usize) -> Vec<Self> {
@@ -88,9 +119,9 @@ impl ResBlock {
     }
 }
 
-fn apply_blocks(mut h: Tensor, blocks: &[ResBlock]) -> Tensor {
+fn apply_blocks(mut h: Tensor, blocks: &[ResBlock], kind: Kind) -> Tensor {
     for b in blocks {
-        h = b.forward(&h);
+        h = b.forward(&h, kind);
     }
     h
 }
@@ -138,30 +169,16 @@ impl Deconv {
         }
     }
 
-    fn forward(&self, x: &Tensor) -> Tensor {
+    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
+        let (weight, bias) = (cast(&self.weight, kind), cast(&self.bias, kind));
         // On the CPU, libtorch's default (oneDNN) transposed conv is slow for very few output
         // channels (the last layer, to 1 channel: measured 2x slower fwd+bwd at batch 128 on
-        // 2 cores); its native im2col path is faster there. Both compute the same function.
-        if x.device() == Device::Cpu && self.weight.size()[1] <= 4 {
-            x.slow_conv_transpose2d(
-                &self.weight,
-                [4, 4],
-                Some(&self.bias),
-                [2, 2],
-                [1, 1],
-                [0, 0],
-                [1, 1],
-            )
+        // 2 cores); its native im2col path is faster there in f32 (oneDNN keeps bf16). Both
+        // compute the same function.
+        if x.device() == Device::Cpu && self.weight.size()[1] <= 4 && kind == Kind::Float {
+            x.slow_conv_transpose2d(&weight, [4, 4], Some(&bias), [2, 2], [1, 1], [0, 0], [1, 1])
         } else {
-            x.conv_transpose2d(
-                &self.weight,
-                Some(&self.bias),
-                [2, 2],
-                [1, 1],
-                [0, 0],
-                1,
-                [1, 1],
-            )
+            x.conv_transpose2d(&weight, Some(&bias), [2, 2], [1, 1], [0, 0], 1, [1, 1])
         }
     }
 }
@@ -245,6 +262,8 @@ pub struct ConvVae {
     decoder: Decoder,
     pseudo: Option<PseudoInputs>,
     device: Device,
+    /// The kind convs and dense layers compute in (f32, or bf16 for reduced precision).
+    compute: Kind,
 }
 
 impl ConvVae {
@@ -338,12 +357,34 @@ impl ConvVae {
             },
             pseudo,
             device: p.device(),
+            compute: Kind::Float,
         })
     }
 
     /// The configuration it was built from.
     pub fn config(&self) -> &ConvVaeConfig {
         &self.config
+    }
+
+    /// Computes convs and dense layers in `kind`: `Kind::Float` (the default) or
+    /// `Kind::BFloat16`, reduced precision as PyTorch's autocast does it: weights stay f32
+    /// (and get f32 gradients), activations between layers are bf16, and the heads' outputs
+    /// (μ, log σ², logits) and every loss term are f32. Other kinds are an error.
+    pub fn set_compute_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
+        match kind {
+            Kind::Float | Kind::BFloat16 => {
+                self.compute = kind;
+                Ok(())
+            }
+            other => Err(ModelError::InvalidArgument(format!(
+                "compute kind must be Float or BFloat16, got {other:?}"
+            ))),
+        }
+    }
+
+    /// The kind convs and dense layers compute in.
+    pub fn compute_kind(&self) -> Kind {
+        self.compute
     }
 
     /// The device its variables live on.
@@ -391,15 +432,16 @@ impl ConvVae {
     }
 
     fn encode_unchecked(&self, x: &Tensor) -> Posterior {
-        let mut h = x.shallow_clone();
+        let kind = self.compute;
+        let mut h = cast(x, kind);
         for (conv, blocks) in self.encoder.convs.iter().zip(&self.encoder.blocks) {
-            h = apply_blocks(h.apply(conv).relu_(), blocks);
+            h = apply_blocks(conv_in(conv, &h, 2, kind).relu_(), blocks, kind);
         }
         h = h.flatten(1, -1);
         if let Some(hidden) = &self.encoder.hidden {
-            h = h.apply(hidden).relu_();
+            h = linear_in(hidden, &h, kind).relu_();
         }
-        let stats = h.apply(&self.encoder.head).chunk(2, 1);
+        let stats = cast(&linear_in(&self.encoder.head, &h, kind), Kind::Float).chunk(2, 1);
         Posterior {
             mu: stats[0].shallow_clone(),
             logvar: stats[1].shallow_clone(),
@@ -420,11 +462,14 @@ impl ConvVae {
 
     fn decode_unchecked(&self, z: &Tensor) -> Tensor {
         let (c, h, w) = self.config.conv_output_shape();
-        let mut t = z.shallow_clone();
+        let kind = self.compute;
+        let mut t = cast(z, kind);
         if let Some(hidden) = &self.decoder.hidden {
-            t = t.apply(hidden).relu_();
+            t = linear_in(hidden, &t, kind).relu_();
         }
-        t = t.apply(&self.decoder.fc).relu_().view([-1, c, h, w]);
+        t = linear_in(&self.decoder.fc, &t, kind)
+            .relu_()
+            .view([-1, c, h, w]);
         let last = self.decoder.deconvs.len() - 1;
         for (i, (deconv, blocks)) in self
             .decoder
@@ -433,12 +478,12 @@ impl ConvVae {
             .zip(&self.decoder.blocks)
             .enumerate()
         {
-            t = deconv.forward(&apply_blocks(t, blocks));
+            t = deconv.forward(&apply_blocks(t, blocks, kind), kind);
             if i < last {
                 t = t.relu_();
             }
         }
-        t
+        cast(&t, Kind::Float)
     }
 
     /// Encodes, samples z once per image, decodes.

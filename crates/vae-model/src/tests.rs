@@ -533,3 +533,43 @@ fn prior_and_blocks_validate() {
     let back: ConvVaeConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, cfg);
 }
+
+#[test]
+fn bf16_compute_stays_close_to_f32_and_keeps_f32_weights_and_gradients() {
+    let _g = lock();
+    tch::manual_seed(6);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = ConvVaeConfig {
+        res_blocks: 1,
+        ..small_config()
+    };
+    let mut vae = ConvVae::new(&vs.root(), &cfg).unwrap();
+    let x = Tensor::rand([5, 1, 8, 12], (Kind::Float, Device::Cpu)).round();
+    let z = Tensor::randn([5, 3], (Kind::Float, Device::Cpu));
+    let (mu32, logits32) = (vae.encode(&x).unwrap().mu, vae.decode(&z).unwrap());
+    vae.set_compute_kind(Kind::BFloat16).unwrap();
+    assert_eq!(vae.compute_kind(), Kind::BFloat16);
+    let (mu16, logits16) = (vae.encode(&x).unwrap().mu, vae.decode(&z).unwrap());
+    // Outputs come back as f32, within bf16's ~3 significant digits of the f32 result.
+    assert_eq!((mu16.kind(), logits16.kind()), (Kind::Float, Kind::Float));
+    let rel = |a: &Tensor, b: &Tensor| {
+        ((a - b).abs().max() / b.abs().max().clamp_min(1e-3)).double_value(&[])
+    };
+    assert!(rel(&mu16, &mu32) < 0.05, "{}", rel(&mu16, &mu32));
+    assert!(
+        rel(&logits16, &logits32) < 0.05,
+        "{}",
+        rel(&logits16, &logits32)
+    );
+    assert!(rel(&mu16, &mu32) > 0.0, "bf16 really is used");
+    // Gradients reach the f32 weights as f32.
+    let terms = vae.elbo(&x).unwrap();
+    let loss = (&terms.reconstruction + &terms.kl).mean(Kind::Float);
+    let params: Vec<Tensor> = vs.trainable_variables();
+    let grads = Tensor::run_backward(&[loss], &params, false, false);
+    for (p, g) in params.iter().zip(&grads) {
+        assert_eq!((p.kind(), g.kind()), (Kind::Float, Kind::Float));
+        assert!(g.isfinite().all().int64_value(&[]) == 1);
+    }
+    assert!(vae.set_compute_kind(Kind::Half).is_err());
+}

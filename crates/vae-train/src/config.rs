@@ -58,6 +58,20 @@ pub struct TrainConfig {
     /// Keep an exponential moving average of the weights with this decay (e.g. 0.999) and
     /// evaluate, select and save the best checkpoint with it (Polyak averaging); None: off.
     pub ema_decay: Option<f64>,
+    /// Arithmetic of the convs and dense layers: fp32, or bf16 (opt-in reduced precision;
+    /// weights, gradients, optimiser state and losses stay f32).
+    pub precision: Precision,
+}
+
+/// The arithmetic precision of training.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    Fp32,
+    /// bfloat16 convs and dense layers with f32 master weights (autocast-style).
+    Bf16,
 }
 
 /// The optimiser's update rule.
@@ -125,6 +139,7 @@ impl Default for TrainConfig {
             optimizer: Optimizer::Adam,
             weight_decay: 0.0,
             ema_decay: None,
+            precision: Precision::Fp32,
         }
     }
 }
@@ -248,9 +263,137 @@ pub struct RunConfig {
     pub train: TrainConfig,
 }
 
+/// Named starting points for a run; see [`RunConfig::preset`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// The PyTorch peer's model and protocol: standard-normal prior, Adam at a constant 1e-3,
+    /// 10 epochs. For comparisons.
+    Fast,
+    /// The best model measured to finish within 10 minutes of training on 2 CPU cores.
+    Default,
+    /// A bigger model for a longer run or a GPU.
+    Best,
+}
+
+impl std::str::FromStr for Preset {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "fast" => Ok(Self::Fast),
+            "default" => Ok(Self::Default),
+            "best" => Ok(Self::Best),
+            other => Err(TrainError::InvalidConfig(format!(
+                "unknown preset {other:?}: use fast, default or best"
+            ))),
+        }
+    }
+}
+
+/// The default preset's epochs: what fits 10 minutes of training on 2 CPU cores.
+pub const DEFAULT_EPOCHS: usize = DEFAULT_PRESET_EPOCHS;
+const DEFAULT_PRESET_EPOCHS: usize = 36;
+
+impl RunConfig {
+    /// The run configuration of a preset. `RunConfig::default()` is the library's plain
+    /// defaults (the reference architecture with our learning-rate schedule); the presets are
+    /// what `vae train --preset` starts from, `Default` when no preset is named.
+    pub fn preset(preset: Preset) -> Self {
+        let mut run = Self::default();
+        match preset {
+            Preset::Fast => {
+                run.train.lr = 1e-3;
+                run.train.epochs = 10;
+                run.train.lr_schedule = LrSchedule::Constant;
+                run.train.warmup_steps = 0;
+                run.train.min_lr = 0.0;
+            }
+            Preset::Default => {
+                run.model.prior = vae_model::Prior::Vamp { components: 100 };
+                run.train.epochs = DEFAULT_PRESET_EPOCHS;
+            }
+            Preset::Best => {
+                run.model.prior = vae_model::Prior::Vamp { components: 500 };
+                run.model.res_blocks = 1;
+                run.model.hidden_dim = Some(256);
+                run.train.ema_decay = Some(0.999);
+                run.train.epochs = 100;
+            }
+        }
+        run
+    }
+
+    /// `toml_text` (a `--config` file: any subset of the `[model]` and `[train]` keys) laid
+    /// over `base`: keys it names replace the base's, the rest keep the base's values.
+    /// Unknown keys and wrong types are errors.
+    pub fn overlay_toml(base: &Self, toml_text: &str) -> Result<Self> {
+        let invalid = |e: &dyn std::fmt::Display| TrainError::InvalidConfig(e.to_string());
+        let over: toml::Table = toml::from_str(toml_text).map_err(|e| invalid(&e))?;
+        let mut merged = toml::Table::try_from(base).map_err(|e| invalid(&e))?;
+        fn merge(dst: &mut toml::Table, src: toml::Table) {
+            for (k, v) in src {
+                match (dst.get_mut(&k), v) {
+                    // A tagged table (the prior) naming its kind is replaced whole.
+                    (Some(toml::Value::Table(d)), toml::Value::Table(s))
+                        if !s.contains_key("kind") =>
+                    {
+                        merge(d, s)
+                    }
+                    (_, v) => {
+                        dst.insert(k, v);
+                    }
+                }
+            }
+        }
+        merge(&mut merged, over);
+        toml::Value::Table(merged)
+            .try_into()
+            .map_err(|e: toml::de::Error| invalid(&e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn presets_differ_as_documented_and_config_files_overlay_them() {
+        let fast = RunConfig::preset(Preset::Fast);
+        assert_eq!(fast.model, vae_model::ConvVaeConfig::default());
+        assert_eq!((fast.train.lr, fast.train.epochs), (1e-3, 10));
+        let default = RunConfig::preset(Preset::Default);
+        assert_eq!(
+            default.model.prior,
+            vae_model::Prior::Vamp { components: 100 }
+        );
+        assert_eq!(default.train.epochs, DEFAULT_EPOCHS);
+        assert_eq!("best".parse::<Preset>().unwrap(), Preset::Best);
+        assert!("huge".parse::<Preset>().is_err());
+        // A file naming two keys changes those two only.
+        let text = "[model]\nlatent_dim = 8\n[train]\nepochs = 3\n";
+        let merged = RunConfig::overlay_toml(&default, text).unwrap();
+        assert_eq!((merged.model.latent_dim, merged.train.epochs), (8, 3));
+        assert_eq!(merged.model.prior, default.model.prior);
+        assert_eq!(merged.train.lr, default.train.lr);
+        // The prior's kind can be switched: a table naming its kind replaces the preset's.
+        let standard =
+            RunConfig::overlay_toml(&default, "[model.prior]\nkind = \"standard\"\n").unwrap();
+        assert_eq!(standard.model.prior, vae_model::Prior::Standard);
+        let mut std_base = default.clone();
+        std_base.model.prior = vae_model::Prior::Standard;
+        let vamp = RunConfig::overlay_toml(
+            &std_base,
+            "[model.prior]\nkind = \"vamp\"\ncomponents = 7\n",
+        )
+        .unwrap();
+        assert_eq!(vamp.model.prior, vae_model::Prior::Vamp { components: 7 });
+        // Unknown keys stay errors.
+        let err = RunConfig::overlay_toml(&default, "[model]\nlatnt_dim = 3\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+        // A run's own config.toml round-trips.
+        let text = toml::to_string(&default).unwrap();
+        assert_eq!(RunConfig::overlay_toml(&fast, &text).unwrap(), default);
+    }
 
     #[test]
     fn warmup_then_cosine_reaches_min_lr() {

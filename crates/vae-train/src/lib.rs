@@ -43,7 +43,9 @@ pub use checkpoint::{
     Checkpoint, EpochAccum, EpochMetrics, FORMAT as CHECKPOINT_FORMAT, TrainState,
     remove_stale_temporaries, write_atomic,
 };
-pub use config::{LrSchedule, Objective, Optimizer, RunConfig, TrainConfig};
+pub use config::{
+    DEFAULT_EPOCHS, LrSchedule, Objective, Optimizer, Precision, Preset, RunConfig, TrainConfig,
+};
 pub use device::{device_name, parse_device};
 pub use error::{Result, TrainError};
 pub use eval::{ElboSummary, IwEstimate, evaluate_elbo, evaluate_iw, images_tensor, prepare};

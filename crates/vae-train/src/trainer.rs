@@ -11,7 +11,7 @@ use vae_model::{ConvVae, ConvVaeConfig, Prior};
 
 use crate::adam::Adam;
 use crate::checkpoint::{self, Checkpoint, EpochAccum, EpochMetrics, OptimizerState, TrainState};
-use crate::config::{Objective, RunConfig, TrainConfig};
+use crate::config::{Objective, Precision, RunConfig, TrainConfig};
 use crate::device::{device_name, parse_device};
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate_elbo, images_tensor, prepare};
@@ -243,7 +243,7 @@ impl Trainer {
         config: TrainConfig,
         device: Device,
         vs: nn::VarStore,
-        model: ConvVae,
+        mut model: ConvVae,
         adam: Adam,
         ema: Option<Vec<Tensor>>,
         state: TrainState,
@@ -251,6 +251,9 @@ impl Trainer {
         validation: &MnistDataset,
     ) -> Result<Self> {
         check_combination(&model_config, &config)?;
+        if config.precision == Precision::Bf16 {
+            model.set_compute_kind(Kind::BFloat16)?;
+        }
         let stale = checkpoint::remove_stale_temporaries(&run_dir);
         if stale > 0 {
             tracing::info!(
