@@ -50,6 +50,9 @@ fn picture_commands_write_images_of_the_right_size() {
     );
     let (d, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
 
+    // The default VampPrior's 100 pseudo-inputs, 10 to a row: 10-pixel cells plus 2.
+    assert_eq!(read_png(&run.join("pseudo_inputs.png")).0, 102);
+
     // Training drew its curves: three panels.
     let (w, h, color, _) = read_any_png(&run.join("curves.png"));
     assert_eq!((w, h, color), (1020, 260, png::ColorType::Rgb));
@@ -272,7 +275,8 @@ fn exported_weights_load_into_the_pytorch_reference_module() {
     synthetic_mnist(data.path(), 48, 8, 28);
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("r");
-    train(data.path(), &run, &["--epochs", "1"]);
+    // The PyTorch module is the reference model: the fast preset's (standard prior).
+    train(data.path(), &run, &["--preset", "fast", "--epochs", "1"]);
     let exported = runs.path().join("model.safetensors");
     ok(&[
         "export",

@@ -82,7 +82,7 @@ pub struct TrainArgs {
     /// warm-up steps and cosine decay to 1e-4, 36 epochs); `fast` (the PyTorch reference's
     /// model and protocol: standard prior, constant Adam 1e-3, 10 epochs); `best` (for longer
     /// runs or a GPU: VampPrior of 500, a residual block per level, a 256-wide dense layer,
-    /// weight EMA 0.999, 100 epochs). --config and flags override it.
+    /// 100 epochs). --config and flags override it.
     #[arg(long)]
     pub preset: Option<String>,
     /// Training objective: elbo, or iwae (the importance-weighted bound with --iw-k samples).

@@ -316,7 +316,6 @@ impl RunConfig {
                 run.model.prior = vae_model::Prior::Vamp { components: 500 };
                 run.model.res_blocks = 1;
                 run.model.hidden_dim = Some(256);
-                run.train.ema_decay = Some(0.999);
                 run.train.epochs = 100;
             }
         }
