@@ -37,9 +37,14 @@ pub const VARIANTS: &[(&str, &str, &[&str])] = &[
         &["--kl-warmup-steps", "2000"],
     ),
     (
-        "vamp",
-        "VampPrior, 100 pseudo-inputs",
-        &["--prior", "vamp", "--pseudo-inputs", "100"],
+        "standard-prior",
+        "standard normal prior instead of the VampPrior",
+        &["--prior", "standard"],
+    ),
+    (
+        "vamp-500",
+        "VampPrior with 500 pseudo-inputs",
+        &["--pseudo-inputs", "500"],
     ),
     (
         "res-blocks",

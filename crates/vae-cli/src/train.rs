@@ -81,8 +81,8 @@ pub struct TrainArgs {
     /// cores: the reference conv VAE with a 100-component VampPrior, Adam 4e-3 peak with 300
     /// warm-up steps and cosine decay to 1e-4, 36 epochs); `fast` (the PyTorch reference's
     /// model and protocol: standard prior, constant Adam 1e-3, 10 epochs); `best` (for longer
-    /// runs or a GPU: VampPrior of 500, a residual block per level, a 256-wide dense layer,
-    /// 100 epochs). --config and flags override it.
+    /// runs or a GPU: VampPrior of 500, a residual block per level, 100 epochs). --config and
+    /// flags override it.
     #[arg(long)]
     pub preset: Option<String>,
     /// Training objective: elbo, or iwae (the importance-weighted bound with --iw-k samples).

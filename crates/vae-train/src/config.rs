@@ -315,7 +315,6 @@ impl RunConfig {
             Preset::Best => {
                 run.model.prior = vae_model::Prior::Vamp { components: 500 };
                 run.model.res_blocks = 1;
-                run.model.hidden_dim = Some(256);
                 run.train.epochs = 100;
             }
         }
