@@ -100,27 +100,14 @@ fn summarise(run: &Path) -> Result<(f64, f64)> {
 }
 
 pub fn run(root: &Path, cargo: &str, a: &AblationArgs) -> Result<()> {
-    let data = root.join("data/mnist");
-    if !data.join("train-images-idx3-ubyte.gz").is_file() {
-        bail!(
-            "{} has no MNIST: run `cargo xtask download` first",
-            data.display()
-        );
-    }
+    let data = crate::bench::mnist_dir(root)?;
     for name in &a.only {
         if !VARIANTS.iter().any(|(n, _, _)| n == name) {
             let known: Vec<&str> = VARIANTS.iter().map(|v| v.0).collect();
             bail!("unknown variant {name:?}; known: {}", known.join(", "));
         }
     }
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "vae-cli"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release -p vae-cli failed");
-    }
-    let vae = root.join("target/release/vae");
+    let vae = crate::bench::build_vae(root, cargo)?;
     let scratch = tempfile::tempdir()?;
     let base_dir = if a.keep {
         root.join("runs/ablation")

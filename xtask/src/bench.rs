@@ -353,7 +353,8 @@ fn quality(t: &Tools, a: &BenchArgs) -> Result<Value> {
     Ok(result)
 }
 
-pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
+/// `data/mnist`, checked to hold MNIST.
+pub fn mnist_dir(root: &Path) -> Result<PathBuf> {
     let data = root.join("data/mnist");
     if !data.join("train-images-idx3-ubyte.gz").is_file() {
         bail!(
@@ -361,6 +362,23 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
             data.display()
         );
     }
+    Ok(data)
+}
+
+/// Builds the release `vae` binary and returns its path.
+pub fn build_vae(root: &Path, cargo: &str) -> Result<PathBuf> {
+    let status = Command::new(cargo)
+        .args(["build", "--release", "--quiet", "-p", "vae-cli"])
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo build --release -p vae-cli failed");
+    }
+    Ok(root.join("target/release/vae"))
+}
+
+pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
+    let data = mnist_dir(root)?;
     let lt = crate::libtorch::current(root)
         .context("no libtorch set up: run `cargo xtask download` first")?;
     let python = lt.python.clone().context(
@@ -373,15 +391,8 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
     if !peer.is_file() {
         bail!("peer script {} not found (pass --peer)", peer.display());
     }
-    let status = Command::new(cargo)
-        .args(["build", "--release", "--quiet", "-p", "vae-cli"])
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build --release -p vae-cli failed");
-    }
     let tools = Tools {
-        vae: root.join("target/release/vae"),
+        vae: build_vae(root, cargo)?,
         python,
         peer,
         data,
