@@ -3,8 +3,9 @@ use tch::{Device, Kind, Tensor, nn};
 use crate::loss::{bernoulli_nll, gaussian_kl, log_mean_exp};
 use crate::*;
 
-/// libtorch's generator is global to the process: tests that seed it and compare draws take
-/// this lock so parallel tests cannot reseed between their steps.
+/// libtorch's generator is global to the process, and building a model or drawing moves it:
+/// every test takes this lock, so a parallel test cannot draw between another's seeding and
+/// its draws.
 static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn lock() -> std::sync::MutexGuard<'static, ()> {
@@ -21,6 +22,7 @@ fn scalar(x: &Tensor) -> f64 {
 
 #[test]
 fn gaussian_kl_matches_closed_form() {
+    let _g = lock();
     // KL = ½ Σ (μ² + σ² − 1 − log σ²)
     let mu = t(&[1.0, 0.0, 0.0, -2.0], &[2, 2]);
     let logvar = t(&[0.0, 2f32.ln(), 0.0, -1.0], &[2, 2]);
@@ -44,6 +46,7 @@ fn gaussian_kl_matches_closed_form() {
 
 #[test]
 fn bernoulli_nll_matches_direct_formula_and_is_stable() {
+    let _g = lock();
     let logits = t(&[0.0, 2.0, -3.0, 0.5], &[1, 4]);
     let x = t(&[1.0, 0.0, 0.0, 0.3], &[1, 4]);
     let want: f64 = [(0.0f64, 1.0f64), (2.0, 0.0), (-3.0, 0.0), (0.5, 0.3)]
@@ -64,6 +67,7 @@ fn bernoulli_nll_matches_direct_formula_and_is_stable() {
 
 #[test]
 fn log_mean_exp_is_stable() {
+    let _g = lock();
     let w = t(&[-1000.0, -1000.0, -1000.0 + 3f32.ln()], &[3, 1]);
     // log((e^-1000 (1 + 1 + 3)) / 3) = -1000 + ln(5/3)
     assert!((scalar(&log_mean_exp(&w).get(0)) - (-1000.0 + (5.0f64 / 3.0).ln())).abs() < 1e-3);
@@ -82,6 +86,7 @@ fn small_config() -> ConvVaeConfig {
 
 #[test]
 fn variables_are_named_after_fields_and_shapes_match_the_reference() {
+    let _g = lock();
     let vs = nn::VarStore::new(Device::Cpu);
     let _vae = ConvVae::new(&vs.root(), &ConvVaeConfig::default()).unwrap();
     let vars = vs.variables();
@@ -104,6 +109,7 @@ fn variables_are_named_after_fields_and_shapes_match_the_reference() {
 
 #[test]
 fn forward_shapes_and_configurable_architecture() {
+    let _g = lock();
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = small_config();
     let vae = ConvVae::new(&vs.root(), &cfg).unwrap();
@@ -122,6 +128,7 @@ fn forward_shapes_and_configurable_architecture() {
 
 #[test]
 fn wrong_shapes_are_errors_not_panics() {
+    let _g = lock();
     let vs = nn::VarStore::new(Device::Cpu);
     let vae = ConvVae::new(&vs.root(), &ConvVaeConfig::default()).unwrap();
     let wrong = Tensor::zeros([2, 1, 32, 32], (Kind::Float, Device::Cpu));
@@ -145,6 +152,7 @@ fn wrong_shapes_are_errors_not_panics() {
 
 #[test]
 fn invalid_configs_are_rejected() {
+    let _g = lock();
     for cfg in [
         ConvVaeConfig {
             latent_dim: 0,
@@ -230,6 +238,7 @@ fn iw_bound_with_one_sample_is_the_elbo_in_expectation_and_rises_with_k() {
 
 #[test]
 fn tied_weights_share_the_encoder_tensors_and_halve_conv_parameters() {
+    let _g = lock();
     let count = |tie| {
         let vs = nn::VarStore::new(Device::Cpu);
         let vae = ConvVae::new(
@@ -263,6 +272,7 @@ fn tied_weights_share_the_encoder_tensors_and_halve_conv_parameters() {
 
 #[test]
 fn decoder_matches_plain_transposed_convolutions() {
+    let _g = lock();
     // The CPU fast path for few-channel transposed convs computes the same function as
     // libtorch's default conv_transpose2d.
     let vs = nn::VarStore::new(Device::Cpu);
@@ -339,6 +349,7 @@ fn iwae_with_one_sample_is_the_elbo_on_that_sample_and_rises_with_k() {
 
 #[test]
 fn free_bits_clamp_each_dimension_as_stated() {
+    let _g = lock();
     use crate::loss::{free_bits_kl, gaussian_kl, gaussian_kl_dims};
     // Two examples, three dims; dimension KLs by hand: ½(μ² + σ² − 1 − log σ²).
     let mu = t(&[0.1, 2.0, 0.0, -0.1, 1.0, 0.0], &[2, 3]);
@@ -366,6 +377,7 @@ fn free_bits_clamp_each_dimension_as_stated() {
 
 #[test]
 fn mixture_log_density_matches_a_direct_computation() {
+    let _g = lock();
     use crate::loss::{LN_2PI, mixture_log_density};
     let z = t(&[0.3, -1.0, 2.0, 0.5, 0.0, 0.0], &[3, 2]);
     let mu = t(&[0.0, 0.0, 1.0, -1.0], &[2, 2]);
@@ -471,6 +483,7 @@ fn the_standard_prior_log_density_and_kl_are_unchanged() {
 
 #[test]
 fn residual_blocks_add_named_layers_and_start_as_residuals() {
+    let _g = lock();
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = ConvVaeConfig {
         res_blocks: 2,
@@ -513,6 +526,7 @@ fn residual_blocks_add_named_layers_and_start_as_residuals() {
 
 #[test]
 fn prior_and_blocks_validate() {
+    let _g = lock();
     let bad = ConvVaeConfig {
         prior: Prior::Vamp { components: 0 },
         ..ConvVaeConfig::default()

@@ -380,6 +380,7 @@ fn cuda_requests_fail_clearly_without_a_gpu() {
 /// Inputs kept from fuzzing checkpoint parsing (`fuzz/regressions/checkpoint`).
 #[test]
 fn checkpoint_fuzz_regressions_are_errors_not_panics() {
+    let _g = lock(); // loading may build a model, which draws
     let dir =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/checkpoint");
     let mut n = 0;
