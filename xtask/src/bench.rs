@@ -25,6 +25,8 @@ pub struct BenchArgs {
     pub iw: u64,
     pub iw_images: usize,
     pub peer: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub python: Option<PathBuf>,
     pub precision: Option<String>,
 }
 
@@ -379,11 +381,17 @@ pub fn build_vae(root: &Path, cargo: &str) -> Result<PathBuf> {
 
 pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
     let data = mnist_dir(root)?;
-    let lt = crate::libtorch::current(root)
-        .context("no libtorch set up: run `cargo xtask download` first")?;
-    let python = lt.python.clone().context(
-        "the libtorch in .libtorch belongs to no Python with torch, so the peer cannot run",
-    )?;
+    let python = match &a.python {
+        Some(p) => p.clone(),
+        None => {
+            let lt = crate::libtorch::current(root).context(
+                "no libtorch set up: run `cargo xtask download` first (or pass --python)",
+            )?;
+            lt.python.clone().context(
+                "the libtorch in .libtorch belongs to no Python with torch, so the peer cannot run (pass --python)",
+            )?
+        }
+    };
     let peer = a
         .peer
         .clone()
@@ -392,7 +400,11 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         bail!("peer script {} not found (pass --peer)", peer.display());
     }
     let tools = Tools {
-        vae: build_vae(root, cargo)?,
+        vae: match &a.vae {
+            Some(v) if v.is_file() => v.clone(),
+            Some(v) => bail!("--vae {}: no such file", v.display()),
+            None => build_vae(root, cargo)?,
+        },
         python,
         peer,
         data,

@@ -90,6 +90,14 @@ enum Task {
         /// The peer script [default: ../shared/bench/ref_pytorch_vae.py].
         #[arg(long)]
         peer: Option<PathBuf>,
+        /// Use this prebuilt `vae` binary instead of building one (for a machine with
+        /// libtorch but no Rust, such as a lent GPU machine).
+        #[arg(long)]
+        vae: Option<PathBuf>,
+        /// The Python (with torch 2.11) that runs the peer [default: the one `cargo xtask
+        /// download` found or installed].
+        #[arg(long)]
+        python: Option<PathBuf>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -141,11 +149,18 @@ fn cargo() -> String {
 }
 
 /// The workspace root: the folder above this crate's manifest.
+/// The workspace root: where this xtask was built from, or, for a prebuilt xtask binary
+/// copied to another machine (a lent GPU machine without Rust), the current directory.
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace root")
-        .to_path_buf()
+        .to_path_buf();
+    if built.join("Cargo.toml").is_file() {
+        built
+    } else {
+        std::env::current_dir().unwrap_or(built)
+    }
 }
 
 fn download(
@@ -228,6 +243,8 @@ fn main() -> ExitCode {
             iw,
             iw_images,
             peer,
+            vae,
+            python,
             json,
             precision,
         } => {
@@ -244,6 +261,8 @@ fn main() -> ExitCode {
                 iw,
                 iw_images,
                 peer,
+                vae,
+                python,
                 precision,
             };
             bench::run(&root(), &cargo(), &args)
