@@ -383,6 +383,16 @@ fn every_bad_input_is_a_clear_error() {
             &["--res-blocks", "1000"][..],
             "res_blocks must be at most 64",
         ),
+        (
+            "pixel head layers without a pixel head",
+            &["--pixel-head-layers", "2"][..],
+            "needs --pixel-head",
+        ),
+        (
+            "an oversized pixel head",
+            &["--pixel-head", "100000"][..],
+            "pixel head needs 1 to 4096 channels",
+        ),
     ] {
         cases.push(Case {
             what,

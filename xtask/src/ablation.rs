@@ -57,6 +57,11 @@ pub const VARIANTS: &[(&str, &str, &[&str])] = &[
         &["--hidden-dim", "256"],
     ),
     ("wide", "channels 64,128", &["--channels", "64,128"]),
+    (
+        "pixel-head",
+        "autoregressive pixel head, 16 channels, 3 layers",
+        &["--pixel-head", "16"],
+    ),
     ("latent-64", "64 latent dims", &["--latent-dim", "64"]),
     (
         "adamw",

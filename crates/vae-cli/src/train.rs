@@ -26,7 +26,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in this directory from its last checkpoint (`--epochs` may extend it).
-    #[arg(long, conflicts_with_all = ["out", "config", "latent_dim", "hidden_dim", "channels", "batch_size", "lr", "seed", "beta", "kl_warmup_steps", "grad_clip", "no_binarize", "validation_size", "preset", "objective", "iw_k", "free_bits", "lr_schedule", "warmup_steps", "min_lr", "patience", "res_blocks", "prior", "pseudo_inputs", "optimizer", "weight_decay", "ema_decay", "precision"])]
+    #[arg(long, conflicts_with_all = ["out", "config", "latent_dim", "hidden_dim", "channels", "batch_size", "lr", "seed", "beta", "kl_warmup_steps", "grad_clip", "no_binarize", "validation_size", "preset", "objective", "iw_k", "free_bits", "lr_schedule", "warmup_steps", "min_lr", "patience", "res_blocks", "pixel_head", "pixel_head_layers", "prior", "pseudo_inputs", "optimizer", "weight_decay", "ema_decay", "precision"])]
     pub resume: Option<PathBuf>,
     /// TOML file with [model] and [train] tables (see a run's config.toml); the keys it names
     /// replace the preset's.
@@ -110,6 +110,14 @@ pub struct TrainArgs {
     /// [default: 0].
     #[arg(long)]
     pub res_blocks: Option<usize>,
+    /// Add an autoregressive head of this width over the decoder's logits (PixelCNN-style
+    /// masked convs: each pixel also conditioned on the pixels before it; sampling becomes
+    /// pixel by pixel) [default: off; 0 turns it off].
+    #[arg(long)]
+    pub pixel_head: Option<i64>,
+    /// Masked conv layers of the pixel head [default: 3].
+    #[arg(long)]
+    pub pixel_head_layers: Option<usize>,
     /// Prior p(z): standard (N(0, I)) or vamp (VampPrior, a mixture of the posteriors of
     /// --pseudo-inputs learned images) [default: vamp; preset fast: standard].
     #[arg(long)]
@@ -215,6 +223,21 @@ fn apply_flags(args: &TrainArgs, run: &mut RunConfig) -> Result<()> {
     }
     if let Some(v) = args.res_blocks {
         m.res_blocks = v;
+    }
+    match (args.pixel_head, args.pixel_head_layers) {
+        (Some(0), _) => m.pixel_head = None,
+        (Some(channels), layers) => {
+            let base = m.pixel_head.unwrap_or_default();
+            m.pixel_head = Some(vae_model::PixelHead {
+                channels,
+                layers: layers.unwrap_or(base.layers),
+            });
+        }
+        (None, Some(layers)) => match &mut m.pixel_head {
+            Some(head) => head.layers = layers,
+            None => bail!("--pixel-head-layers needs --pixel-head CHANNELS"),
+        },
+        (None, None) => {}
     }
     if let Some(v) = &args.prior {
         m.prior = match v.as_str() {

@@ -32,6 +32,36 @@ pub struct ConvVaeConfig {
     pub res_blocks: usize,
     /// The prior p(z).
     pub prior: Prior,
+    /// An optional autoregressive head over the decoder's Bernoulli logits (one-channel images
+    /// only); `None`: pixels independent given z.
+    pub pixel_head: Option<PixelHead>,
+}
+
+/// A small PixelCNN-style head (van den Oord et al., "Pixel Recurrent Neural Networks", ICML
+/// 2016; used on a VAE decoder as in PixelVAE, Gulrajani et al., ICLR 2017): p(x | z) =
+/// Π_i Bernoulli(x_i | σ(d_i(z) + g_i(x_<i, d(z)))), where d(z) are the conv decoder's logits
+/// and g is a stack of masked convs that sees only the pixels before i in raster order. Its
+/// output layer starts at zero, so a fresh model with the head equals one without it.
+///
+/// Training and the likelihood stay one parallel pass (the pixels x are known); sampling is
+/// sequential, one pass per pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PixelHead {
+    /// Width of the masked convs.
+    pub channels: i64,
+    /// Masked convs: a 7×7 of mask type A (excludes the pixel itself), then `layers − 1`
+    /// residual 3×3 convs of mask type B.
+    pub layers: usize,
+}
+
+impl Default for PixelHead {
+    fn default() -> Self {
+        Self {
+            channels: 16,
+            layers: 3,
+        }
+    }
 }
 
 /// The prior over the latent z.
@@ -61,6 +91,7 @@ impl Default for ConvVaeConfig {
             tie_weights: false,
             res_blocks: 0,
             prior: Prior::Standard,
+            pixel_head: None,
         }
     }
 }
@@ -104,6 +135,20 @@ impl ConvVaeConfig {
                 "res_blocks must be at most 64, got {}",
                 self.res_blocks
             ));
+        }
+        if let Some(head) = self.pixel_head {
+            if self.input_channels != 1 {
+                return bad(format!(
+                    "the pixel head orders pixels of one-channel images only, got {} channels",
+                    self.input_channels
+                ));
+            }
+            if !(1..=4096).contains(&head.channels) || !(1..=64).contains(&head.layers) {
+                return bad(format!(
+                    "the pixel head needs 1 to 4096 channels and 1 to 64 layers, got {} and {}",
+                    head.channels, head.layers
+                ));
+            }
         }
         let factor = 1i64 << self.channels.len().min(30);
         if self.input_height % factor != 0 || self.input_width % factor != 0 {

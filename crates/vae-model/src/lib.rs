@@ -29,8 +29,9 @@ mod config;
 mod error;
 pub mod loss;
 mod model;
+mod pixel;
 
-pub use config::{ConvVaeConfig, Prior};
+pub use config::{ConvVaeConfig, PixelHead, Prior};
 pub use error::ModelError;
 pub use model::{ConvVae, ElboTerms, IwaeTerms, Posterior, VaeOutput};
 

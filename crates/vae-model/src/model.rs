@@ -4,6 +4,7 @@ use tch::{Device, Kind, Tensor};
 use crate::config::{ConvVaeConfig, Prior};
 use crate::error::ModelError;
 use crate::loss;
+use crate::pixel::PixelCnn;
 
 /// PyTorch's default initialisation (kaiming-uniform with a = √5): U(−1/√fan_in, 1/√fan_in)
 /// for weights and biases alike, so a fresh model matches a fresh `torch.nn` one in law.
@@ -261,6 +262,8 @@ pub struct ConvVae {
     encoder: Encoder,
     decoder: Decoder,
     pseudo: Option<PseudoInputs>,
+    /// The optional autoregressive head over the decoder's logits.
+    pixel: Option<PixelCnn>,
     device: Device,
     /// The kind convs and dense layers compute in (f32, or bf16 for reduced precision).
     compute: Kind,
@@ -341,6 +344,9 @@ impl ConvVae {
                 Some(PseudoInputs { logits })
             }
         };
+        let pixel = config
+            .pixel_head
+            .map(|head| PixelCnn::new(&(&dec / "pixel_head"), &head));
         Ok(Self {
             config: config.clone(),
             encoder: Encoder {
@@ -356,6 +362,7 @@ impl ConvVae {
                 deconvs,
             },
             pseudo,
+            pixel,
             device: p.device(),
             compute: Kind::Float,
         })
@@ -455,6 +462,10 @@ impl ConvVae {
     }
 
     /// p(x | z): Bernoulli logits `[N, C, H, W]` of latents `[N, latent]`.
+    ///
+    /// With a [`PixelHead`](crate::PixelHead) these are the conv decoder's logits, which the
+    /// head refines pixel by pixel: p(x | z) then needs x itself (see [`ConvVae::forward`]), and
+    /// pictures come from [`ConvVae::sample`] and [`ConvVae::reconstruct`].
     pub fn decode(&self, z: &Tensor) -> Result<Tensor, ModelError> {
         self.check_latents(z)?;
         Ok(self.decode_unchecked(z))
@@ -486,7 +497,25 @@ impl ConvVae {
         cast(&t, Kind::Float)
     }
 
-    /// Encodes, samples z once per image, decodes.
+    /// The logits of p(x | z) for pixels `x` given the decoder's logits `base`: `base` itself,
+    /// or refined by the pixel head from the pixels before each one.
+    fn likelihood_logits(&self, x: &Tensor, base: &Tensor) -> Tensor {
+        match &self.pixel {
+            None => base.shallow_clone(),
+            Some(head) => head.forward(x, base, self.compute),
+        }
+    }
+
+    /// Bernoulli means of images drawn from p(x | z) given the decoder's logits: σ(logits), or
+    /// with the pixel head, each pixel's mean given the pixels sampled before it.
+    fn pixel_means(&self, base: &Tensor) -> Tensor {
+        match &self.pixel {
+            None => base.sigmoid(),
+            Some(head) => head.sample(base, self.compute),
+        }
+    }
+
+    /// Encodes, samples z once per image, decodes (with the pixel head, conditioned on `x`).
     pub fn forward(&self, x: &Tensor) -> Result<VaeOutput, ModelError> {
         self.check_images(x)?;
         Ok(self.forward_unchecked(x))
@@ -495,7 +524,7 @@ impl ConvVae {
     fn forward_unchecked(&self, x: &Tensor) -> VaeOutput {
         let posterior = self.encode_unchecked(x);
         let z = Self::reparameterize(&posterior);
-        let logits = self.decode_unchecked(&z);
+        let logits = self.likelihood_logits(x, &self.decode_unchecked(&z));
         VaeOutput {
             logits,
             mu: posterior.mu,
@@ -568,7 +597,9 @@ impl ConvVae {
     }
 
     /// `n` images decoded from the prior with its Gaussian noise scaled by `temperature` (1 =
-    /// the prior itself; for the VampPrior, a random component's noise): Bernoulli means (pixel probabilities), `[n, C, H, W]`.
+    /// the prior itself; for the VampPrior, a random component's noise): Bernoulli means (pixel
+    /// probabilities), `[n, C, H, W]`. With a pixel head the pixels are drawn one at a time
+    /// (H·W passes of the head) and each mean is given the pixels drawn before it.
     pub fn sample(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
         if n < 1 {
             return Err(ModelError::InvalidArgument(format!(
@@ -576,13 +607,14 @@ impl ConvVae {
             )));
         }
         let z = self.sample_prior(n, temperature);
-        Ok(self.decode_unchecked(&z).sigmoid())
+        Ok(self.pixel_means(&self.decode_unchecked(&z)))
     }
 
-    /// Bernoulli means of the reconstruction of `x` through the posterior mean.
+    /// Bernoulli means of the reconstruction of `x` through the posterior mean (with a pixel
+    /// head, drawn pixel by pixel as in [`ConvVae::sample`]).
     pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let posterior = self.encode(x)?;
-        Ok(self.decode_unchecked(&posterior.mu).sigmoid())
+        Ok(self.pixel_means(&self.decode_unchecked(&posterior.mu)))
     }
 
     /// Importance-weighted estimate of log p(x) per example, `[N]` (nats):
@@ -651,12 +683,17 @@ impl ConvVae {
         let latent = self.config.latent_dim;
         let eps = Tensor::randn([s, n, latent], (Kind::Float, x.device()));
         let z = &q.mu + &eps * std;
-        let logits = self.decode_unchecked(&z.view([s * n, latent]));
-        let targets = x
-            .unsqueeze(0)
-            .expand([s, -1, -1, -1, -1], false)
-            .reshape([s * n, -1]);
-        let log_px = -loss::bernoulli_nll(&logits.view([s * n, -1]), &targets).view([s, n]);
+        let size = x.size();
+        let images = x.unsqueeze(0).expand([s, -1, -1, -1, -1], false).reshape([
+            s * n,
+            size[1],
+            size[2],
+            size[3],
+        ]);
+        let logits =
+            self.likelihood_logits(&images, &self.decode_unchecked(&z.view([s * n, latent])));
+        let log_px =
+            -loss::bernoulli_nll(&logits.view([s * n, -1]), &images.view([s * n, -1])).view([s, n]);
         let log_pz = self.log_prior(&z);
         let log_qz = loss::diagonal_normal_log_density(&eps, &q.logvar);
         WeightTerms {

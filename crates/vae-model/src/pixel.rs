@@ -1,0 +1,340 @@
+//! The autoregressive (PixelCNN-style) head over the decoder's logits; see
+//! [`PixelHead`](crate::PixelHead).
+
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::config::PixelHead;
+
+/// `t` in `kind` (a shallow copy when it already is).
+fn cast(t: &Tensor, kind: Kind) -> Tensor {
+    if t.kind() == kind {
+        t.shallow_clone()
+    } else {
+        t.to_kind(kind)
+    }
+}
+
+/// A k×k stride-1 conv whose kernel is masked so output pixel (i, j) sees only input pixels
+/// before it in raster order: rows above, and the same row to the left; type B also sees
+/// (i, j) itself (van den Oord et al. 2016).
+#[derive(Debug)]
+struct MaskedConv {
+    weight: Tensor,
+    bias: Tensor,
+    /// `[1, 1, k, k]` of 0/1, not a variable.
+    mask: Tensor,
+    k: i64,
+}
+
+impl MaskedConv {
+    fn new(p: nn::Path<'_>, c_in: i64, c_out: i64, k: i64, include_centre: bool) -> Self {
+        let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
+        let init = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let weight = p.var("weight", &[c_out, c_in, k, k], init);
+        let bias = p.var("bias", &[c_out], init);
+        Self {
+            weight,
+            bias,
+            mask: raster_mask(k, include_centre, p.device()),
+            k,
+        }
+    }
+
+    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
+        let w = cast(&(&self.weight * &self.mask), kind);
+        let pad = self.k / 2;
+        x.conv2d(
+            &w,
+            Some(&cast(&self.bias, kind)),
+            [1, 1],
+            [pad, pad],
+            [1, 1],
+            1,
+        )
+    }
+}
+
+/// The raster-order mask of a k×k kernel (k odd): 1 above the centre row, and left of the
+/// centre in its row; the centre itself for type B.
+pub(crate) fn raster_mask(k: i64, include_centre: bool, device: Device) -> Tensor {
+    let c = k / 2;
+    let values: Vec<f32> = (0..k * k)
+        .map(|idx| {
+            let (i, j) = (idx / k, idx % k);
+            let before = i < c || (i == c && j < c);
+            let centre = i == c && j == c;
+            if before || (centre && include_centre) {
+                1.0
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    Tensor::from_slice(&values)
+        .view([1, 1, k, k])
+        .to_device(device)
+}
+
+/// g(x_<i, d): a 7×7 type-A masked conv of the pixels plus a 1×1 conv of the decoder's logits,
+/// then residual 3×3 type-B masked convs, then a 1×1 conv (initialised to zero) whose output is
+/// added to the decoder's logits.
+#[derive(Debug)]
+pub(crate) struct PixelCnn {
+    first: MaskedConv,
+    condition: nn::Conv2D,
+    layers: Vec<MaskedConv>,
+    out: nn::Conv2D,
+}
+
+impl PixelCnn {
+    pub(crate) fn new(p: &nn::Path<'_>, head: &PixelHead) -> Self {
+        let c = head.channels;
+        let one_by_one = |p: nn::Path<'_>, i: i64, o: i64, zero: bool| {
+            let bound = 1.0 / (i as f64).sqrt();
+            let init = if zero {
+                nn::Init::Const(0.0)
+            } else {
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                }
+            };
+            nn::conv2d(
+                p,
+                i,
+                o,
+                1,
+                nn::ConvConfig {
+                    ws_init: init,
+                    bs_init: init,
+                    ..Default::default()
+                },
+            )
+        };
+        Self {
+            first: MaskedConv::new(p / "first", 1, c, 7, false),
+            condition: one_by_one(p / "condition", 1, c, false),
+            layers: (1..head.layers)
+                .map(|i| MaskedConv::new(p / format!("layer{i}"), c, c, 3, true))
+                .collect(),
+            out: one_by_one(p / "out", c, 1, true),
+        }
+    }
+
+    /// The head's logits for pixels `x` `[N, 1, H, W]` given the decoder's logits `base` (same
+    /// shape): `base + g(x_<i, base)`, computed in `kind`, returned in f32.
+    pub(crate) fn forward(&self, x: &Tensor, base: &Tensor, kind: Kind) -> Tensor {
+        let conv1 = |c: &nn::Conv2D, t: &Tensor| {
+            t.conv2d(
+                &cast(&c.ws, kind),
+                c.bs.as_ref().map(|b| cast(b, kind)).as_ref(),
+                [1, 1],
+                [0, 0],
+                [1, 1],
+                1,
+            )
+        };
+        let (xk, bk) = (cast(x, kind), cast(base, kind));
+        let mut h = (self.first.forward(&xk, kind) + conv1(&self.condition, &bk)).relu_();
+        for layer in &self.layers {
+            h = (&h + layer.forward(&h, kind)).relu_();
+        }
+        base + cast(&conv1(&self.out, &h), Kind::Float)
+    }
+
+    /// Ancestral sampling, one pixel at a time in raster order, given the decoder's logits
+    /// `base` `[N, 1, H, W]`: returns each pixel's Bernoulli mean given the pixels sampled
+    /// before it (a grey-level picture of the sample). Masked convs never look below the
+    /// current row, so each pass runs on the rows so far only.
+    pub(crate) fn sample(&self, base: &Tensor, kind: Kind) -> Tensor {
+        let size = base.size();
+        let (h, w) = (size[2], size[3]);
+        let x = base.zeros_like();
+        let means = base.zeros_like();
+        for i in 0..h {
+            let rows = i + 1;
+            for j in 0..w {
+                let logits = self.forward(&x.narrow(2, 0, rows), &base.narrow(2, 0, rows), kind);
+                let p = logits.narrow(2, i, 1).narrow(3, j, 1).sigmoid();
+                means.narrow(2, i, 1).narrow(3, j, 1).copy_(&p);
+                x.narrow(2, i, 1).narrow(3, j, 1).copy_(&p.bernoulli());
+            }
+        }
+        means
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor, nn};
+
+    use super::{PixelCnn, raster_mask};
+    use crate::config::PixelHead;
+    use crate::loss::bernoulli_nll;
+    use crate::tests::lock;
+    use crate::{ConvVae, ConvVaeConfig, ModelError};
+
+    fn head(vs: &nn::VarStore, layers: usize) -> PixelCnn {
+        let h = PixelCnn::new(
+            &(vs.root() / "pixel_head"),
+            &PixelHead {
+                channels: 4,
+                layers,
+            },
+        );
+        // Give the zero-initialised output layer weights, as training would.
+        tch::no_grad(|| {
+            let _ = h.out.ws.shallow_clone().uniform_(-1.0, 1.0);
+            let _ = h
+                .out
+                .bs
+                .as_ref()
+                .unwrap()
+                .shallow_clone()
+                .uniform_(-0.5, 0.5);
+        });
+        h
+    }
+
+    #[test]
+    fn masks_see_only_earlier_pixels() {
+        let a = raster_mask(3, false, Device::Cpu);
+        let b = raster_mask(3, true, Device::Cpu);
+        let want_a = Tensor::from_slice(&[1f32, 1., 1., 1., 0., 0., 0., 0., 0.]).view([1, 1, 3, 3]);
+        let want_b = Tensor::from_slice(&[1f32, 1., 1., 1., 1., 0., 0., 0., 0.]).view([1, 1, 3, 3]);
+        assert!(a.equal(&want_a), "{a}");
+        assert!(b.equal(&want_b), "{b}");
+    }
+
+    #[test]
+    fn a_fresh_head_leaves_the_decoder_logits_unchanged() {
+        let _g = lock();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let h = PixelCnn::new(&(vs.root() / "pixel_head"), &PixelHead::default());
+        let x = Tensor::rand([3, 1, 6, 5], (Kind::Float, Device::Cpu)).round();
+        let base = Tensor::randn([3, 1, 6, 5], (Kind::Float, Device::Cpu));
+        assert!(h.forward(&x, &base, Kind::Float).equal(&base));
+        // And sampling gives σ(base) (to rounding: σ of one element vs a vectorised σ).
+        assert!(
+            h.sample(&base, Kind::Float)
+                .allclose(&base.sigmoid(), 1e-6, 1e-7, false)
+        );
+    }
+
+    #[test]
+    fn each_logit_depends_only_on_the_pixels_before_it() {
+        let _g = lock();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let h = head(&vs, 3);
+        let (rows, cols) = (7, 9);
+        let x = Tensor::rand([2, 1, rows, cols], (Kind::Float, Device::Cpu))
+            .round()
+            .set_requires_grad(true);
+        let base = Tensor::randn([2, 1, rows, cols], (Kind::Float, Device::Cpu));
+        let logits = h.forward(&x, &base, Kind::Float);
+        let (i, j) = (3, 4);
+        logits.get(0).get(0).get(i).get(j).backward();
+        let g = x.grad().abs();
+        let mut seen_before = 0;
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = g.double_value(&[0, 0, r, c]);
+                if (r, c) >= (i, j) {
+                    assert_eq!(v, 0.0, "logit ({i},{j}) depends on pixel ({r},{c})");
+                } else if v > 0.0 {
+                    seen_before += 1;
+                }
+                assert_eq!(g.double_value(&[1, 0, r, c]), 0.0, "images mix");
+            }
+        }
+        // A 7x7 type-A conv and two 3x3 type-B ones see a good part of what came before,
+        // including the left and upper neighbours.
+        assert!(seen_before >= 20, "{seen_before}");
+        assert!(g.double_value(&[0, 0, i, j - 1]) > 0.0);
+        assert!(g.double_value(&[0, 0, i - 1, j]) > 0.0);
+    }
+
+    #[test]
+    fn the_head_defines_a_normalised_distribution_over_images() {
+        let _g = lock();
+        let vs = nn::VarStore::new(Device::Cpu);
+        let h = head(&vs, 2);
+        // All 2^6 binary images of 2x3 pixels: Σ_x p(x | z) must be 1, which holds only if
+        // each pixel's logit ignores that pixel and the ones after it.
+        let n = 1i64 << 6;
+        let bits: Vec<f32> = (0..n)
+            .flat_map(|k| (0..6).map(move |b| ((k >> b) & 1) as f32))
+            .collect();
+        let x = Tensor::from_slice(&bits).view([n, 1, 2, 3]);
+        let base =
+            Tensor::randn([1, 1, 2, 3], (Kind::Float, Device::Cpu)).expand([n, 1, 2, 3], false);
+        let logits = h.forward(&x, &base, Kind::Float);
+        let log_p = -bernoulli_nll(&logits.view([n, -1]), &x.view([n, -1]));
+        let total = log_p.exp().sum(Kind::Double).double_value(&[]);
+        assert!((total - 1.0).abs() < 1e-5, "Σ p(x) = {total}");
+        // Sampling draws from the same distribution: the first pixel's mean is its logit's σ.
+        let means = h.sample(&base.narrow(0, 0, 1), Kind::Float);
+        let first = logits.double_value(&[0, 0, 0, 0]);
+        assert!((means.double_value(&[0, 0, 0, 0]) - 1.0 / (1.0 + (-first).exp())).abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_model_with_the_head_names_its_layers_trains_and_estimates() -> Result<(), ModelError> {
+        let _g = lock();
+        let cfg = ConvVaeConfig {
+            input_height: 8,
+            input_width: 8,
+            latent_dim: 3,
+            channels: vec![4, 8],
+            pixel_head: Some(PixelHead {
+                channels: 5,
+                layers: 2,
+            }),
+            ..ConvVaeConfig::default()
+        };
+        let vs = nn::VarStore::new(Device::Cpu);
+        let vae = ConvVae::new(&vs.root(), &cfg)?;
+        let vars = vs.variables();
+        assert_eq!(vars["decoder.pixel_head.first.weight"].size(), [5, 1, 7, 7]);
+        assert_eq!(
+            vars["decoder.pixel_head.layer1.weight"].size(),
+            [5, 5, 3, 3]
+        );
+        assert_eq!(
+            vars["decoder.pixel_head.condition.weight"].size(),
+            [5, 1, 1, 1]
+        );
+        assert_eq!(vars["decoder.pixel_head.out.weight"].size(), [1, 5, 1, 1]);
+        let x = Tensor::rand([4, 1, 8, 8], (Kind::Float, Device::Cpu)).round();
+        let terms = vae.elbo(&x)?;
+        let loss = (&terms.reconstruction + &terms.kl).mean(Kind::Float);
+        loss.backward();
+        let g = vars["decoder.pixel_head.out.weight"].grad();
+        assert!(
+            g.abs().sum(Kind::Float).double_value(&[]) > 0.0,
+            "the head gets gradients"
+        );
+        let ll = tch::no_grad(|| vae.log_likelihood_iw(&x, 20, 64))?;
+        assert_eq!(ll.size(), [4]);
+        assert!(ll.isfinite().all().int64_value(&[]) == 1);
+        let s = tch::no_grad(|| vae.sample(3, 1.0))?;
+        assert_eq!(s.size(), [3, 1, 8, 8]);
+        // Configs round-trip through TOML; older configs (no pixel_head) still load.
+        let text = toml::to_string(&cfg).unwrap();
+        assert_eq!(toml::from_str::<ConvVaeConfig>(&text).unwrap(), cfg);
+        let bad = ConvVaeConfig {
+            input_channels: 3,
+            ..cfg.clone()
+        };
+        assert!(
+            bad.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("one-channel")
+        );
+        Ok(())
+    }
+}
