@@ -116,19 +116,31 @@ fn range(values: impl Iterator<Item = f64>) -> (f64, f64) {
     (lo - pad, hi + pad)
 }
 
-fn label(v: f64) -> String {
-    if v.abs() >= 100.0 {
-        format!("{v:.0}")
-    } else if v.abs() >= 10.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.2}")
+/// Tick values at round steps (1, 2 or 5 × 10^k) inside `[lo, hi]`, about five of them, and
+/// the decimals their labels need: epochs get 0, 25, 50 rather than −3.95, 23.3, ….
+fn ticks(lo: f64, hi: f64) -> (Vec<f64>, usize) {
+    let span = hi - lo;
+    if !(span.is_finite() && span > 0.0) {
+        return (vec![lo], 2);
     }
+    let magnitude = 10f64.powf((span / 5.0).log10().floor());
+    let count = |step: f64| (hi / step).floor() as i64 - (lo / step).ceil() as i64 + 1;
+    // The round step whose tick count is nearest five (the smaller step on a tie).
+    let step = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0]
+        .iter()
+        .map(|m| m * magnitude)
+        .min_by_key(|&s| (count(s) - 5).abs())
+        .expect("candidates");
+    let values = ((lo / step).ceil() as i64..=(hi / step).floor() as i64)
+        .map(|k| k as f64 * step)
+        .collect();
+    let decimals = (-step.log10().floor()).max(0.0) as usize;
+    (values, decimals)
 }
 
 const BLACK: Rgb888 = Rgb888::BLACK;
 
-/// Draws axes with five ticks each, a title and an x-axis name; returns the data frame.
+/// Draws axes with round-valued ticks, a title and an x-axis name; returns the data frame.
 fn axes(
     c: &mut Canvas,
     rect: Rectangle,
@@ -168,21 +180,24 @@ fn axes(
         Alignment::Center,
     )
     .draw(c);
-    for i in 0..5 {
-        let f = i as f64 / 4.0;
-        let (xv, yv) = (x.0 + f * (x.1 - x.0), y.0 + f * (y.1 - y.0));
+    let (x_ticks, x_decimals) = ticks(x.0, x.1);
+    for xv in x_ticks {
         let px = frame.point(xv, y.0);
         let _ = Line::new(px, px + Point::new(0, 3))
             .into_styled(PrimitiveStyle::with_stroke(BLACK, 1))
             .draw(c);
-        let _ = Text::with_alignment(&label(xv), px + Point::new(0, 13), font, Alignment::Center)
-            .draw(c);
+        let text = format!("{xv:.x_decimals$}");
+        let _ =
+            Text::with_alignment(&text, px + Point::new(0, 13), font, Alignment::Center).draw(c);
+    }
+    let (y_ticks, y_decimals) = ticks(y.0, y.1);
+    for yv in y_ticks {
         let py = frame.point(x.0, yv);
         let _ = Line::new(py, py - Point::new(3, 0))
             .into_styled(PrimitiveStyle::with_stroke(BLACK, 1))
             .draw(c);
-        let _ = Text::with_alignment(&label(yv), py + Point::new(-5, 3), font, Alignment::Right)
-            .draw(c);
+        let text = format!("{yv:.y_decimals$}");
+        let _ = Text::with_alignment(&text, py + Point::new(-5, 3), font, Alignment::Right).draw(c);
     }
     frame
 }
@@ -280,4 +295,31 @@ pub fn scatter(
         let _ = Text::new(&class.to_string(), at + Point::new(10, 3), font).draw(&mut c);
     }
     c.save(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ticks;
+
+    #[test]
+    fn ticks_fall_on_round_values_inside_the_range() {
+        let (t, d) = ticks(-3.95, 105.0);
+        assert_eq!(t, vec![0.0, 20.0, 40.0, 60.0, 80.0, 100.0]);
+        assert_eq!(d, 0);
+        let (t, d) = ticks(-188.0, -79.0);
+        assert_eq!(t, vec![-180.0, -160.0, -140.0, -120.0, -100.0, -80.0]);
+        assert_eq!(d, 0);
+        let (t, d) = ticks(0.12, 0.61);
+        assert_eq!(d, 1);
+        assert_eq!(t.len(), 5, "{t:?}");
+        assert!(
+            (t[0] - 0.2).abs() < 1e-12 && (t[4] - 0.6).abs() < 1e-12,
+            "{t:?}"
+        );
+        for (lo, hi) in [(0.0, 1.0), (9.99, 27.5), (52.3, 178.0), (-1e-3, 2e-3)] {
+            let (t, _) = ticks(lo, hi);
+            assert!((3..=6).contains(&t.len()), "{lo}..{hi}: {t:?}");
+            assert!(t.iter().all(|v| (lo..=hi).contains(v)), "{lo}..{hi}: {t:?}");
+        }
+    }
 }
