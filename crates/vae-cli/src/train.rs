@@ -405,7 +405,12 @@ fn finish(dir: &Path, test: &MnistDataset, device: Device) -> Result<()> {
     let samples = tch::no_grad(|| model.sample(64, 1.0))?;
     save_grid(&dir.join("samples.png"), &samples, 8)?;
     crate::explore::reconstruction_grid(&model, &test_x, 16, &dir.join("reconstructions.png"))?;
-    crate::explore::write_curves(&dir.join("curves.png"), &ckpt.state.history)?;
+    // The whole run's curves: the last checkpoint's history (the best one's stops at its epoch).
+    let history = match Checkpoint::load(dir.join(files::LAST)) {
+        Ok(last) => last.state.history,
+        Err(_) => ckpt.state.history.clone(),
+    };
+    crate::explore::write_curves(&dir.join("curves.png"), &history)?;
     // The VampPrior's learned pseudo-inputs: the images whose posteriors make up the prior.
     if let Some(u) = tch::no_grad(|| model.pseudo_inputs()) {
         let n = u.size()[0].min(100);
