@@ -10,6 +10,8 @@ fn main() {
     if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
         let lib = std::fs::canonicalize(&lib).unwrap_or_else(|_| lib.into());
         println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
+        // For the test that checks a CUDA libtorch is recognised as one.
+        println!("cargo:rustc-env=VAE_TRAIN_LIBTORCH_LIB={}", lib.display());
         if lib.join("libtorch_cuda.so").exists() {
             println!(
                 "cargo:rustc-link-arg=-Wl,--no-as-needed,-L{},-ltorch_cuda,--as-needed",

@@ -11,8 +11,8 @@ pub struct InfoArgs {
 }
 
 pub fn run(a: InfoArgs) -> Result<u8> {
-    let has_cuda = tch::utils::has_cuda();
-    let devices = if has_cuda {
+    let has_cuda = vae_train::libtorch_has_cuda();
+    let devices = if tch::utils::has_cuda() {
         tch::Cuda::device_count()
     } else {
         0

@@ -46,7 +46,7 @@ pub use checkpoint::{
 pub use config::{
     DEFAULT_EPOCHS, LrSchedule, Objective, Optimizer, Precision, Preset, RunConfig, TrainConfig,
 };
-pub use device::{device_name, parse_device};
+pub use device::{device_name, libtorch_has_cuda, parse_device};
 pub use error::{Result, TrainError};
 pub use eval::{ElboSummary, IwEstimate, evaluate_elbo, evaluate_iw, images_tensor, prepare};
 pub use trainer::{Outcome, Trainer, files, patience_exhausted};
