@@ -2,7 +2,10 @@
 
 mod common;
 
+use std::path::PathBuf;
+
 use common::*;
+use tempfile::TempDir;
 
 const TINY: &[&str] = &[
     "--epochs",
@@ -21,19 +24,28 @@ const TINY: &[&str] = &[
     "1",
 ];
 
-#[test]
-fn train_eval_resume_on_synthetic_data() {
+/// A tiny run on fresh synthetic data (96 training, 24 test images of 8x8): `vae train` with
+/// [`TINY`] and `extra`, which must succeed. Returns the data and runs folders (deleted when
+/// dropped), the run directory and train's stdout.
+fn train_tiny(extra: &[&str]) -> (TempDir, TempDir, PathBuf, String) {
     let data = tempfile::tempdir().unwrap();
     synthetic_mnist(data.path(), 96, 24, 8);
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("r");
     let (d, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
-
     let mut args = vec!["train", "--data", d, "--out", r];
     args.extend_from_slice(TINY);
+    args.extend_from_slice(extra);
     let out = vae(&args);
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stdout}\n{stderr}");
+    (data, runs, run, stdout)
+}
+
+#[test]
+fn train_eval_resume_on_synthetic_data() {
+    let (data, _runs, run, stdout) = train_tiny(&[]);
+    let (d, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
     assert!(stdout.contains("test ELBO"), "{stdout}");
     for f in [
         "last.safetensors",
@@ -110,17 +122,8 @@ fn train_eval_resume_on_synthetic_data() {
 
 #[test]
 fn the_pixel_head_trains_samples_and_evaluates_from_the_cli() {
-    let data = tempfile::tempdir().unwrap();
-    synthetic_mnist(data.path(), 96, 24, 8);
-    let runs = tempfile::tempdir().unwrap();
-    let run = runs.path().join("r");
+    let (data, _runs, run, _) = train_tiny(&["--pixel-head", "4", "--pixel-head-layers", "2"]);
     let (d, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
-    let mut args = vec!["train", "--data", d, "--out", r];
-    args.extend_from_slice(TINY);
-    args.extend_from_slice(&["--pixel-head", "4", "--pixel-head-layers", "2"]);
-    let out = vae(&args);
-    let (stdout, stderr) = text(&out);
-    assert!(out.status.success(), "{stdout}\n{stderr}");
     let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(config.contains("[model.pixel_head]"), "{config}");
     assert!(

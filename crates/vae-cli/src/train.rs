@@ -345,8 +345,10 @@ pub fn run(args: TrainArgs) -> Result<u8> {
         Outcome::EarlyStopped => eprintln!("stopped early: the validation ELBO stopped improving"),
     }
     let device = trainer.device();
+    // The whole run's history for the curves (the best checkpoint's stops at its epoch).
+    let history = trainer.state().history.clone();
     drop(trainer);
-    finish(&dir, &test, device)?;
+    finish(&dir, &test, device, &history)?;
     Ok(0)
 }
 
@@ -396,8 +398,14 @@ fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
     Ok(trainer)
 }
 
-/// After training: pictures and the test ELBO of the best checkpoint.
-fn finish(dir: &Path, test: &MnistDataset, device: Device) -> Result<()> {
+/// After training: pictures and the test ELBO of the best checkpoint, and the curves of the
+/// run's `history`.
+fn finish(
+    dir: &Path,
+    test: &MnistDataset,
+    device: Device,
+    history: &[vae_train::EpochMetrics],
+) -> Result<()> {
     let best = dir.join(files::BEST);
     let (model, _vs, ckpt) = Checkpoint::load(&best)?.into_model(device)?;
     let test_x = images_tensor(test, device);
@@ -405,12 +413,7 @@ fn finish(dir: &Path, test: &MnistDataset, device: Device) -> Result<()> {
     let samples = tch::no_grad(|| model.sample(64, 1.0))?;
     save_grid(&dir.join("samples.png"), &samples, 8)?;
     crate::explore::reconstruction_grid(&model, &test_x, 16, &dir.join("reconstructions.png"))?;
-    // The whole run's curves: the last checkpoint's history (the best one's stops at its epoch).
-    let history = match Checkpoint::load(dir.join(files::LAST)) {
-        Ok(last) => last.state.history,
-        Err(_) => ckpt.state.history.clone(),
-    };
-    crate::explore::write_curves(&dir.join("curves.png"), &history)?;
+    crate::explore::write_curves(&dir.join("curves.png"), history)?;
     // The VampPrior's learned pseudo-inputs: the images whose posteriors make up the prior.
     if let Some(u) = tch::no_grad(|| model.pseudo_inputs()) {
         let n = u.size()[0].min(100);

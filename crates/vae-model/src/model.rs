@@ -8,7 +8,7 @@ use crate::pixel::PixelCnn;
 
 /// PyTorch's default initialisation (kaiming-uniform with a = √5): U(−1/√fan_in, 1/√fan_in)
 /// for weights and biases alike, so a fresh model matches a fresh `torch.nn` one in law.
-fn torch_default(fan_in: i64) -> nn::Init {
+pub(crate) fn torch_default(fan_in: i64) -> nn::Init {
     let bound = 1.0 / (fan_in as f64).sqrt();
     nn::Init::Uniform {
         lo: -bound,
@@ -56,7 +56,7 @@ fn deconv(p: nn::Path<'_>, i: i64, o: i64) -> nn::ConvTranspose2D {
 }
 
 /// `t` in `kind` (a shallow copy when it already is).
-fn cast(t: &Tensor, kind: Kind) -> Tensor {
+pub(crate) fn cast(t: &Tensor, kind: Kind) -> Tensor {
     if t.kind() == kind {
         t.shallow_clone()
     } else {

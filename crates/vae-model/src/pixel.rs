@@ -4,15 +4,7 @@
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::config::PixelHead;
-
-/// `t` in `kind` (a shallow copy when it already is).
-fn cast(t: &Tensor, kind: Kind) -> Tensor {
-    if t.kind() == kind {
-        t.shallow_clone()
-    } else {
-        t.to_kind(kind)
-    }
-}
+use crate::model::{cast, torch_default};
 
 /// A k×k stride-1 conv whose kernel is masked so output pixel (i, j) sees only input pixels
 /// before it in raster order: rows above, and the same row to the left; type B also sees
@@ -28,11 +20,7 @@ struct MaskedConv {
 
 impl MaskedConv {
     fn new(p: nn::Path<'_>, c_in: i64, c_out: i64, k: i64, include_centre: bool) -> Self {
-        let bound = 1.0 / ((c_in * k * k) as f64).sqrt();
-        let init = nn::Init::Uniform {
-            lo: -bound,
-            up: bound,
-        };
+        let init = torch_default(c_in * k * k);
         let weight = p.var("weight", &[c_out, c_in, k, k], init);
         let bias = p.var("bias", &[c_out], init);
         Self {
@@ -93,14 +81,10 @@ impl PixelCnn {
     pub(crate) fn new(p: &nn::Path<'_>, head: &PixelHead) -> Self {
         let c = head.channels;
         let one_by_one = |p: nn::Path<'_>, i: i64, o: i64, zero: bool| {
-            let bound = 1.0 / (i as f64).sqrt();
             let init = if zero {
                 nn::Init::Const(0.0)
             } else {
-                nn::Init::Uniform {
-                    lo: -bound,
-                    up: bound,
-                }
+                torch_default(i)
             };
             nn::conv2d(
                 p,
