@@ -309,6 +309,74 @@ fn decoder_matches_plain_transposed_convolutions() {
 }
 
 #[test]
+fn the_nhwc_encoder_matches_plain_nchw_convolutions() {
+    let _g = lock();
+    // On the CPU the encoder runs channels-last; its posterior must be the NCHW one.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let mut vae = ConvVae::new(&vs.root(), &ConvVaeConfig::default()).unwrap();
+    assert!(vae.nhwc_encoder, "the CPU default is the NHWC encoder");
+    let v = vs.variables();
+    let x = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let conv = |h: &Tensor, name: &str| {
+        h.conv2d(
+            &v[&format!("encoder.{name}.weight")],
+            Some(&v[&format!("encoder.{name}.bias")]),
+            [2, 2],
+            [1, 1],
+            [1, 1],
+            1,
+        )
+        .relu()
+    };
+    let h = conv(&conv(&x, "conv1"), "conv2");
+    assert!(h.is_contiguous(), "the reference runs NCHW");
+    let want = h
+        .flatten(1, -1)
+        .linear(&v["encoder.head.weight"], Some(&v["encoder.head.bias"]));
+    let q = vae.encode(&x).unwrap();
+    let ours = Tensor::cat(&[&q.mu, &q.logvar], 1);
+    let diff = (&ours - &want).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "max abs difference {diff}");
+
+    // Same gradients with either layout.
+    let grads = |vae: &ConvVae| {
+        let q = vae.encode(&x).unwrap();
+        let loss = (q.mu.square().sum(Kind::Float) + q.logvar.sum(Kind::Float)).sum(Kind::Float);
+        let w = &v["encoder.conv1.weight"];
+        let w2 = &v["encoder.conv2.weight"];
+        Tensor::run_backward(&[loss], &[w, w2], false, false)
+    };
+    let nhwc = grads(&vae);
+    vae.nhwc_encoder = false;
+    let nchw = grads(&vae);
+    for (a, b) in nhwc.iter().zip(&nchw) {
+        assert_eq!(a.size(), b.size());
+        let rel = ((a - b).abs().max() / b.abs().max()).double_value(&[]);
+        assert!(rel < 1e-4, "gradients differ by {rel} (relative)");
+    }
+}
+
+#[test]
+fn to_channels_last_keeps_values_sets_nhwc_strides_and_passes_gradients() {
+    let _g = lock();
+    for shape in [[2i64, 3, 4, 5], [32, 1, 4, 4]] {
+        let t = Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true);
+        let cl = crate::model::to_channels_last(&t);
+        let (c, h, w) = (shape[1], shape[2], shape[3]);
+        assert_eq!(cl.stride(), vec![c * h * w, 1, w * c, c], "{shape:?}");
+        assert_eq!((&cl - &t).abs().max().double_value(&[]), 0.0);
+        // Already channels-last: no copy.
+        assert_eq!(
+            crate::model::to_channels_last(&cl).data_ptr(),
+            cl.data_ptr()
+        );
+        let weight = Tensor::randn(shape, (Kind::Float, Device::Cpu));
+        let g = Tensor::run_backward(&[(&cl * &weight).sum(Kind::Float)], &[&t], false, false);
+        assert_eq!((&g[0] - &weight).abs().max().double_value(&[]), 0.0);
+    }
+}
+
+#[test]
 fn iwae_with_one_sample_is_the_elbo_on_that_sample_and_rises_with_k() {
     let _g = lock();
     tch::manual_seed(3);
