@@ -20,9 +20,18 @@ pub fn images_tensor(data: &MnistDataset, device: Device) -> Tensor {
 }
 
 /// Pixels in [0, 1] of `u8` images, binarised (x ~ Bernoulli(pixel)) when asked.
+///
+/// The draw is 1[u < p] with u ~ U[0, 1), which has exactly the law of `p.bernoulli()`
+/// (P(u < p) = p, also at p = 0 and p = 1) and is cheaper on the CPU, where libtorch's
+/// `bernoulli` samples element by element (the whole batch preparation at 128 images: 0.46–0.63
+/// ms against 0.60–0.74 ms, `step_breakdown`, three alternating runs).
 pub fn prepare(images_u8: &Tensor, binarize: bool) -> Tensor {
     let x = images_u8.to_kind(Kind::Float) / 255.0;
-    if binarize { x.bernoulli() } else { x }
+    if binarize {
+        x.rand_like().lt_tensor(&x).to_kind(Kind::Float)
+    } else {
+        x
+    }
 }
 
 /// Mean ELBO terms over a set of images (nats per image).
@@ -153,4 +162,40 @@ pub fn evaluate_iw(
         k,
         images: n as usize,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tch::{Device, Kind, Tensor};
+
+    use super::prepare;
+
+    #[test]
+    fn binarised_pixels_are_bernoulli_of_the_intensity() {
+        // Every intensity 0..=255, 2000 draws each: binary values whose frequency is the
+        // intensity / 255 (within 5 standard errors), exactly 0 for 0 and 1 for 255.
+        tch::manual_seed(7);
+        let levels = Tensor::arange(256, (Kind::Uint8, Device::Cpu));
+        let images = levels.view([1, 1, 1, 256]).repeat([2000, 1, 1, 1]);
+        let x = prepare(&images, true);
+        assert_eq!(x.kind(), Kind::Float);
+        assert_eq!(x.size(), images.size());
+        let ones = x.eq(1.0).logical_or(&x.eq(0.0)).all().int64_value(&[]);
+        assert_eq!(ones, 1, "values other than 0 and 1");
+        let freq: Vec<f64> = Vec::try_from(x.mean_dim(0, false, Kind::Double).view([-1])).unwrap();
+        for (level, f) in freq.iter().enumerate() {
+            let p = level as f64 / 255.0;
+            let se = (p * (1.0 - p) / 2000.0).sqrt();
+            assert!(
+                (f - p).abs() <= 5.0 * se + 1e-12,
+                "level {level}: {f} vs {p}"
+            );
+        }
+        assert_eq!(freq[0], 0.0);
+        assert_eq!(freq[255], 1.0);
+
+        let plain = prepare(&images, false);
+        let want = images.to_kind(Kind::Float) / 255.0;
+        assert_eq!((plain - want).abs().max().double_value(&[]), 0.0);
+    }
 }
