@@ -277,8 +277,8 @@ struct WeightTerms {
 /// Layout: on the CPU the encoder's convs run on channels-last (NHWC) tensors. oneDNN, which
 /// libtorch runs them with, computes in NHWC or a blocked layout, and reorders a plain NCHW
 /// tensor into it before every conv and back after it; an NHWC encoder skips most of those
-/// reorders (~5% of a training step of the reference model on 2 cores, measured A/B in one
-/// process). The flattened grid is copied back to NCHW order for the dense head, so weights
+/// reorders (1–6% of a training step of the reference model on 2 cores, ~3% typical, measured
+/// A/B in one process; `docs/performance.md`). The flattened grid is copied back to NCHW order for the dense head, so weights
 /// and checkpoints are unchanged. The decoder stays NCHW: its last transposed conv runs
 /// libtorch's native kernel, which needs NCHW, and converting there cost more than it saved.
 #[derive(Debug)]
