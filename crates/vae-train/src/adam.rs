@@ -3,9 +3,10 @@
 //! (Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019) over tensors,
 //! written out so their moments can be checkpointed and restored exactly.
 
-use tch::{Kind, Tensor};
+use tch::{Device, Kind, Tensor};
 
 use crate::config::Optimizer;
+use crate::fused;
 
 /// Parameters are laid out in one flat buffer (see [`Adam::new`]), so each update is a handful
 /// of tensor ops over all parameters at once, whatever their number.
@@ -16,7 +17,8 @@ const ALIGN: i64 = 16; // elements: 64 bytes of f32
 /// [`Adam::new`] moves the parameters' data into one flat, 64-byte-aligned buffer (each
 /// parameter becomes a view of it) and keeps the moments flat the same way, so a step costs
 /// about ten tensor ops in all instead of about ten per parameter: a multi-tensor Adam, as
-/// PyTorch's `foreach` implementation, which tch does not expose.
+/// PyTorch's `foreach` implementation, which tch does not expose. On the CPU, Adam and AdamW
+/// steps go through libtorch's fused kernel instead where the build has it (see [`Adam::step`]).
 #[derive(Debug)]
 pub struct Adam {
     /// Parameter names, sorted.
@@ -35,6 +37,8 @@ pub struct Adam {
     kind: Optimizer,
     weight_decay: f64,
     flat: Option<Flat>,
+    /// Whether libtorch's fused kernel may take the step (see [`Adam::step`]).
+    pub(crate) allow_fused: bool,
 }
 
 /// The flat buffers behind the parameters and moments.
@@ -92,6 +96,7 @@ impl Adam {
             kind: Optimizer::Adam,
             weight_decay: 0.0,
             flat,
+            allow_fused: true,
         }
     }
 
@@ -148,9 +153,59 @@ impl Adam {
     /// corrections m̂ = m/(1−β₁ᵗ), v̂ = v/(1−β₂ᵗ). AdamW: first p ← p·(1 − lr·λ), then the
     /// Adam step. Adamax: u ← max(β₂u, |g| + ε), p ← p − (lr/(1−β₁ᵗ))·m/u (PyTorch's
     /// `Adamax`).
+    ///
+    /// Adam and AdamW on f32 CPU parameters run libtorch's fused kernel (PyTorch's
+    /// `Adam(fused=True)`: one pass over each parameter, no gradient concatenation) where the
+    /// build has it; otherwise, and for Adamax and on GPUs, about ten tensor ops over the flat
+    /// buffers.
     pub fn step(&mut self, grads: &[Tensor]) {
+        if self.fused_step(grads) {
+            return;
+        }
         let flat_g = self.flat.as_ref().map(|f| f.grads(grads));
         self.step_with(grads, flat_g.as_ref());
+    }
+
+    /// Whether [`step`](Self::step) uses libtorch's fused kernel for these parameters.
+    pub fn is_fused(&self) -> bool {
+        fused::AVAILABLE
+            && self.allow_fused
+            && self.kind != Optimizer::Adamax
+            && !self.params.is_empty()
+            && self
+                .params
+                .iter()
+                .all(|p| p.device() == Device::Cpu && p.kind() == Kind::Float)
+    }
+
+    /// The step through libtorch's fused kernel, when [`is_fused`](Self::is_fused).
+    fn fused_step(&mut self, grads: &[Tensor]) -> bool {
+        if !self.is_fused() {
+            return false;
+        }
+        // The kernel walks each tensor's memory in order: gradients of channels-last
+        // weights come back channels-last, so they are made contiguous first.
+        let grads: Vec<Tensor> = grads
+            .iter()
+            .zip(&self.params)
+            .map(|(g, p)| {
+                assert_eq!(g.size(), p.size(), "one gradient per parameter, same shape");
+                g.to_kind(Kind::Float).contiguous()
+            })
+            .collect();
+        let h = fused::Hyper {
+            step: self.t + 1,
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            adamw_decay: (self.kind == Optimizer::Adamw).then_some(self.weight_decay),
+        };
+        // Parameters, moments and gradients are contiguous f32 CPU tensors of matching
+        // shapes, which is all the kernel checks: a failure here is a bug, not bad input.
+        tch::no_grad(|| fused::step(&self.params, &grads, &self.m, &self.v, h))
+            .unwrap_or_else(|e| panic!("libtorch's fused Adam failed: {e}"));
+        self.t += 1;
+        true
     }
 
     fn step_with(&mut self, grads: &[Tensor], flat_g: Option<&Tensor>) {
@@ -200,6 +255,14 @@ impl Adam {
     /// Gradients of `loss`, clipped to `clip` if given, then one step.
     pub fn backward_step(&mut self, loss: &Tensor, clip: Option<f64>) {
         let grads = self.gradients(loss);
+        if self.is_fused() {
+            let mut grads = grads;
+            if let Some(c) = clip {
+                Self::clip_grad_norm(&mut grads, c);
+            }
+            self.step(&grads);
+            return;
+        }
         match &self.flat {
             Some(f) => {
                 // Clip on the flat gradient: one norm, one scale.
@@ -275,6 +338,60 @@ fn views(flat: &Tensor, params: &[Tensor]) -> Vec<Tensor> {
 mod tests {
     use super::*;
     use tch::{Device, nn};
+
+    #[test]
+    fn the_fused_kernel_is_built_and_agrees_with_the_multi_tensor_update() {
+        // build.rs compiles the kernel whenever libtorch's headers are beside its libraries
+        // (a libtorch download and the PyTorch wheel both have them).
+        let lib = std::path::Path::new(env!("VAE_TRAIN_LIBTORCH_LIB"));
+        let has_headers = lib.join("../include/ATen/ATen.h").exists();
+        assert!(
+            !has_headers || fused::AVAILABLE,
+            "libtorch has headers but the fused kernel was not built"
+        );
+        for rule in [Optimizer::Adam, Optimizer::Adamw] {
+            let run = |fused: bool| {
+                tch::manual_seed(3);
+                let vs = nn::VarStore::new(Device::Cpu);
+                let root = vs.root();
+                let a = root.randn("a", &[7], 0.0, 1.0);
+                let w = root.randn("w", &[6, 3, 4, 4], 0.0, 1.0);
+                let mut adam = Adam::new(&vs, 0.01, (0.9, 0.999), 1e-8).with_rule(rule, 0.1);
+                adam.allow_fused = fused;
+                assert_eq!(adam.is_fused(), fused && fused::AVAILABLE);
+                let x = Tensor::randn([5, 3, 9, 9], (Kind::Float, Device::Cpu));
+                for _ in 0..5 {
+                    // A channels-last weight, as the NHWC encoder uses: its gradient comes
+                    // back channels-last.
+                    let wl = channels_last(&w);
+                    let y = x.conv2d(&wl, None::<&Tensor>, [1, 1], [0, 0], [1, 1], 1);
+                    let loss = y.square().mean(Kind::Float) + (&a * &a).sum(Kind::Float);
+                    adam.backward_step(&loss, Some(1.0));
+                }
+                assert_eq!(adam.t, 5);
+                (
+                    a.copy(),
+                    w.copy(),
+                    adam.m.iter().map(Tensor::copy).collect::<Vec<_>>(),
+                )
+            };
+            let (a1, w1, m1) = run(true);
+            let (a0, w0, m0) = run(false);
+            let close = |x: &Tensor, y: &Tensor| (x - y).abs().max().double_value(&[]) < 1e-5;
+            assert!(
+                close(&a1, &a0) && close(&w1, &w0),
+                "{rule:?}: parameters differ"
+            );
+            for (x, y) in m1.iter().zip(&m0) {
+                assert!(close(x, y), "{rule:?}: moments differ");
+            }
+        }
+    }
+
+    /// `t` with channels-last strides (a differentiable copy).
+    fn channels_last(t: &Tensor) -> Tensor {
+        t.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+    }
 
     #[test]
     fn first_steps_match_the_formula() {

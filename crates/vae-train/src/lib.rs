@@ -35,6 +35,7 @@ mod config;
 mod device;
 mod error;
 mod eval;
+mod fused;
 mod trainer;
 
 pub use adam::Adam;
