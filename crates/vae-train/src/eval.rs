@@ -21,7 +21,7 @@ pub fn images_tensor(data: &MnistDataset, device: Device) -> Tensor {
 
 /// Pixels in [0, 1] of `u8` images, binarised (x ~ Bernoulli(pixel)) when asked.
 ///
-/// The draw is 1[u < p] with u ~ U[0, 1), which has exactly the law of `p.bernoulli()`
+/// The draw is `1[u < p]` with u ~ U[0, 1), which has exactly the law of `p.bernoulli()`
 /// (P(u < p) = p, also at p = 0 and p = 1) and is cheaper on the CPU, where libtorch's
 /// `bernoulli` samples element by element (the whole batch preparation at 128 images: 0.46–0.63
 /// ms against 0.60–0.74 ms, `step_breakdown`, three alternating runs).
