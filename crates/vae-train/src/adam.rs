@@ -190,7 +190,7 @@ impl Adam {
             .zip(&self.params)
             .map(|(g, p)| {
                 assert_eq!(g.size(), p.size(), "one gradient per parameter, same shape");
-                g.to_kind(Kind::Float).contiguous()
+                g.contiguous()
             })
             .collect();
         let h = fused::Hyper {
@@ -254,30 +254,21 @@ impl Adam {
 
     /// Gradients of `loss`, clipped to `clip` if given, then one step.
     pub fn backward_step(&mut self, loss: &Tensor, clip: Option<f64>) {
-        let grads = self.gradients(loss);
-        if self.is_fused() {
-            let mut grads = grads;
-            if let Some(c) = clip {
-                Self::clip_grad_norm(&mut grads, c);
-            }
-            self.step(&grads);
-            return;
-        }
+        let mut grads = self.gradients(loss);
         match &self.flat {
-            Some(f) => {
-                // Clip on the flat gradient: one norm, one scale.
+            Some(f) if !self.is_fused() => {
+                // Clip on the flat gradient the update needs anyway: one norm, one scale.
                 let mut g = f.grads(&grads);
                 if let Some(c) = clip {
                     Self::clip_grad_norm(std::slice::from_mut(&mut g), c);
                 }
                 self.step_with(&grads, Some(&g));
             }
-            None => {
-                let mut grads = grads;
+            _ => {
                 if let Some(c) = clip {
                     Self::clip_grad_norm(&mut grads, c);
                 }
-                self.step_with(&grads, None);
+                self.step(&grads);
             }
         }
     }
@@ -343,8 +334,11 @@ mod tests {
     fn the_fused_kernel_is_built_and_agrees_with_the_multi_tensor_update() {
         // build.rs compiles the kernel whenever libtorch's headers are beside its libraries
         // (a libtorch download and the PyTorch wheel both have them).
-        let lib = std::path::Path::new(env!("VAE_TRAIN_LIBTORCH_LIB"));
-        let has_headers = lib.join("../include/ATen/ATen.h").exists();
+        let has_headers = option_env!("VAE_TRAIN_LIBTORCH_LIB").is_some_and(|lib| {
+            std::path::Path::new(lib)
+                .join("../include/ATen/ATen.h")
+                .exists()
+        });
         assert!(
             !has_headers || fused::AVAILABLE,
             "libtorch has headers but the fused kernel was not built"

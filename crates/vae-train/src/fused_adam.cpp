@@ -14,12 +14,15 @@ extern "C" char *vae_fused_adam(at::Tensor *const *params, at::Tensor *const *gr
                                 double weight_decay, double eps, int adamw) {
   try {
     std::vector<at::Tensor> p, g, m, v, steps;
+    // The kernel only reads the step count: one tensor serves every parameter.
+    at::Tensor t = n > 0 ? at::scalar_tensor(step, params[0]->options().dtype(at::kFloat))
+                         : at::Tensor();
     for (int64_t i = 0; i < n; i++) {
       p.push_back(*params[i]);
       g.push_back(*grads[i]);
       m.push_back(*exp_avgs[i]);
       v.push_back(*exp_avg_sqs[i]);
-      steps.push_back(at::scalar_tensor(step, p.back().options().dtype(at::kFloat)));
+      steps.push_back(t);
     }
     std::vector<at::Tensor> none;
     if (adamw) {
