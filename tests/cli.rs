@@ -160,3 +160,39 @@ fn the_pixel_head_trains_samples_and_evaluates_from_the_cli() {
         "IW NLL {nll} vs ELBO {elbo}"
     );
 }
+
+/// `--untimed-steps` (for `cargo xtask bench`): warm-up steps first, then `--max-steps` timed
+/// ones, whose rate is printed as JSON; timed steps that would cross an epoch's end are refused.
+#[test]
+fn untimed_warm_up_steps_are_left_out_of_the_printed_timing() {
+    let data = tempfile::tempdir().unwrap();
+    // 80 training images after validation, batch 16: 5 steps per epoch.
+    synthetic_mnist(data.path(), 96, 24, 8);
+    let runs = tempfile::tempdir().unwrap();
+    let d = data.path().to_str().unwrap();
+    let train = |name: &str, untimed: &str, timed: &str| {
+        let run = runs.path().join(name);
+        let mut args = vec!["train", "--data", d, "--out", run.to_str().unwrap()];
+        args.extend_from_slice(TINY);
+        args.extend_from_slice(&["--untimed-steps", untimed, "--max-steps", timed]);
+        vae(&args)
+    };
+
+    let out = train("a", "2", "2");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("stopped at step 4 (step limit)"), "{stderr}");
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(v["timed_steps"], 2);
+    let (seconds, rate) = (
+        v["seconds"].as_f64().unwrap(),
+        v["train_images_per_s"].as_f64().unwrap(),
+    );
+    assert!(seconds > 0.0, "{v}");
+    assert!((rate * seconds - 32.0).abs() < 1e-6, "2 steps of 16 images: {v}");
+
+    let out = train("b", "2", "3");
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("must end before the first epoch does"), "{stderr}");
+}

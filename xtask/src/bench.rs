@@ -94,17 +94,6 @@ fn measure(mut cmd: Command) -> Result<Measured> {
     })
 }
 
-/// Reads the JSON metadata of a safetensors file's header.
-fn checkpoint_state(path: &Path) -> Result<Value> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let n = u64::from_le_bytes(bytes.get(..8).context("short file")?.try_into()?) as usize;
-    let header: Value = serde_json::from_slice(bytes.get(8..8 + n).context("short header")?)?;
-    let state = header["__metadata__"]["state"]
-        .as_str()
-        .context("no state in checkpoint")?;
-    Ok(serde_json::from_str(state)?)
-}
-
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -159,13 +148,14 @@ fn peer_cmd(t: &Tools, a: &BenchArgs, extra: &[String], tuned: bool) -> Command 
     c
 }
 
-fn peer_json(m: &Measured) -> Result<Value> {
+/// The last JSON line a run printed: the peer's result, or ours with `--untimed-steps`.
+fn last_json_line(m: &Measured) -> Result<Value> {
     let line = m
         .stdout
         .lines()
         .rev()
         .find(|l| l.trim_start().starts_with('{'))
-        .context("the peer printed no JSON")?;
+        .context("the run printed no JSON line")?;
     Ok(serde_json::from_str(line)?)
 }
 
@@ -182,18 +172,21 @@ fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
             "fast".into(),
             "--max-steps".into(),
             a.steps.to_string(),
+            // The peer's 5 warm-up steps, left out of the timing as the peer does.
+            "--untimed-steps".into(),
+            "5".into(),
             "--batch-size".into(),
             a.batch.to_string(),
         ];
         let ours = measure(ours_train(t, a, &out, &extra))?;
-        let state = checkpoint_state(&out.join("last.safetensors"))?;
-        let ips = state["partial"]["examples"].as_f64().unwrap_or(0.0)
-            / state["partial"]["seconds"].as_f64().unwrap_or(f64::NAN);
+        let ips = last_json_line(&ours)?["train_images_per_s"]
+            .as_f64()
+            .unwrap_or(f64::NAN);
         let peer_extra = vec!["--steps".into(), a.steps.to_string()];
         let peer = measure(peer_cmd(t, a, &peer_extra, false))?;
-        let pj = peer_json(&peer)?;
+        let pj = last_json_line(&peer)?;
         let tuned = measure(peer_cmd(t, a, &peer_extra, true))?;
-        let tj = peer_json(&tuned)?;
+        let tj = last_json_line(&tuned)?;
         let (p_ips, t_ips) = (
             pj["train_images_per_s"].as_f64().unwrap_or(f64::NAN),
             tj["train_images_per_s"].as_f64().unwrap_or(f64::NAN),
@@ -315,7 +308,7 @@ fn quality(t: &Tools, a: &BenchArgs) -> Result<Value> {
         ],
         false,
     ))?;
-    let pj = peer_json(&peer)?;
+    let pj = last_json_line(&peer)?;
     let peer_elbo = pj["test_elbo_nats"].as_f64().unwrap_or(f64::NAN);
     let peer_seconds = pj["seconds"].as_f64().unwrap_or(f64::NAN);
     // Our first epoch whose test ELBO reaches the peer's final test ELBO.

@@ -77,6 +77,10 @@ pub struct TrainArgs {
     /// Stop after this many steps (benchmarks).
     #[arg(long, hide = true)]
     pub max_steps: Option<u64>,
+    /// Benchmarks: run this many warm-up steps first, then `--max-steps` timed ones, and print
+    /// the timed steps' images/s as a JSON line (as the PyTorch peer skips its warm-up steps).
+    #[arg(long, hide = true, requires = "max_steps", conflicts_with = "resume")]
+    pub untimed_steps: Option<u64>,
     /// Start from a preset: `default` (the best model measured to train in 10 minutes on 2 CPU
     /// cores: the reference conv VAE with a 100-component VampPrior, Adam 4e-3 peak with 300
     /// warm-up steps and cosine decay to 1e-4, 36 epochs); `fast` (the PyTorch reference's
@@ -316,7 +320,10 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     let test = MnistDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
     trainer.set_test_set(&test)?;
     trainer.set_interrupt_flag(install_interrupt_handler());
-    let outcome = trainer.run()?;
+    let outcome = match (args.untimed_steps, args.max_steps) {
+        (Some(warmup), Some(timed)) => run_timed(&mut trainer, warmup, timed)?,
+        _ => trainer.run()?,
+    };
     for m in trainer.state().history.iter().rev().take(1) {
         eprintln!(
             "epoch {}: train ELBO {:.2}, validation ELBO {:.2} nats ({:.0} images/s)",
@@ -350,6 +357,33 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     drop(trainer);
     finish(&dir, &test, device, &history)?;
     Ok(0)
+}
+
+/// `warmup` untimed steps, then `timed` steps whose images/s it prints on stdout as JSON
+/// (`--untimed-steps`, for `cargo xtask bench`). The timed steps must lie in one epoch: the
+/// trainer's per-epoch accumulators are what it reads.
+fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> {
+    trainer.set_max_steps(Some(warmup));
+    let first = trainer.run()?;
+    if first != Outcome::StepLimit {
+        return Ok(first);
+    }
+    let before = (trainer.state().partial.clone(), trainer.state().history.len());
+    trainer.set_max_steps(Some(warmup + timed));
+    let outcome = trainer.run()?;
+    let after = &trainer.state().partial;
+    if outcome != Outcome::StepLimit || trainer.state().history.len() != before.1 {
+        bail!("--untimed-steps: the timed steps must end before the first epoch does");
+    }
+    let (examples, seconds) = (
+        after.examples - before.0.examples,
+        after.seconds - before.0.seconds,
+    );
+    println!(
+        "{}",
+        serde_json::json!({"timed_steps": timed, "seconds": seconds, "train_images_per_s": examples as f64 / seconds})
+    );
+    Ok(outcome)
 }
 
 /// Loads the data and builds (or resumes) the trainer. The host copies of the data are

@@ -336,6 +336,13 @@ impl Trainer {
         &self.config
     }
 
+    /// Changes the step limit (in all steps, as [`TrainConfig::max_steps`]) for the next
+    /// [`Trainer::run`]: a run can stop at one limit and go on in the same process to a later
+    /// one, as `vae train --untimed-steps` does to leave warm-up steps out of its timing.
+    pub fn set_max_steps(&mut self, max_steps: Option<u64>) {
+        self.config.max_steps = max_steps;
+    }
+
     /// The device trained on.
     pub fn device(&self) -> Device {
         self.device
