@@ -181,7 +181,10 @@ fn untimed_warm_up_steps_are_left_out_of_the_printed_timing() {
     let out = train("a", "2", "2");
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("stopped at step 4 (step limit)"), "{stderr}");
+    assert!(
+        stderr.contains("stopped at step 4 (step limit)"),
+        "{stderr}"
+    );
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["timed_steps"], 2);
     let (seconds, rate) = (
@@ -189,10 +192,16 @@ fn untimed_warm_up_steps_are_left_out_of_the_printed_timing() {
         v["train_images_per_s"].as_f64().unwrap(),
     );
     assert!(seconds > 0.0, "{v}");
-    assert!((rate * seconds - 32.0).abs() < 1e-6, "2 steps of 16 images: {v}");
+    assert!(
+        (rate * seconds - 32.0).abs() < 1e-6,
+        "2 steps of 16 images: {v}"
+    );
 
     let out = train("b", "2", "3");
     let (_, stderr) = text(&out);
     assert!(!out.status.success());
-    assert!(stderr.contains("must end before the first epoch does"), "{stderr}");
+    assert!(
+        stderr.contains("must end before the first epoch does"),
+        "{stderr}"
+    );
 }

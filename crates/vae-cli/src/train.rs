@@ -368,7 +368,10 @@ fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> 
     if first != Outcome::StepLimit {
         return Ok(first);
     }
-    let before = (trainer.state().partial.clone(), trainer.state().history.len());
+    let before = (
+        trainer.state().partial.clone(),
+        trainer.state().history.len(),
+    );
     trainer.set_max_steps(Some(warmup + timed));
     let outcome = trainer.run()?;
     let after = &trainer.state().partial;
