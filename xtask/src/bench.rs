@@ -27,13 +27,14 @@ pub struct BenchArgs {
     pub peer: Option<PathBuf>,
     pub vae: Option<PathBuf>,
     pub python: Option<PathBuf>,
+    pub peer_allocator: Option<PathBuf>,
     pub precision: Option<String>,
 }
 
-/// The glibc setting our binary applies with `mallopt`, as an environment variable for the
-/// peer: the peer "with the same setting".
-const PEER_TUNABLES: &str =
-    "glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=1073741824";
+/// The allocator setting `vae` applies to itself (mimalloc keeping freed memory committed,
+/// `vae-cli/src/alloc.rs`), as environment for the peer run "with our allocator", with
+/// mimalloc preloaded.
+const PEER_MIMALLOC_ENV: (&str, &str) = ("MIMALLOC_PURGE_DELAY", "-1");
 
 /// What one process did: its wall time, its peak resident memory, and its output.
 struct Measured {
@@ -110,6 +111,8 @@ struct Tools {
     vae: PathBuf,
     python: PathBuf,
     peer: PathBuf,
+    /// mimalloc as a shared library, preloaded into the peer's "with our allocator" runs.
+    mimalloc: PathBuf,
     data: PathBuf,
     scratch: tempfile::TempDir,
 }
@@ -143,7 +146,8 @@ fn peer_cmd(t: &Tools, a: &BenchArgs, extra: &[String], tuned: bool) -> Command 
     c.args(extra);
     c.env("PYTHONWARNINGS", "ignore");
     if tuned {
-        c.env("GLIBC_TUNABLES", PEER_TUNABLES);
+        c.env("LD_PRELOAD", &t.mimalloc);
+        c.env(PEER_MIMALLOC_ENV.0, PEER_MIMALLOC_ENV.1);
     }
     c
 }
@@ -193,7 +197,7 @@ fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
         );
         if !a.json {
             println!(
-                "pair {}: ours {:7.0} img/s {:6.0} MB | peer {:7.0} img/s {:6.0} MB | peer+malloc {:7.0} img/s {:6.0} MB | ours/peer {:.2} ours/peer+malloc {:.2}",
+                "pair {}: ours {:7.0} img/s {:6.0} MB | peer {:7.0} img/s {:6.0} MB | peer+mimalloc {:7.0} img/s {:6.0} MB | ours/peer {:.2} ours/peer+mimalloc {:.2}",
                 pair + 1,
                 ips,
                 ours.peak_rss_mb,
@@ -225,7 +229,7 @@ fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
     });
     if !a.json {
         println!(
-            "median: ours {:.0} img/s, peer {:.0} (with our malloc setting {:.0}); ours/peer {:.2} ({:.2}); peak RSS ours {:.0} MB, peer {:.0} MB ({:.0} MB)",
+            "median: ours {:.0} img/s, peer {:.0} (with our allocator {:.0}); ours/peer {:.2} ({:.2}); peak RSS ours {:.0} MB, peer {:.0} MB ({:.0} MB)",
             summary["ours_images_per_s"].as_f64().unwrap_or(f64::NAN),
             summary["peer_images_per_s"].as_f64().unwrap_or(f64::NAN),
             summary["peer_malloc_images_per_s"]
@@ -360,6 +364,59 @@ pub fn mnist_dir(root: &Path) -> Result<PathBuf> {
     Ok(data)
 }
 
+/// Builds mimalloc as a shared library, for preloading into the peer, from the source of the
+/// libmimalloc-sys crate that `vae` links (found with `cargo metadata`), with the defines its
+/// build script uses for an overriding release build. Returns the library's path.
+pub fn build_mimalloc(root: &Path, cargo: &str) -> Result<PathBuf> {
+    let out = Command::new(cargo)
+        .args(["metadata", "--format-version", "1"])
+        .current_dir(root)
+        .stderr(Stdio::inherit())
+        .output()
+        .context("cannot run cargo metadata")?;
+    if !out.status.success() {
+        bail!("cargo metadata failed");
+    }
+    let meta: Value = serde_json::from_slice(&out.stdout)?;
+    let manifest = meta["packages"]
+        .as_array()
+        .and_then(|ps| ps.iter().find(|p| p["name"] == "libmimalloc-sys"))
+        .and_then(|p| p["manifest_path"].as_str())
+        .context("no libmimalloc-sys among the workspace's dependencies")?;
+    let src = Path::new(manifest)
+        .parent()
+        .context("manifest path has no parent")?
+        .join("c_src/mimalloc/v3");
+    let lib = root.join("target/xtask/libmimalloc.so");
+    std::fs::create_dir_all(lib.parent().context("no parent")?)?;
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let status = Command::new(&cc)
+        .args(["-shared", "-fPIC", "-O3", "-ftls-model=initial-exec"])
+        .args([
+            "-DMI_MALLOC_OVERRIDE",
+            "-DMI_DEBUG=0",
+            "-DMI_BUILD_RELEASE",
+            "-DNDEBUG",
+        ])
+        .arg("-I")
+        .arg(src.join("include"))
+        .arg("-I")
+        .arg(src.join("src"))
+        .arg(src.join("src/static.c"))
+        .arg("-o")
+        .arg(&lib)
+        .arg("-lpthread")
+        .status()
+        .with_context(|| format!("cannot run {cc} (set CC, or pass --peer-allocator)"))?;
+    if !status.success() {
+        bail!(
+            "building {} with {cc} failed (pass --peer-allocator)",
+            lib.display()
+        );
+    }
+    Ok(lib)
+}
+
 /// Builds the release `vae` binary and returns its path.
 pub fn build_vae(root: &Path, cargo: &str) -> Result<PathBuf> {
     let status = Command::new(cargo)
@@ -400,12 +457,17 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         },
         python,
         peer,
+        mimalloc: match &a.peer_allocator {
+            Some(p) if p.is_file() => p.clone(),
+            Some(p) => bail!("--peer-allocator {}: no such file", p.display()),
+            None => build_mimalloc(root, cargo)?,
+        },
         data,
         scratch: tempfile::tempdir()?,
     };
     if !a.json {
         println!(
-            "bench: {} steps x batch {} on {}, {} threads, {} pairs (ours, peer, peer with our malloc setting); ours in {}",
+            "bench: {} steps x batch {} on {}, {} threads, {} pairs (ours, peer, peer with our allocator: mimalloc preloaded); ours in {}",
             a.steps,
             a.batch,
             a.device,

@@ -60,7 +60,7 @@ enum Task {
         /// Training steps per timed run.
         #[arg(long, default_value_t = 300)]
         steps: u64,
-        /// Alternating rounds of (ours, peer, peer with our malloc setting); 0 skips timing.
+        /// Alternating rounds of (ours, peer, peer with our allocator); 0 skips timing.
         /// The machines here are noisy (single pairs range ~1.0-1.5): 5 keeps the median
         /// steady.
         #[arg(long, default_value_t = 5)]
@@ -100,6 +100,11 @@ enum Task {
         /// download` found or installed].
         #[arg(long)]
         python: Option<PathBuf>,
+        /// The mimalloc shared library the peer runs with for its "with our allocator" runs
+        /// [default: built from the libmimalloc-sys source `vae` links, with `cc`]. For a
+        /// machine without Rust, build it here and pass it.
+        #[arg(long)]
+        peer_allocator: Option<PathBuf>,
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
@@ -247,6 +252,7 @@ fn main() -> ExitCode {
             peer,
             vae,
             python,
+            peer_allocator,
             json,
             precision,
         } => {
@@ -265,6 +271,7 @@ fn main() -> ExitCode {
                 peer,
                 vae,
                 python,
+                peer_allocator,
                 precision,
             };
             bench::run(&root(), &cargo(), &args)

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod alloc;
 mod eval;
 mod explore;
 mod grid;
@@ -57,11 +58,8 @@ enum Command {
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
+    alloc::keep_freed_memory();
     let cli = Cli::parse();
-    // Env var escape hatch for A/B measurements of the allocator setting.
-    if std::env::var_os("VAE_NO_MALLOC_TUNING").is_none() {
-        vae_train::tune_allocator();
-    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
