@@ -5,6 +5,9 @@
 //! tops to the kernel, so each step pays for new pages: measured here, a quarter of a CPU step
 //! went to page faults. Raising the mmap threshold to its maximum and the trim threshold far
 //! above it keeps those buffers in the heap and reuses them.
+//!
+//! The `vae` binary goes further and replaces glibc's malloc with mimalloc for the whole
+//! process (`vae-cli/src/alloc.rs`); this setting is for programs that keep glibc's.
 
 /// Keeps libtorch's per-step buffers in glibc's heap instead of mmapping and unmapping them
 /// each step. Process-wide; call it once, early, before training. A no-op on other platforms.
