@@ -111,8 +111,9 @@ struct Tools {
     vae: PathBuf,
     python: PathBuf,
     peer: PathBuf,
-    /// mimalloc as a shared library, preloaded into the peer's "with our allocator" runs.
-    mimalloc: PathBuf,
+    /// mimalloc as a shared library, preloaded into the peer's "with our allocator" runs
+    /// (the timing pairs only).
+    mimalloc: Option<PathBuf>,
     data: PathBuf,
     scratch: tempfile::TempDir,
 }
@@ -145,8 +146,8 @@ fn peer_cmd(t: &Tools, a: &BenchArgs, extra: &[String], tuned: bool) -> Command 
     ]);
     c.args(extra);
     c.env("PYTHONWARNINGS", "ignore");
-    if tuned {
-        c.env("LD_PRELOAD", &t.mimalloc);
+    if let (true, Some(lib)) = (tuned, &t.mimalloc) {
+        c.env("LD_PRELOAD", lib);
         c.env(PEER_MIMALLOC_ENV.0, PEER_MIMALLOC_ENV.1);
     }
     c
@@ -458,9 +459,10 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         python,
         peer,
         mimalloc: match &a.peer_allocator {
-            Some(p) if p.is_file() => p.clone(),
+            _ if a.pairs == 0 => None,
+            Some(p) if p.is_file() => Some(p.clone()),
             Some(p) => bail!("--peer-allocator {}: no such file", p.display()),
-            None => build_mimalloc(root, cargo)?,
+            None => Some(build_mimalloc(root, cargo)?),
         },
         data,
         scratch: tempfile::tempdir()?,

@@ -5,9 +5,10 @@
 //! A training step frees and reallocates the same few-MB activation buffers each time. glibc's
 //! malloc serves them with bin searches, consolidation and page faults on fresh heap; mimalloc
 //! reuses them from per-thread free lists. With freed memory kept committed
-//! ([`keep_freed_memory`]) a CPU training step of the reference model ran 1.057× faster
-//! (median of 8 alternating pairs of `vae train --preset fast`, all 8 faster), and the fixed
-//! per-step cost at batch 2 fell by ~20%; peak RSS rose by ~90 MB (`docs/performance.md`).
+//! ([`keep_freed_memory`]) a CPU training step of the reference model ran 1.04–1.06× faster
+//! (two runs of 8 alternating pairs of `vae train --preset fast`, every pair faster), and the
+//! fixed per-step cost at batch 2 fell by ~20%; peak RSS rose by ~90 MB
+//! (`docs/performance.md`).
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
