@@ -357,6 +357,44 @@ fn the_nhwc_encoder_matches_plain_nchw_convolutions() {
 }
 
 #[test]
+fn the_encoder_with_residual_blocks_matches_a_plain_composition() {
+    let _g = lock();
+    // Each level: ReLU(conv) then ReLU(x + conv3x3(ReLU(conv3x3(x)))), plain NCHW ops; the
+    // model applies each level's last ReLU later (after the flatten at the last level).
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = ConvVaeConfig {
+        res_blocks: 1,
+        ..ConvVaeConfig::default()
+    };
+    let vae = ConvVae::new(&vs.root(), &cfg).unwrap();
+    let v = vs.variables();
+    let conv = |h: &Tensor, name: &str, stride: i64| {
+        h.conv2d(
+            &v[&format!("encoder.{name}.weight")],
+            Some(&v[&format!("encoder.{name}.bias")]),
+            [stride, stride],
+            [1, 1],
+            [1, 1],
+            1,
+        )
+    };
+    let block = |x: &Tensor, name: &str| {
+        let inner = conv(x, &format!("{name}.conv1"), 1).relu();
+        (x + conv(&inner, &format!("{name}.conv2"), 1)).relu()
+    };
+    let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let h = block(&conv(&x, "conv1", 2).relu(), "block1.0");
+    let h = block(&conv(&h, "conv2", 2).relu(), "block2.0");
+    let want = h
+        .flatten(1, -1)
+        .linear(&v["encoder.head.weight"], Some(&v["encoder.head.bias"]));
+    let q = vae.encode(&x).unwrap();
+    let ours = Tensor::cat(&[&q.mu, &q.logvar], 1);
+    let diff = (&ours - &want).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "max abs difference {diff}");
+}
+
+#[test]
 fn to_channels_last_keeps_values_sets_nhwc_strides_and_passes_gradients() {
     let _g = lock();
     for shape in [[2i64, 3, 4, 5], [32, 1, 4, 4]] {
