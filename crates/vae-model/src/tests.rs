@@ -308,6 +308,24 @@ fn decoder_matches_plain_transposed_convolutions() {
     assert!(diff < 1e-4, "max abs difference {diff}");
 }
 
+/// The plain (NCHW) conv of the encoder's layer `name` (`encoder.{name}.weight`, padding 1),
+/// as the reference the model's layout choices are checked against.
+fn encoder_conv(
+    v: &std::collections::HashMap<String, Tensor>,
+    h: &Tensor,
+    name: &str,
+    stride: i64,
+) -> Tensor {
+    h.conv2d(
+        &v[&format!("encoder.{name}.weight")],
+        Some(&v[&format!("encoder.{name}.bias")]),
+        [stride, stride],
+        [1, 1],
+        [1, 1],
+        1,
+    )
+}
+
 #[test]
 fn the_nhwc_encoder_matches_plain_nchw_convolutions() {
     let _g = lock();
@@ -317,17 +335,7 @@ fn the_nhwc_encoder_matches_plain_nchw_convolutions() {
     assert!(vae.nhwc_encoder, "the CPU default is the NHWC encoder");
     let v = vs.variables();
     let x = Tensor::rand([16, 1, 28, 28], (Kind::Float, Device::Cpu));
-    let conv = |h: &Tensor, name: &str| {
-        h.conv2d(
-            &v[&format!("encoder.{name}.weight")],
-            Some(&v[&format!("encoder.{name}.bias")]),
-            [2, 2],
-            [1, 1],
-            [1, 1],
-            1,
-        )
-        .relu()
-    };
+    let conv = |h: &Tensor, name: &str| encoder_conv(&v, h, name, 2).relu();
     let h = conv(&conv(&x, "conv1"), "conv2");
     assert!(h.is_contiguous(), "the reference runs NCHW");
     let want = h
@@ -368,16 +376,7 @@ fn the_encoder_with_residual_blocks_matches_a_plain_composition() {
     };
     let vae = ConvVae::new(&vs.root(), &cfg).unwrap();
     let v = vs.variables();
-    let conv = |h: &Tensor, name: &str, stride: i64| {
-        h.conv2d(
-            &v[&format!("encoder.{name}.weight")],
-            Some(&v[&format!("encoder.{name}.bias")]),
-            [stride, stride],
-            [1, 1],
-            [1, 1],
-            1,
-        )
-    };
+    let conv = |h: &Tensor, name: &str, stride: i64| encoder_conv(&v, h, name, stride);
     let block = |x: &Tensor, name: &str| {
         let inner = conv(x, &format!("{name}.conv1"), 1).relu();
         (x + conv(&inner, &format!("{name}.conv2"), 1)).relu()
