@@ -178,7 +178,7 @@ fn every_bad_input_is_a_clear_error() {
         case(
             "eval with a bogus checkpoint name",
             &["eval", "--run", r, "--data", g, "--checkpoint", "newest"],
-            "must be best or last",
+            "[possible values: best, last]",
         ),
         case(
             "eval on images of another size",
@@ -347,7 +347,11 @@ fn every_bad_input_is_a_clear_error() {
             &["--config", betas_toml.to_str().unwrap()][..],
             "betas must lie in [0, 1)",
         ),
-        ("unknown prior", &["--prior", "flat"][..], "unknown prior"),
+        (
+            "unknown prior",
+            &["--prior", "flat"][..],
+            "invalid value 'flat' for '--prior <PRIOR>'",
+        ),
         (
             "pseudo-inputs without the VampPrior",
             &["--prior", "standard", "--pseudo-inputs", "10"][..],
@@ -366,7 +370,7 @@ fn every_bad_input_is_a_clear_error() {
         (
             "unknown optimizer",
             &["--optimizer", "sgd"][..],
-            "unknown optimizer",
+            "[possible values: adam, adamw, adamax]",
         ),
         (
             "weight decay without AdamW",

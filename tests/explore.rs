@@ -288,7 +288,7 @@ fn exported_weights_load_into_the_pytorch_reference_module() {
 
     // Our decoder on fixed latents.
     let ckpt = vae_train::Checkpoint::load(run.join("best.safetensors")).unwrap();
-    let (model, _vs, _) = ckpt.into_model(tch::Device::Cpu).unwrap();
+    let model = ckpt.into_model(tch::Device::Cpu).unwrap().model;
     let z = tch::Tensor::linspace(-2.0, 2.0, 4 * 32, (tch::Kind::Float, tch::Device::Cpu))
         .view([4, 32]);
     let logits = tch::no_grad(|| model.decode(&z)).unwrap();

@@ -76,25 +76,21 @@ fn labels_and_counts_are_mnists() {
 
 #[test]
 fn the_default_model_learns_digits_in_two_hundred_steps() {
-    use vae_train::{Outcome, TrainConfig, Trainer};
+    use vae_train::{Device, Outcome, RunConfig, TrainConfig, Trainer};
     let dir = mnist_dir();
     let full = MnistDataset::load(&dir, Split::Train).unwrap();
     let subset = full.select(&(0..26_600).collect::<Vec<_>>());
-    let (train, val) = subset.split_validation(1_000).unwrap();
     let run = tempfile::tempdir().unwrap();
-    let cfg = TrainConfig {
-        epochs: 1,
-        device: "cpu".into(),
-        ..TrainConfig::default()
+    let cfg = RunConfig {
+        model: vae_model::ConvVaeConfig::default().into(),
+        train: TrainConfig {
+            epochs: 1,
+            device: Device::Cpu,
+            validation_size: 1_000,
+            ..TrainConfig::default()
+        },
     };
-    let mut t = Trainer::new(
-        run.path(),
-        vae_model::ConvVaeConfig::default(),
-        cfg,
-        &train,
-        &val,
-    )
-    .unwrap();
+    let mut t = Trainer::start(run.path(), &subset, cfg).unwrap();
     assert_eq!(t.run().unwrap(), Outcome::Completed);
     let val_elbo = t.state().history[0].val_elbo;
     // A fresh model scores about -545 nats; 200 default steps (mostly warm-up) reach

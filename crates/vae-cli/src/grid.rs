@@ -46,7 +46,7 @@ pub fn save_grid(path: &Path, images: &Tensor, cols: usize) -> Result<(u32, u32)
         let mut writer = enc.write_header()?;
         writer.write_image_data(&canvas)?;
     }
-    vae_train::write_atomic(path, &bytes)
+    vae_data::write_atomic(path, &bytes)
         .with_context(|| format!("cannot write {}", path.display()))?;
     Ok((gw as u32, gh as u32))
 }

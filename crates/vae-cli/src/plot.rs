@@ -50,7 +50,7 @@ impl Canvas {
             enc.set_depth(png::BitDepth::Eight);
             enc.write_header()?.write_image_data(&self.pixels)?;
         }
-        vae_train::write_atomic(path, &bytes)?;
+        vae_data::write_atomic(path, &bytes)?;
         Ok(())
     }
 }

@@ -333,48 +333,23 @@ pub fn write_idx_to(mut writer: impl Write, array: &IdxArray) -> Result<()> {
 
 /// Writes `array` to `path` as IDX, gzip-compressed when `gzip` is true.
 ///
-/// The write is atomic: the bytes go to a temporary file beside `path`, which is renamed over
-/// `path` only once complete, so a crash never leaves a half-written file under the final name.
+/// The write is atomic ([`write_atomic`](crate::write_atomic)): a crash never leaves a
+/// half-written file under the final name.
 pub fn write_idx(path: impl AsRef<Path>, array: &IdxArray, gzip: bool) -> Result<()> {
     let path = path.as_ref();
     let io_err = |source| DataError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .ok_or_else(|| DataError::InvalidArgument(format!("{}: not a file path", path.display())))?
-        .to_string_lossy()
-        .into_owned();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let write = || -> Result<()> {
-        let file = File::create(&tmp).map_err(io_err)?;
-        if gzip {
-            let mut enc = flate2::write::GzEncoder::new(file, flate2::Compression::default());
-            write_idx_to(&mut enc, array)?;
-            enc.finish().map_err(io_err)?.sync_all().map_err(io_err)?;
-        } else {
-            let mut file = file;
-            write_idx_to(&mut file, array)?;
-            file.sync_all().map_err(io_err)?;
-        }
-        std::fs::rename(&tmp, path).map_err(io_err)
-    };
-    let result = write();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+    let mut bytes = Vec::new();
+    if gzip {
+        let mut enc = flate2::write::GzEncoder::new(&mut bytes, flate2::Compression::default());
+        write_idx_to(&mut enc, array)?;
+        enc.finish().map_err(io_err)?;
+    } else {
+        write_idx_to(&mut bytes, array)?;
     }
-    result.map_err(|e| match e {
-        DataError::Io { source, .. } => DataError::Io {
-            path: path.to_path_buf(),
-            source,
-        },
-        other => other,
-    })
+    crate::files::write_atomic(path, &bytes)
 }
 
 /// Gzip-compresses bytes in memory (test helper).

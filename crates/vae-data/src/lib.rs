@@ -7,6 +7,9 @@
 //! dynamic binarisation. Every failure is a [`DataError`] naming the file and what is wrong;
 //! no input makes it panic.
 //!
+//! [`write_atomic`] is the one way the workspace writes files (temporary file, fsync, rename),
+//! and [`write_npy`] writes arrays for NumPy.
+//!
 //! It is not a downloader (`cargo xtask download` in the workspace fetches and verifies the
 //! files) and knows nothing about models.
 //!
@@ -35,11 +38,13 @@
 
 mod batch;
 mod error;
+mod files;
 mod idx;
 mod mnist;
 
 pub use batch::{Batch, BatchConfig, Batches};
 pub use error::{DataError, Result};
+pub use files::{remove_stale_temporaries, write_atomic, write_npy};
 pub use idx::{IdxArray, IdxType, read_idx, read_idx_from, write_idx, write_idx_to};
 pub use mnist::{DEFAULT_VALIDATION_SIZE, MnistDataset, Split};
 

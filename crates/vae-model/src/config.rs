@@ -1,6 +1,11 @@
 use serde::{Deserialize, Serialize};
 
+use tch::nn;
+
 use crate::error::ModelError;
+use crate::likelihood::Likelihood;
+use crate::model::ConvVae;
+use crate::vae::Vae;
 
 /// The architecture of a [`ConvVae`](crate::ConvVae).
 ///
@@ -33,8 +38,10 @@ pub struct ConvVaeConfig {
     /// The prior p(z).
     pub prior: Prior,
     /// An optional autoregressive head over the decoder's Bernoulli logits (one-channel images
-    /// only); `None`: pixels independent given z.
+    /// and the Bernoulli likelihood only); `None`: pixels independent given z.
     pub pixel_head: Option<PixelHead>,
+    /// The observation model p(x | z) the decoder parameterises.
+    pub likelihood: Likelihood,
 }
 
 /// A small PixelCNN-style head (van den Oord et al., "Pixel Recurrent Neural Networks", ICML
@@ -92,6 +99,7 @@ impl Default for ConvVaeConfig {
             res_blocks: 0,
             prior: Prior::Standard,
             pixel_head: None,
+            likelihood: Likelihood::Bernoulli,
         }
     }
 }
@@ -143,12 +151,25 @@ impl ConvVaeConfig {
                     self.input_channels
                 ));
             }
+            if self.likelihood != Likelihood::Bernoulli {
+                return bad(format!(
+                    "the pixel head refines Bernoulli logits, but the likelihood is {}",
+                    self.likelihood
+                ));
+            }
             if !(1..=4096).contains(&head.channels) || !(1..=64).contains(&head.layers) {
                 return bad(format!(
                     "the pixel head needs 1 to 4096 channels and 1 to 64 layers, got {} and {}",
                     head.channels, head.layers
                 ));
             }
+        }
+        if self.tie_weights && self.likelihood.params_per_channel() != 1 {
+            return bad(format!(
+                "tied weights need one decoder output per image channel, but the {} likelihood takes {}",
+                self.likelihood,
+                self.likelihood.params_per_channel()
+            ));
         }
         let factor = 1i64 << self.channels.len().min(30);
         if self.input_height % factor != 0 || self.input_width % factor != 0 {
@@ -175,5 +196,107 @@ impl ConvVaeConfig {
     /// Number of pixels (C·H·W) of one image.
     pub fn pixels(&self) -> i64 {
         self.input_channels * self.input_height * self.input_width
+    }
+}
+
+/// A model of any kind, as stored in checkpoints and config files: `kind = "conv"` and that
+/// kind's own keys (`[model]` in a run's `config.toml`).
+///
+/// [`ModelConfig::build`] makes the [`Vae`] it describes. A closed set so that a checkpoint
+/// names the kind it holds; a new kind is a new variant and its `build` arm.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum ModelConfig {
+    /// A [`ConvVae`]: conv encoder and decoder with one latent.
+    Conv(ConvVaeConfig),
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        Self::Conv(ConvVaeConfig::default())
+    }
+}
+
+impl From<ConvVaeConfig> for ModelConfig {
+    fn from(c: ConvVaeConfig) -> Self {
+        Self::Conv(c)
+    }
+}
+
+impl ModelConfig {
+    /// Builds the model's variables under `p`.
+    pub fn build(&self, p: &nn::Path<'_>) -> Result<Box<dyn Vae>, ModelError> {
+        match self {
+            Self::Conv(c) => Ok(Box::new(ConvVae::new(p, c)?)),
+        }
+    }
+
+    /// Checks the configuration describes a working model.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        match self {
+            Self::Conv(c) => c.validate(),
+        }
+    }
+
+    /// The kind's name, as in the `kind` key.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Conv(_) => "conv",
+        }
+    }
+
+    /// The image shape modelled, (C, H, W).
+    pub fn image_shape(&self) -> [i64; 3] {
+        match self {
+            Self::Conv(c) => [c.input_channels, c.input_height, c.input_width],
+        }
+    }
+
+    /// Sets the image shape modelled, (C, H, W): the data's, when a run starts.
+    pub fn set_image_shape(&mut self, [c, h, w]: [i64; 3]) {
+        match self {
+            Self::Conv(conv) => {
+                conv.input_channels = c;
+                conv.input_height = h;
+                conv.input_width = w;
+            }
+        }
+    }
+
+    /// The dimension of z (of all levels together, for a hierarchical model).
+    pub fn latent_dim(&self) -> i64 {
+        match self {
+            Self::Conv(c) => c.latent_dim,
+        }
+    }
+
+    /// The observation model p(x | z).
+    pub fn likelihood(&self) -> Likelihood {
+        match self {
+            Self::Conv(c) => c.likelihood,
+        }
+    }
+
+    /// Whether [`Vae::elbo`] gives the per-dimension KL that free bits need (a factorised
+    /// prior).
+    pub fn has_kl_per_dimension(&self) -> bool {
+        match self {
+            Self::Conv(c) => c.prior == Prior::Standard,
+        }
+    }
+
+    /// The conv model's settings, when it is one.
+    pub fn as_conv(&self) -> Option<&ConvVaeConfig> {
+        match self {
+            Self::Conv(c) => Some(c),
+        }
+    }
+
+    /// The conv model's settings, mutably, when it is one.
+    pub fn as_conv_mut(&mut self) -> Option<&mut ConvVaeConfig> {
+        match self {
+            Self::Conv(c) => Some(c),
+        }
     }
 }

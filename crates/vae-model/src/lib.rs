@@ -1,25 +1,30 @@
-//! Convolutional variational autoencoders on libtorch (through `tch`).
+//! Variational autoencoders on libtorch (through `tch`): the models, their likelihoods and the
+//! maths of their bounds.
 //!
-//! A [`ConvVae`] is built from a [`ConvVaeConfig`] on a `tch::nn::Path`: a stride-2 conv
-//! encoder with μ and log σ² heads for q(z | x) = N(μ, diag σ²), the reparameterised sample
-//! z = μ + σ·ε, a transposed-conv decoder giving Bernoulli logits for p(x | z), and the prior
-//! p(z) = N(0, I) or a VampPrior ([`Prior`]); optional residual blocks deepen both halves. It computes the ELBO terms (analytic KL, numerically stable BCE with logits),
-//! samples, reconstructions and the importance-weighted estimate of log p(x).
+//! Every model implements [`Vae`]: encode images to a [`Posterior`] q(z | x) that can
+//! `.sample()`, decode latents to the parameters of a [`Likelihood`] p(x | z), the ELBO's
+//! terms per example, the log importance weights of the IWAE bound, samples and
+//! reconstructions. A [`ModelConfig`] (serialised with a `kind` tag) builds one on a
+//! `tch::nn::Path`; [`ConvVae`] ([`ConvVaeConfig`]) is the first kind: a stride-2 conv encoder
+//! with μ and log σ² heads, a transposed-conv decoder, a standard-normal or VampPrior
+//! ([`Prior`]) prior, optional residual blocks, tied weights and an autoregressive pixel head.
+//! [`latent`] holds the maths for exploring a trained model (interpolation, traversals, PCA,
+//! active units); [`loss`] the densities and bounds.
 //!
 //! This crate is the model only: no data loading (see `vae-data`), no optimiser or checkpoints
 //! (see `vae-train`).
 //!
 //! ```no_run
 //! use tch::{Device, Kind, Tensor, nn};
-//! use vae_model::{ConvVae, ConvVaeConfig};
+//! use vae_model::{ConvVaeConfig, ModelConfig, Vae};
 //!
 //! let vs = nn::VarStore::new(Device::Cpu);
-//! let vae = ConvVae::new(&vs.root(), &ConvVaeConfig::default())?;
+//! let vae = ModelConfig::from(ConvVaeConfig::default()).build(&vs.root())?;
 //! let x = Tensor::rand([8, 1, 28, 28], (Kind::Float, Device::Cpu)).round();
 //! let terms = vae.elbo(&x)?;                       // per-example reconstruction and KL
 //! let loss = (&terms.reconstruction + &terms.kl).mean(Kind::Float);
-//! let z = Tensor::zeros([1, 32], (Kind::Float, Device::Cpu));
-//! let logits = vae.decode(&z)?;                    // [1, 1, 28, 28]
+//! let z = vae.encode(&x)?.sample();                // [8, 32]
+//! let logits = vae.decode(&z)?;                    // [8, 1, 28, 28]: the likelihood's parameters
 //! let log_px = tch::no_grad(|| vae.log_likelihood_iw(&x, 100, 4096))?;
 //! # let _ = (loss, logits, log_px);
 //! # Ok::<(), vae_model::ModelError>(())
@@ -27,13 +32,18 @@
 
 mod config;
 mod error;
+pub mod latent;
+mod likelihood;
 pub mod loss;
 mod model;
 mod pixel;
+mod vae;
 
-pub use config::{ConvVaeConfig, PixelHead, Prior};
+pub use config::{ConvVaeConfig, ModelConfig, PixelHead, Prior};
 pub use error::ModelError;
-pub use model::{ConvVae, ElboTerms, IwaeTerms, Posterior, VaeOutput};
+pub use likelihood::Likelihood;
+pub use model::{ConvVae, VaeOutput};
+pub use vae::{ElboTerms, IwaeTerms, Posterior, Vae};
 
 #[cfg(test)]
 mod tests;

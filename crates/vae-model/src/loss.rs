@@ -34,7 +34,13 @@ pub fn gaussian_kl_dims(mu: &Tensor, logvar: &Tensor) -> Tensor {
 /// latent dimension j. Dimensions already below λ nats get no gradient towards the prior, so
 /// they are not pushed to collapse. λ = 0 gives the batch-mean KL.
 pub fn free_bits_kl(mu: &Tensor, logvar: &Tensor, lambda: f64) -> Tensor {
-    gaussian_kl_dims(mu, logvar)
+    free_bits(&gaussian_kl_dims(mu, logvar), lambda)
+}
+
+/// The free-bits KL term from per-dimension KLs `kl_dims` (`[N, latent]`, as
+/// [`ElboTerms::kl_dims`](crate::ElboTerms::kl_dims)): Σ_j max(λ, E_batch\[KL_j\]).
+pub fn free_bits(kl_dims: &Tensor, lambda: f64) -> Tensor {
+    kl_dims
         .mean_dim(0, false, Kind::Float)
         .clamp_min(lambda)
         .sum(Kind::Float)

@@ -1,10 +1,11 @@
 use tch::nn;
 use tch::{Device, Kind, Tensor};
 
-use crate::config::{ConvVaeConfig, Prior};
+use crate::config::{ConvVaeConfig, ModelConfig, Prior};
 use crate::error::ModelError;
 use crate::loss;
 use crate::pixel::PixelCnn;
+use crate::vae::{ElboTerms, IwaeTerms, Posterior, Vae, check_samples};
 
 /// PyTorch's default initialisation (kaiming-uniform with a = √5): U(−1/√fan_in, 1/√fan_in)
 /// for weights and biases alike, so a fresh model matches a fresh `torch.nn` one in law.
@@ -216,53 +217,17 @@ struct Decoder {
     deconvs: Vec<Deconv>,
 }
 
-/// The approximate posterior q(z | x) = N(μ, diag σ²).
-#[derive(Debug)]
-pub struct Posterior {
-    /// Means, `[N, latent]`.
-    pub mu: Tensor,
-    /// Log-variances, `[N, latent]`.
-    pub logvar: Tensor,
-}
-
 /// Everything one forward pass computes.
 #[derive(Debug)]
 pub struct VaeOutput {
-    /// Bernoulli logits of the reconstruction, `[N, C, H, W]`.
-    pub logits: Tensor,
+    /// The likelihood's parameters for the reconstruction (Bernoulli logits), `[N, C·P, H, W]`.
+    pub params: Tensor,
     /// Posterior means, `[N, latent]`.
     pub mu: Tensor,
     /// Posterior log-variances, `[N, latent]`.
     pub logvar: Tensor,
     /// The reparameterised sample z = μ + σ·ε, `[N, latent]`.
     pub z: Tensor,
-}
-
-/// The two terms of the negative ELBO, per example (nats).
-#[derive(Debug)]
-pub struct ElboTerms {
-    /// −log p(x | z) for one sample z ~ q(z | x), `[N]`.
-    pub reconstruction: Tensor,
-    /// KL(q(z | x) ‖ p(z)) in closed form, `[N]`.
-    pub kl: Tensor,
-}
-
-impl ElboTerms {
-    /// The ELBO per example: −(reconstruction + kl), `[N]`.
-    pub fn elbo(&self) -> Tensor {
-        -(&self.reconstruction + &self.kl)
-    }
-}
-
-/// The IWAE objective's terms, per example; see [`ConvVae::iwae_terms`].
-#[derive(Debug)]
-pub struct IwaeTerms {
-    /// The k-sample importance-weighted bound on log p(x), `[N]` (maximise it).
-    pub bound: Tensor,
-    /// −log p(x | z_1) of the first sample, `[N]`.
-    pub reconstruction: Tensor,
-    /// log q(z_1 | x) − log p(z_1) of the first sample (a one-sample KL estimate), `[N]`.
-    pub kl: Tensor,
 }
 
 /// The three log-densities of importance sampling, `[s, N]` each.
@@ -272,7 +237,8 @@ struct WeightTerms {
     log_qz: Tensor,
 }
 
-/// A convolutional VAE with a Bernoulli decoder and a standard-normal or VampPrior prior.
+/// A convolutional VAE: conv encoder, transposed-conv decoder giving the parameters of its
+/// [`Likelihood`](crate::Likelihood), and a standard-normal or VampPrior prior.
 ///
 /// Variables live under the `nn::Path` it is built on, named after the fields:
 /// `encoder.conv1.weight`, …, `encoder.head.bias`, `decoder.fc.weight`, `decoder.deconv1.weight`, …;
@@ -336,7 +302,7 @@ impl ConvVae {
         };
         let fc = linear(&dec / "fc", fc_in, flat);
         let mut outs: Vec<i64> = config.channels.iter().rev().skip(1).copied().collect();
-        outs.push(config.input_channels);
+        outs.push(config.input_channels * config.likelihood.params_per_channel());
         let mut deconvs = Vec::new();
         let mut dec_blocks = Vec::new();
         let mut c_in = c_last;
@@ -403,34 +369,13 @@ impl ConvVae {
     }
 
     /// The configuration it was built from.
-    pub fn config(&self) -> &ConvVaeConfig {
+    pub fn conv_config(&self) -> &ConvVaeConfig {
         &self.config
-    }
-
-    /// Computes convs and dense layers in `kind`: `Kind::Float` (the default) or
-    /// `Kind::BFloat16`, reduced precision as PyTorch's autocast does it: weights stay f32
-    /// (and get f32 gradients), activations between layers are bf16, and the heads' outputs
-    /// (μ, log σ², logits) and every loss term are f32. Other kinds are an error.
-    pub fn set_compute_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
-        match kind {
-            Kind::Float | Kind::BFloat16 => {
-                self.compute = kind;
-                Ok(())
-            }
-            other => Err(ModelError::InvalidArgument(format!(
-                "compute kind must be Float or BFloat16, got {other:?}"
-            ))),
-        }
     }
 
     /// The kind convs and dense layers compute in.
     pub fn compute_kind(&self) -> Kind {
         self.compute
-    }
-
-    /// The device its variables live on.
-    pub fn device(&self) -> Device {
-        self.device
     }
 
     fn check_images(&self, x: &Tensor) -> Result<(), ModelError> {
@@ -466,12 +411,6 @@ impl ConvVae {
         }
     }
 
-    /// q(z | x): posterior means and log-variances of images `[N, C, H, W]` in [0, 1].
-    pub fn encode(&self, x: &Tensor) -> Result<Posterior, ModelError> {
-        self.check_images(x)?;
-        Ok(self.encode_unchecked(x))
-    }
-
     fn encode_unchecked(&self, x: &Tensor) -> Posterior {
         let kind = self.compute;
         let mut h = cast(x, kind);
@@ -492,8 +431,8 @@ impl ConvVae {
             }
         }
         // The last ReLU after the flatten (the same values): the flatten copies an NHWC grid to
-        // NCHW order, and ReLU's backward on an NHWC result with that NCHW gradient runs ~35×
-        // slower than on one layout (1.08 against 0.03 ms at 128×64×7×7, 2 threads).
+        // NCHW order, and ReLU's backward on an NHWC result with that NCHW gradient is far
+        // slower than on one layout (docs/performance.md).
         h = h.flatten(1, -1).relu_();
         if let Some(hidden) = &self.encoder.hidden {
             h = linear_in(hidden, &h, kind).relu_();
@@ -503,22 +442,6 @@ impl ConvVae {
             mu: stats[0].shallow_clone(),
             logvar: stats[1].shallow_clone(),
         }
-    }
-
-    /// z = μ + σ·ε with ε ~ N(0, I): a differentiable sample from q(z | x).
-    pub fn reparameterize(posterior: &Posterior) -> Tensor {
-        let eps = posterior.mu.randn_like();
-        &posterior.mu + (&posterior.logvar * 0.5).exp() * eps
-    }
-
-    /// p(x | z): Bernoulli logits `[N, C, H, W]` of latents `[N, latent]`.
-    ///
-    /// With a [`PixelHead`](crate::PixelHead) these are the conv decoder's logits, which the
-    /// head refines pixel by pixel: p(x | z) then needs x itself (see [`ConvVae::forward`]), and
-    /// pictures come from [`ConvVae::sample`] and [`ConvVae::reconstruct`].
-    pub fn decode(&self, z: &Tensor) -> Result<Tensor, ModelError> {
-        self.check_latents(z)?;
-        Ok(self.decode_unchecked(z))
     }
 
     fn decode_unchecked(&self, z: &Tensor) -> Tensor {
@@ -547,20 +470,20 @@ impl ConvVae {
         cast(&t, Kind::Float)
     }
 
-    /// The logits of p(x | z) for pixels `x` given the decoder's logits `base`: `base` itself,
-    /// or refined by the pixel head from the pixels before each one.
-    fn likelihood_logits(&self, x: &Tensor, base: &Tensor) -> Tensor {
+    /// The parameters of p(x | z) for pixels `x` given the decoder's outputs `base`: `base`
+    /// itself, or refined by the pixel head from the pixels before each one.
+    fn likelihood_params(&self, x: &Tensor, base: &Tensor) -> Tensor {
         match &self.pixel {
             None => base.shallow_clone(),
             Some(head) => head.forward(x, base, self.compute),
         }
     }
 
-    /// Bernoulli means of images drawn from p(x | z) given the decoder's logits: σ(logits), or
-    /// with the pixel head, each pixel's mean given the pixels sampled before it.
+    /// The likelihood's means of images drawn from p(x | z) given the decoder's outputs: the
+    /// mean itself, or with the pixel head, each pixel's mean given the pixels sampled before it.
     fn pixel_means(&self, base: &Tensor) -> Tensor {
         match &self.pixel {
-            None => base.sigmoid(),
+            None => self.config.likelihood.mean(base),
             Some(head) => head.sample(base, self.compute),
         }
     }
@@ -573,24 +496,14 @@ impl ConvVae {
 
     fn forward_unchecked(&self, x: &Tensor) -> VaeOutput {
         let posterior = self.encode_unchecked(x);
-        let z = Self::reparameterize(&posterior);
-        let logits = self.likelihood_logits(x, &self.decode_unchecked(&z));
+        let z = posterior.sample();
+        let params = self.likelihood_params(x, &self.decode_unchecked(&z));
         VaeOutput {
-            logits,
+            params,
             mu: posterior.mu,
             logvar: posterior.logvar,
             z,
         }
-    }
-
-    /// The negative-ELBO terms per example for targets `x` (binary, or in [0, 1]).
-    pub fn elbo(&self, x: &Tensor) -> Result<ElboTerms, ModelError> {
-        self.check_images(x)?;
-        let out = self.forward_unchecked(x);
-        Ok(ElboTerms {
-            reconstruction: loss::bernoulli_nll(&out.logits, x),
-            kl: self.kl(&out),
-        })
     }
 
     /// The KL term of the ELBO per example, `[N]`: KL(q(z | x) ‖ N(0, I)) in closed form for
@@ -646,11 +559,107 @@ impl ConvVae {
         }
     }
 
-    /// `n` images decoded from the prior with its Gaussian noise scaled by `temperature` (1 =
-    /// the prior itself; for the VampPrior, a random component's noise): Bernoulli means (pixel
-    /// probabilities), `[n, C, H, W]`. With a pixel head the pixels are drawn one at a time
-    /// (H·W passes of the head) and each mean is given the pixels drawn before it.
-    pub fn sample(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
+    /// log p(x | z_i), log p(z_i) and log q(z_i | x) for `s` fresh samples per image, `[s, N]` each.
+    fn weight_terms(&self, x: &Tensor, q: &Posterior, s: i64) -> WeightTerms {
+        let n = x.size()[0];
+        let latent = self.config.latent_dim;
+        let eps = Tensor::randn([s, n, latent], (Kind::Float, x.device()));
+        let z = &q.mu + &eps * q.std();
+        let size = x.size();
+        let images = x.unsqueeze(0).expand([s, -1, -1, -1, -1], false).reshape([
+            s * n,
+            size[1],
+            size[2],
+            size[3],
+        ]);
+        let params =
+            self.likelihood_params(&images, &self.decode_unchecked(&z.view([s * n, latent])));
+        let log_px = self
+            .config
+            .likelihood
+            .log_prob(&params, &images)
+            .view([s, n]);
+        let log_pz = self.log_prior(&z);
+        let log_qz = loss::diagonal_normal_log_density(&eps, &q.logvar);
+        WeightTerms {
+            log_px,
+            log_pz,
+            log_qz,
+        }
+    }
+}
+
+impl Vae for ConvVae {
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Conv(self.config.clone())
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn set_compute_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
+        match kind {
+            Kind::Float | Kind::BFloat16 => {
+                self.compute = kind;
+                Ok(())
+            }
+            other => Err(ModelError::InvalidArgument(format!(
+                "compute kind must be Float or BFloat16, got {other:?}"
+            ))),
+        }
+    }
+
+    fn encode(&self, x: &Tensor) -> Result<Posterior, ModelError> {
+        self.check_images(x)?;
+        Ok(self.encode_unchecked(x))
+    }
+
+    /// With a [`PixelHead`](crate::PixelHead) these are the conv decoder's logits, which the
+    /// head refines pixel by pixel: p(x | z) then needs x itself (see [`ConvVae::forward`]).
+    fn decode(&self, z: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_latents(z)?;
+        Ok(self.decode_unchecked(z))
+    }
+
+    fn elbo(&self, x: &Tensor) -> Result<ElboTerms, ModelError> {
+        self.check_images(x)?;
+        let out = self.forward_unchecked(x);
+        let kl = self.kl(&out);
+        let kl_dims = self
+            .pseudo
+            .is_none()
+            .then(|| loss::gaussian_kl_dims(&out.mu, &out.logvar));
+        Ok(ElboTerms {
+            reconstruction: self.config.likelihood.nll(&out.params, x),
+            kl_groups: vec![kl.shallow_clone()],
+            kl,
+            kl_dims,
+        })
+    }
+
+    fn log_weights(&self, x: &Tensor, k: i64) -> Result<Tensor, ModelError> {
+        self.check_images(x)?;
+        check_samples(k)?;
+        let w = self.weight_terms(x, &self.encode_unchecked(x), k);
+        Ok(w.log_px + w.log_pz - w.log_qz)
+    }
+
+    fn iwae_terms(&self, x: &Tensor, k: i64) -> Result<IwaeTerms, ModelError> {
+        self.check_images(x)?;
+        check_samples(k)?;
+        let w = self.weight_terms(x, &self.encode_unchecked(x), k);
+        let log_w = &w.log_px + &w.log_pz - &w.log_qz;
+        Ok(IwaeTerms {
+            bound: loss::log_mean_exp(&log_w),
+            reconstruction: -w.log_px.get(0),
+            kl: w.log_qz.get(0) - w.log_pz.get(0),
+        })
+    }
+
+    /// For the VampPrior, a random component's noise is scaled; with a pixel head the pixels
+    /// are drawn one at a time (H·W passes of the head), each mean given the pixels before it.
+    fn sample(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
         if n < 1 {
             return Err(ModelError::InvalidArgument(format!(
                 "cannot sample {n} images"
@@ -660,96 +669,12 @@ impl ConvVae {
         Ok(self.pixel_means(&self.decode_unchecked(&z)))
     }
 
-    /// Bernoulli means of the reconstruction of `x` through the posterior mean (with a pixel
-    /// head, drawn pixel by pixel as in [`ConvVae::sample`]).
-    pub fn reconstruct(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+    fn reconstruct(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let posterior = self.encode(x)?;
         Ok(self.pixel_means(&self.decode_unchecked(&posterior.mu)))
     }
 
-    /// Importance-weighted estimate of log p(x) per example, `[N]` (nats):
-    /// log (1/k) Σ_i p(x | z_i) p(z_i) / q(z_i | x) with z_i ~ q(z | x) (Burda et al. 2016).
-    /// It is a lower bound that rises with `k` towards log p(x); k = 1 is the ELBO on one sample.
-    ///
-    /// Samples are drawn in chunks so at most `max_rows` decoder rows (samples × images) are in
-    /// memory at once; k = 5000 fits on any machine. Call it under `tch::no_grad`.
-    pub fn log_likelihood_iw(
-        &self,
-        x: &Tensor,
-        k: i64,
-        max_rows: i64,
-    ) -> Result<Tensor, ModelError> {
-        self.check_images(x)?;
-        if k < 1 {
-            return Err(ModelError::InvalidArgument(format!(
-                "importance samples k must be at least 1, got {k}"
-            )));
-        }
-        let n = x.size()[0];
-        let posterior = self.encode_unchecked(x);
-        let std = (&posterior.logvar * 0.5).exp();
-        let per_chunk = (max_rows.max(1) / n.max(1)).clamp(1, k);
-        let mut chunks = Vec::new();
-        let mut done = 0;
-        while done < k {
-            let s = per_chunk.min(k - done);
-            chunks.push(self.log_weights(x, &posterior, &std, s));
-            done += s;
-        }
-        Ok(loss::log_mean_exp(&Tensor::cat(&chunks, 0)))
-    }
-
-    /// The IWAE objective's terms for `k` samples per image (Burda et al. 2016), with gradients:
-    /// the bound log (1/k) Σ_i p(x, z_i)/q(z_i | x) per image, and, from the first sample, the
-    /// reconstruction term −log p(x | z_1) and the sampled KL log q(z_1 | x) − log p(z_1) (for
-    /// logging). With k = 1 the bound is the single-sample ELBO: −(reconstruction + kl).
-    pub fn iwae_terms(&self, x: &Tensor, k: i64) -> Result<IwaeTerms, ModelError> {
-        self.check_images(x)?;
-        if k < 1 {
-            return Err(ModelError::InvalidArgument(format!(
-                "importance samples k must be at least 1, got {k}"
-            )));
-        }
-        let posterior = self.encode_unchecked(x);
-        let std = (&posterior.logvar * 0.5).exp();
-        let w = self.weight_terms(x, &posterior, &std, k);
-        let log_w = &w.log_px + &w.log_pz - &w.log_qz;
-        Ok(IwaeTerms {
-            bound: loss::log_mean_exp(&log_w),
-            reconstruction: -w.log_px.get(0),
-            kl: w.log_qz.get(0) - w.log_pz.get(0),
-        })
-    }
-
-    /// log p(x, z_i) − log q(z_i | x) for `s` fresh samples per image: `[s, N]`.
-    fn log_weights(&self, x: &Tensor, q: &Posterior, std: &Tensor, s: i64) -> Tensor {
-        let w = self.weight_terms(x, q, std, s);
-        w.log_px + w.log_pz - w.log_qz
-    }
-
-    /// log p(x | z_i), log p(z_i) and log q(z_i | x) for `s` fresh samples per image, `[s, N]` each.
-    fn weight_terms(&self, x: &Tensor, q: &Posterior, std: &Tensor, s: i64) -> WeightTerms {
-        let n = x.size()[0];
-        let latent = self.config.latent_dim;
-        let eps = Tensor::randn([s, n, latent], (Kind::Float, x.device()));
-        let z = &q.mu + &eps * std;
-        let size = x.size();
-        let images = x.unsqueeze(0).expand([s, -1, -1, -1, -1], false).reshape([
-            s * n,
-            size[1],
-            size[2],
-            size[3],
-        ]);
-        let logits =
-            self.likelihood_logits(&images, &self.decode_unchecked(&z.view([s * n, latent])));
-        let log_px =
-            -loss::bernoulli_nll(&logits.view([s * n, -1]), &images.view([s * n, -1])).view([s, n]);
-        let log_pz = self.log_prior(&z);
-        let log_qz = loss::diagonal_normal_log_density(&eps, &q.logvar);
-        WeightTerms {
-            log_px,
-            log_pz,
-            log_qz,
-        }
+    fn prior_images(&self) -> Option<Tensor> {
+        self.pseudo_inputs()
     }
 }

@@ -159,7 +159,7 @@ mod tests {
     use crate::config::PixelHead;
     use crate::loss::bernoulli_nll;
     use crate::tests::lock;
-    use crate::{ConvVae, ConvVaeConfig, ModelError};
+    use crate::{ConvVae, ConvVaeConfig, ModelError, Vae};
 
     fn head(vs: &nn::VarStore, channels: i64, layers: usize) -> PixelCnn {
         let h = PixelCnn::new(&(vs.root() / "pixel_head"), &PixelHead { channels, layers });

@@ -115,7 +115,7 @@ fn forward_shapes_and_configurable_architecture() {
     let vae = ConvVae::new(&vs.root(), &cfg).unwrap();
     let x = Tensor::rand([5, 1, 8, 12], (Kind::Float, Device::Cpu));
     let out = vae.forward(&x).unwrap();
-    assert_eq!(out.logits.size(), [5, 1, 8, 12]);
+    assert_eq!(out.params.size(), [5, 1, 8, 12]);
     assert_eq!(out.mu.size(), [5, 3]);
     let terms = vae.elbo(&x).unwrap();
     assert_eq!(terms.reconstruction.size(), [5]);
@@ -607,7 +607,7 @@ fn residual_blocks_add_named_layers_and_start_as_residuals() {
     assert_eq!(vars.len(), plain.variables().len() + 32);
     let x = Tensor::rand([3, 1, 8, 12], (Kind::Float, Device::Cpu));
     let out = vae.forward(&x).unwrap();
-    assert_eq!(out.logits.size(), [3, 1, 8, 12]);
+    assert_eq!(out.params.size(), [3, 1, 8, 12]);
     // With a block's second conv zeroed, the block is ReLU(x + 0) = x for x ≥ 0.
     tch::no_grad(|| {
         for (name, mut v) in vs.variables() {

@@ -8,8 +8,10 @@ use std::time::Instant;
 
 use tch::{Device, Kind, Tensor, nn};
 use vae_data::{MnistDataset, Split};
+use vae_model::Vae;
 use vae_model::{ConvVae, ConvVaeConfig};
-use vae_train::{Adam, images_tensor, prepare};
+use vae_train::internals::{prepare, tune_allocator};
+use vae_train::{Adam, images_tensor};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -21,7 +23,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let data = args.next().unwrap_or_else(|| "data/mnist".into());
     let threads: i32 = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
     tch::set_num_threads(threads);
-    vae_train::tune_allocator();
+    tune_allocator();
     let train = MnistDataset::load(&data, Split::Train)?;
     let x = images_tensor(&train, Device::Cpu);
     let n = x.size()[0];

@@ -22,15 +22,15 @@ const ALIGN: i64 = 16; // elements: 64 bytes of f32
 #[derive(Debug)]
 pub struct Adam {
     /// Parameter names, sorted.
-    pub names: Vec<String>,
+    names: Vec<String>,
     params: Vec<Tensor>,
     /// First moments, one per parameter (views of one flat buffer).
-    pub m: Vec<Tensor>,
+    m: Vec<Tensor>,
     /// Second moments (Adamax: the exponentially weighted infinity norms), one per parameter
     /// (views of one flat buffer).
-    pub v: Vec<Tensor>,
+    v: Vec<Tensor>,
     /// Steps taken (t in the paper).
-    pub t: u64,
+    t: u64,
     lr: f64,
     betas: (f64, f64),
     eps: f64,
@@ -110,6 +110,56 @@ impl Adam {
     /// The parameters it updates, in [`names`](Self::names) order.
     pub fn params(&self) -> &[Tensor] {
         &self.params
+    }
+
+    /// The parameters' names, sorted: the order of every per-parameter list here.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
+    /// The first and second moments (Adamax: the infinity norms), one tensor per parameter in
+    /// [`names`](Self::names) order, as a checkpoint stores them.
+    pub fn moments(&self) -> (&[Tensor], &[Tensor]) {
+        (&self.m, &self.v)
+    }
+
+    /// Steps taken (t in the paper).
+    pub fn steps(&self) -> u64 {
+        self.t
+    }
+
+    /// Restores a saved state: the moments (one per parameter, in [`names`](Self::names)
+    /// order, of the parameters' shapes) and the step count, so the next step continues
+    /// exactly where the saved optimiser stopped.
+    pub fn restore(&mut self, m: &[Tensor], v: &[Tensor], steps: u64) -> Result<(), String> {
+        if m.len() != self.m.len() || v.len() != self.v.len() {
+            return Err(format!(
+                "{} and {} moments given for {} parameters",
+                m.len(),
+                v.len(),
+                self.m.len()
+            ));
+        }
+        for (name, (dst, src)) in self
+            .names
+            .iter()
+            .zip(self.m.iter().zip(m).chain(self.v.iter().zip(v)))
+        {
+            if dst.size() != src.size() {
+                return Err(format!(
+                    "moment of {name} has shape {:?}, the parameter {:?}",
+                    src.size(),
+                    dst.size()
+                ));
+            }
+        }
+        tch::no_grad(|| {
+            for (dst, src) in self.m.iter_mut().zip(m).chain(self.v.iter_mut().zip(v)) {
+                dst.copy_(src);
+            }
+        });
+        self.t = steps;
+        Ok(())
     }
 
     /// Sets the learning rate for the next steps.

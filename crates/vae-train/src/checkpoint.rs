@@ -4,20 +4,21 @@
 //! metadata the model config, train config and training state (JSON). Written atomically.
 
 use std::collections::HashMap;
-use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
-use vae_model::{ConvVae, ConvVaeConfig};
+use vae_model::{ConvVaeConfig, ModelConfig, Vae};
 
 use crate::config::TrainConfig;
 use crate::error::{Result, TrainError};
 
 /// The value of the `format` metadata key.
-pub const FORMAT: &str = "vae-rs-checkpoint/1";
+pub const FORMAT: &str = "vae-rs-checkpoint/2";
+/// The format before model configs carried their `kind`: a conv VAE with a Bernoulli
+/// likelihood, which is how it is read.
+const FORMAT_CONV_ONLY: &str = "vae-rs-checkpoint/1";
 
 /// Metrics of one finished epoch (nats per example; ELBO is the bound itself, higher is better).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -50,6 +51,7 @@ pub struct EpochMetrics {
 }
 
 /// Sums over the current, unfinished epoch.
+#[doc(hidden)]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochAccum {
     /// Σ reconstruction terms.
@@ -78,6 +80,7 @@ pub struct TrainState {
     /// One entry per finished epoch.
     pub history: Vec<EpochMetrics>,
     /// Sums of the unfinished epoch.
+    #[doc(hidden)]
     pub partial: EpochAccum,
 }
 
@@ -87,7 +90,7 @@ pub struct Checkpoint {
     /// The file it came from.
     pub path: PathBuf,
     /// Architecture.
-    pub model_config: ConvVaeConfig,
+    pub model_config: ModelConfig,
     /// Training settings.
     pub train_config: TrainConfig,
     /// Progress.
@@ -113,51 +116,6 @@ fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
     }
 }
 
-/// Removes temporary files that [`write_atomic`] left in `dir` when its process was killed
-/// mid-write (`.<name>.tmp-<pid>`). Returns how many it removed.
-pub fn remove_stale_temporaries(dir: &Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return 0;
-    };
-    let mut removed = 0;
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') && name.contains(".tmp-") && std::fs::remove_file(e.path()).is_ok()
-        {
-            removed += 1;
-        }
-    }
-    removed
-}
-
-/// Writes `bytes` to `path` atomically: a temporary file beside it, fsync, rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
-        // Make the rename itself durable.
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// What a resumable checkpoint holds besides the weights, one tensor per name of `names`.
 pub(crate) struct OptimizerState<'a> {
     pub names: &'a [String],
@@ -169,7 +127,7 @@ pub(crate) struct OptimizerState<'a> {
 /// Saves a checkpoint of `vs` (and the optimiser's state if given) to `path`, atomically.
 pub(crate) fn save(
     path: &Path,
-    model_config: &ConvVaeConfig,
+    model_config: &ModelConfig,
     train_config: &TrainConfig,
     state: &TrainState,
     vs: &nn::VarStore,
@@ -209,7 +167,7 @@ pub(crate) fn save(
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    write_atomic(path, &bytes)
+    Ok(vae_data::write_atomic(path, &bytes)?)
 }
 
 fn json<T: Serialize>(value: &T) -> String {
@@ -239,15 +197,16 @@ impl Checkpoint {
         })?;
         let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| bad(e.to_string()))?;
         let meta = header.metadata().clone().unwrap_or_default();
-        match meta.get("format").map(String::as_str) {
-            Some(FORMAT) => {}
+        let conv_only = match meta.get("format").map(String::as_str) {
+            Some(FORMAT) => false,
+            Some(FORMAT_CONV_ONLY) => true,
             Some(other) => {
                 return Err(bad(format!(
-                    "unsupported checkpoint format {other:?} (this build reads {FORMAT})"
+                    "written in checkpoint format {other:?}, which this build cannot read (it reads {FORMAT} and {FORMAT_CONV_ONLY}): use the vae-rs version that wrote it"
                 )));
             }
             None => return Err(bad("not a vae-rs checkpoint (no format metadata)".into())),
-        }
+        };
         fn field<T: serde::de::DeserializeOwned>(
             meta: &HashMap<String, String>,
             key: &str,
@@ -257,7 +216,13 @@ impl Checkpoint {
                 .ok_or_else(|| format!("metadata lacks {key}"))?;
             serde_json::from_str(raw).map_err(|e| format!("metadata {key} is invalid: {e}"))
         }
-        let model_config: ConvVaeConfig = field(&meta, "model_config").map_err(bad)?;
+        let model_config: ModelConfig = if conv_only {
+            field::<ConvVaeConfig>(&meta, "model_config")
+                .map_err(bad)?
+                .into()
+        } else {
+            field(&meta, "model_config").map_err(bad)?
+        };
         let train_config: TrainConfig = field(&meta, "train_config").map_err(bad)?;
         let state: TrainState = field(&meta, "state").map_err(bad)?;
         let mut tensors = HashMap::new();
@@ -356,10 +321,25 @@ impl Checkpoint {
     }
 
     /// Builds the model the checkpoint describes on `device` and loads its weights.
-    pub fn into_model(self, device: Device) -> Result<(ConvVae, nn::VarStore, Self)> {
-        let mut vs = nn::VarStore::new(device);
-        let model = ConvVae::new(&vs.root(), &self.model_config)?;
-        self.restore_variables(&mut vs)?;
-        Ok((model, vs, self))
+    pub fn into_model(self, device: Device) -> Result<LoadedModel> {
+        let mut vars = nn::VarStore::new(device);
+        let model = self.model_config.build(&vars.root())?;
+        self.restore_variables(&mut vars)?;
+        Ok(LoadedModel {
+            model,
+            vars,
+            checkpoint: self,
+        })
     }
+}
+
+/// A model rebuilt from a checkpoint ([`Checkpoint::into_model`]).
+#[derive(Debug)]
+pub struct LoadedModel {
+    /// The model, with the checkpoint's weights.
+    pub model: Box<dyn Vae>,
+    /// Its variables, named as in the checkpoint.
+    pub vars: nn::VarStore,
+    /// The checkpoint it came from (configs, state, history).
+    pub checkpoint: Checkpoint,
 }

@@ -1,5 +1,8 @@
 use serde::{Deserialize, Serialize};
 
+use vae_model::ModelConfig;
+
+use crate::device::Device;
 use crate::error::{Result, TrainError};
 
 /// How to train: everything but the architecture (see `vae_model::ConvVaeConfig`).
@@ -31,8 +34,8 @@ pub struct TrainConfig {
     pub binarize: bool,
     /// Training examples held out for validation (the last ones).
     pub validation_size: usize,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    pub device: String,
+    /// Where to train.
+    pub device: Device,
     /// Intra-op threads for libtorch on CPU (None: libtorch's default, one per core).
     pub threads: Option<usize>,
     /// Stop after this many steps in all (benchmarks); None trains all epochs.
@@ -63,8 +66,50 @@ pub struct TrainConfig {
     pub precision: Precision,
 }
 
+/// `FromStr` and `Display` for a settings enum, by the lowercase names that config files and
+/// flags use.
+macro_rules! named {
+    ($ty:ident, $what:literal, $($variant:ident => $name:literal),+) => {
+        impl $ty {
+            /// Its name in config files and on the command line.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $name),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl std::str::FromStr for $ty {
+            type Err = TrainError;
+            fn from_str(s: &str) -> Result<Self> {
+                match s.trim().to_ascii_lowercase().as_str() {
+                    $($name => Ok(Self::$variant),)+
+                    other => Err(TrainError::InvalidConfig(format!(
+                        concat!("unknown ", $what, " {:?}: use {}"),
+                        other,
+                        [$($name),+].join(", ")
+                    ))),
+                }
+            }
+        }
+    };
+}
+
+named!(Precision, "precision", Fp32 => "fp32", Bf16 => "bf16");
+named!(Optimizer, "optimizer", Adam => "adam", Adamw => "adamw", Adamax => "adamax");
+named!(Objective, "objective", Elbo => "elbo", Iwae => "iwae");
+named!(LrSchedule, "learning-rate schedule", Constant => "constant", Cosine => "cosine");
+named!(Preset, "preset", Fast => "fast", Default => "default", Best => "best");
+
 /// The arithmetic precision of training.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// f32 throughout.
@@ -76,6 +121,7 @@ pub enum Precision {
 
 /// The optimiser's update rule.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Optimizer {
     /// Adam (Kingma & Ba 2015).
@@ -89,6 +135,7 @@ pub enum Optimizer {
 
 /// The training objective.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
     /// The evidence lower bound (β-weighted, with warm-up and free bits if set).
@@ -100,6 +147,7 @@ pub enum Objective {
 
 /// How the learning rate moves after the warm-up.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 #[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     /// `lr` throughout.
@@ -109,13 +157,13 @@ pub enum LrSchedule {
     Cosine,
 }
 
+/// The training settings of `vae train` with no flags (the default preset): Adam at a 4e-3
+/// peak with 300 warm-up steps and cosine decay to 1e-4 over 36 epochs, batch 128, dynamic
+/// binarisation (why these: `docs/results.md`).
 impl Default for TrainConfig {
     fn default() -> Self {
         Self {
-            // Measured (docs/performance.md): Adam at a 4e-3 peak with 300 warm-up steps and
-            // cosine decay to 1e-4 over 12 epochs reaches test ELBO -95.7, against -97.7 for a
-            // constant 2e-3 and -97.8 for the reference's constant 1e-3 over 10 epochs.
-            epochs: 12,
+            epochs: DEFAULT_EPOCHS,
             batch_size: 128,
             lr: 4e-3,
             betas: (0.9, 0.999),
@@ -126,7 +174,7 @@ impl Default for TrainConfig {
             grad_clip: None,
             binarize: true,
             validation_size: vae_data::DEFAULT_VALIDATION_SIZE,
-            device: "auto".into(),
+            device: Device::Auto,
             threads: None,
             max_steps: None,
             objective: Objective::Elbo,
@@ -252,88 +300,88 @@ impl TrainConfig {
 }
 
 /// A whole run's configuration, as in a `--config` TOML file and a run's `config.toml`:
-/// a `[model]` table ([`ConvVaeConfig`](vae_model::ConvVaeConfig)) and a `[train]` table
-/// ([`TrainConfig`]). Missing keys take their defaults; unknown keys are errors.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+/// a `[model]` table ([`ModelConfig`], with its `kind`) and a `[train]` table ([`TrainConfig`]).
+///
+/// `RunConfig::default()` is exactly what `vae train` runs with no flags (the
+/// [`Preset::Default`]); [`RunConfig::preset`] gives the others, [`RunConfig::overlay_toml`]
+/// lays a config file over one, and fields can be set directly. The image shape is the data's,
+/// set when the run starts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RunConfig {
     /// The architecture.
-    pub model: vae_model::ConvVaeConfig,
+    pub model: ModelConfig,
     /// The training settings.
     pub train: TrainConfig,
 }
 
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self::preset(Preset::Default)
+    }
+}
+
 /// Named starting points for a run; see [`RunConfig::preset`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Preset {
-    /// The PyTorch peer's model and protocol: standard-normal prior, Adam at a constant 1e-3,
-    /// 10 epochs. For comparisons.
+    /// The PyTorch peer's model and protocol: the reference conv VAE with a standard-normal
+    /// prior, Adam at a constant 1e-3, 10 epochs. For comparisons.
     Fast,
-    /// The best model measured to finish within 10 minutes of training on 2 CPU cores.
+    /// The best model measured to finish within 10 minutes of training on 2 CPU cores: the
+    /// reference conv VAE with a 100-component VampPrior, [`TrainConfig::default`]'s schedule.
+    #[default]
     Default,
-    /// A bigger model for a longer run or a GPU.
+    /// A bigger model for a longer run or a GPU: a 500-component VampPrior, a residual block
+    /// per level, 100 epochs.
     Best,
 }
 
-impl std::str::FromStr for Preset {
-    type Err = TrainError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "fast" => Ok(Self::Fast),
-            "default" => Ok(Self::Default),
-            "best" => Ok(Self::Best),
-            other => Err(TrainError::InvalidConfig(format!(
-                "unknown preset {other:?}: use fast, default or best"
-            ))),
-        }
-    }
-}
-
 /// The default preset's epochs: what fits 10 minutes of training on 2 CPU cores.
-pub const DEFAULT_EPOCHS: usize = DEFAULT_PRESET_EPOCHS;
-const DEFAULT_PRESET_EPOCHS: usize = 36;
+pub const DEFAULT_EPOCHS: usize = 36;
 
 impl RunConfig {
-    /// The run configuration of a preset. `RunConfig::default()` is the library's plain
-    /// defaults (the reference architecture with our learning-rate schedule); the presets are
-    /// what `vae train --preset` starts from, `Default` when no preset is named.
+    /// The run configuration of a preset.
     pub fn preset(preset: Preset) -> Self {
-        let mut run = Self::default();
+        let mut model = vae_model::ConvVaeConfig::default();
+        let mut train = TrainConfig::default();
         match preset {
             Preset::Fast => {
-                run.train.lr = 1e-3;
-                run.train.epochs = 10;
-                run.train.lr_schedule = LrSchedule::Constant;
-                run.train.warmup_steps = 0;
-                run.train.min_lr = 0.0;
+                train.lr = 1e-3;
+                train.epochs = 10;
+                train.lr_schedule = LrSchedule::Constant;
+                train.warmup_steps = 0;
+                train.min_lr = 0.0;
             }
             Preset::Default => {
-                run.model.prior = vae_model::Prior::Vamp { components: 100 };
-                run.train.epochs = DEFAULT_PRESET_EPOCHS;
+                model.prior = vae_model::Prior::Vamp { components: 100 };
             }
             Preset::Best => {
-                run.model.prior = vae_model::Prior::Vamp { components: 500 };
-                run.model.res_blocks = 1;
-                run.train.epochs = 100;
+                model.prior = vae_model::Prior::Vamp { components: 500 };
+                model.res_blocks = 1;
+                train.epochs = 100;
             }
         }
-        run
+        Self {
+            model: model.into(),
+            train,
+        }
     }
 
     /// `toml_text` (a `--config` file: any subset of the `[model]` and `[train]` keys) laid
-    /// over `base`: keys it names replace the base's, the rest keep the base's values.
-    /// Unknown keys and wrong types are errors.
-    pub fn overlay_toml(base: &Self, toml_text: &str) -> Result<Self> {
+    /// over `self`: keys it names replace these, the rest keep their values. A table that
+    /// names another `kind` (of model, prior or likelihood) replaces the whole table. Unknown
+    /// keys and wrong types are errors.
+    pub fn overlay_toml(&self, toml_text: &str) -> Result<Self> {
         let invalid = |e: &dyn std::fmt::Display| TrainError::InvalidConfig(e.to_string());
         let over: toml::Table = toml::from_str(toml_text).map_err(|e| invalid(&e))?;
-        let mut merged = toml::Table::try_from(base).map_err(|e| invalid(&e))?;
+        let mut merged = toml::Table::try_from(self).map_err(|e| invalid(&e))?;
         fn merge(dst: &mut toml::Table, src: toml::Table) {
             for (k, v) in src {
                 match (dst.get_mut(&k), v) {
-                    // A tagged table (the prior) naming its kind is replaced whole.
                     (Some(toml::Value::Table(d)), toml::Value::Table(s))
-                        if !s.contains_key("kind") =>
+                        if s.get("kind").is_none_or(|kind| d.get("kind") == Some(kind)) =>
                     {
                         merge(d, s)
                     }
@@ -348,20 +396,44 @@ impl RunConfig {
             .try_into()
             .map_err(|e: toml::de::Error| invalid(&e))
     }
+
+    /// Checks both halves and the settings that are valid alone but not together.
+    pub fn validate(&self) -> Result<()> {
+        self.train.validate()?;
+        self.model.validate()?;
+        if self.train.free_bits > 0.0 && !self.model.has_kl_per_dimension() {
+            return Err(TrainError::InvalidConfig(
+                "free bits need the closed-form per-dimension KL of the standard normal prior; \
+                 they cannot be combined with the VampPrior"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn conv(run: &RunConfig) -> &vae_model::ConvVaeConfig {
+        run.model.as_conv().unwrap()
+    }
+
     #[test]
     fn presets_differ_as_documented_and_config_files_overlay_them() {
         let fast = RunConfig::preset(Preset::Fast);
-        assert_eq!(fast.model, vae_model::ConvVaeConfig::default());
+        assert_eq!(fast.model, vae_model::ConvVaeConfig::default().into());
         assert_eq!((fast.train.lr, fast.train.epochs), (1e-3, 10));
         let default = RunConfig::preset(Preset::Default);
         assert_eq!(
-            default.model.prior,
+            RunConfig::default(),
+            default,
+            "the default is the default preset"
+        );
+        assert_eq!(default.train, TrainConfig::default());
+        assert_eq!(
+            conv(&default).prior,
             vae_model::Prior::Vamp { components: 100 }
         );
         assert_eq!(default.train.epochs, DEFAULT_EPOCHS);
@@ -369,28 +441,62 @@ mod tests {
         assert!("huge".parse::<Preset>().is_err());
         // A file naming two keys changes those two only.
         let text = "[model]\nlatent_dim = 8\n[train]\nepochs = 3\n";
-        let merged = RunConfig::overlay_toml(&default, text).unwrap();
-        assert_eq!((merged.model.latent_dim, merged.train.epochs), (8, 3));
-        assert_eq!(merged.model.prior, default.model.prior);
+        let merged = default.overlay_toml(text).unwrap();
+        assert_eq!((merged.model.latent_dim(), merged.train.epochs), (8, 3));
+        assert_eq!(conv(&merged).prior, conv(&default).prior);
         assert_eq!(merged.train.lr, default.train.lr);
-        // The prior's kind can be switched: a table naming its kind replaces the preset's.
-        let standard =
-            RunConfig::overlay_toml(&default, "[model.prior]\nkind = \"standard\"\n").unwrap();
-        assert_eq!(standard.model.prior, vae_model::Prior::Standard);
-        let mut std_base = default.clone();
-        std_base.model.prior = vae_model::Prior::Standard;
-        let vamp = RunConfig::overlay_toml(
-            &std_base,
-            "[model.prior]\nkind = \"vamp\"\ncomponents = 7\n",
-        )
-        .unwrap();
-        assert_eq!(vamp.model.prior, vae_model::Prior::Vamp { components: 7 });
+        // Naming the model's own kind merges too.
+        let same_kind = default
+            .overlay_toml("[model]\nkind = \"conv\"\nres_blocks = 2\n")
+            .unwrap();
+        assert_eq!(
+            (conv(&same_kind).res_blocks, conv(&same_kind).prior),
+            (2, conv(&default).prior)
+        );
+        assert!(default.overlay_toml("[model]\nkind = \"dense\"\n").is_err());
+        // The prior's kind can be switched: a table naming another kind replaces the preset's.
+        let standard = default
+            .overlay_toml("[model.prior]\nkind = \"standard\"\n")
+            .unwrap();
+        assert_eq!(conv(&standard).prior, vae_model::Prior::Standard);
+        let vamp = fast
+            .overlay_toml("[model.prior]\nkind = \"vamp\"\ncomponents = 7\n")
+            .unwrap();
+        assert_eq!(conv(&vamp).prior, vae_model::Prior::Vamp { components: 7 });
         // Unknown keys stay errors.
-        let err = RunConfig::overlay_toml(&default, "[model]\nlatnt_dim = 3\n").unwrap_err();
+        let err = default
+            .overlay_toml("[model]\nlatnt_dim = 3\n")
+            .unwrap_err();
         assert!(err.to_string().contains("unknown field"), "{err}");
-        // A run's own config.toml round-trips.
+        // A run's own config.toml round-trips, and names the model's kind.
         let text = toml::to_string(&default).unwrap();
-        assert_eq!(RunConfig::overlay_toml(&fast, &text).unwrap(), default);
+        assert!(text.contains("kind = \"conv\""), "{text}");
+        assert_eq!(fast.overlay_toml(&text).unwrap(), default);
+    }
+
+    #[test]
+    fn settings_parse_from_and_print_as_their_names() {
+        for p in [Precision::Fp32, Precision::Bf16] {
+            assert_eq!(p.to_string().parse::<Precision>().unwrap(), p);
+        }
+        for o in [Optimizer::Adam, Optimizer::Adamw, Optimizer::Adamax] {
+            assert_eq!(o.to_string().parse::<Optimizer>().unwrap(), o);
+        }
+        for o in [Objective::Elbo, Objective::Iwae] {
+            assert_eq!(o.to_string().parse::<Objective>().unwrap(), o);
+        }
+        for l in [LrSchedule::Constant, LrSchedule::Cosine] {
+            assert_eq!(l.to_string().parse::<LrSchedule>().unwrap(), l);
+        }
+        for p in [Preset::Fast, Preset::Default, Preset::Best] {
+            assert_eq!(p.to_string().parse::<Preset>().unwrap(), p);
+        }
+        assert_eq!(" AdamW ".parse::<Optimizer>().unwrap(), Optimizer::Adamw);
+        let err = "sgd".parse::<Optimizer>().unwrap_err().to_string();
+        assert!(
+            err.contains("unknown optimizer \"sgd\": use adam, adamw, adamax"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,9 +1,8 @@
 //! Test-set evaluation: the ELBO and the importance-weighted estimate of log p(x).
 
-use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor};
 use vae_data::MnistDataset;
-use vae_model::ConvVae;
+use vae_model::Vae;
 
 use crate::error::Result;
 
@@ -23,8 +22,7 @@ pub fn images_tensor(data: &MnistDataset, device: Device) -> Tensor {
 ///
 /// The draw is `1[u < p]` with u ~ U[0, 1), which has exactly the law of `p.bernoulli()`
 /// (P(u < p) = p, also at p = 0 and p = 1) and is cheaper on the CPU, where libtorch's
-/// `bernoulli` samples element by element (the whole batch preparation at 128 images: 0.46–0.63
-/// ms against 0.60–0.74 ms, `step_breakdown`, three alternating runs).
+/// `bernoulli` samples element by element (`docs/performance.md`).
 pub fn prepare(images_u8: &Tensor, binarize: bool) -> Tensor {
     let x = images_u8.to_kind(Kind::Float) / 255.0;
     if binarize {
@@ -50,7 +48,7 @@ pub struct ElboSummary {
 /// The ELBO of `images_u8` (`[N, C, H, W]`, u8) under `model`, one z per image, with
 /// binarisation and sampling noise drawn from `seed` (so repeated calls agree).
 pub fn evaluate_elbo(
-    model: &ConvVae,
+    model: &dyn Vae,
     images_u8: &Tensor,
     binarize: bool,
     seed: u64,
@@ -102,36 +100,25 @@ pub struct IwEstimate {
 }
 
 /// The importance-weighted bound with `k` samples for each of `images_u8`, binarised with
-/// noise from `seed`. `progress` shows a bar on a terminal.
+/// noise from `seed`. `progress(done, total)` is called after each batch of images.
 pub fn evaluate_iw(
-    model: &ConvVae,
+    model: &dyn Vae,
     images_u8: &Tensor,
     k: i64,
     binarize: bool,
     seed: u64,
-    progress: bool,
+    progress: &mut dyn FnMut(usize, usize),
 ) -> Result<IwEstimate> {
     tch::manual_seed(seed as i64);
     let n = images_u8.size()[0];
     // On the CPU, 1k decoder rows at once keep each activation (~25 MB for the default model)
-    // under the allocator's mmap threshold: 4k rows spent half the time in page faults
-    // (k = 5000 over 20 images: 4.6 s → 3.6 s).
+    // under the allocator's mmap threshold: 4k rows spent much of the time in page faults.
     let max_rows: i64 = if model.device() == Device::Cpu {
         1024
     } else {
         65536
     };
     let batch = (max_rows / k).clamp(1, 100);
-    let pb = if progress {
-        ProgressBar::new(n as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    pb.set_style(
-        ProgressStyle::with_template("IW k={msg} [{bar:30}] {pos}/{len} images {eta}")
-            .expect("valid template"),
-    );
-    pb.set_message(k.to_string());
     let mut per_image = Vec::with_capacity(n as usize);
     tch::no_grad(|| -> Result<()> {
         let mut start = 0;
@@ -144,11 +131,10 @@ pub fn evaluate_iw(
             let ll = model.log_likelihood_iw(&x, k, max_rows)?;
             per_image.push(ll.to_kind(Kind::Double));
             start += len;
-            pb.inc(len as u64);
+            progress(start as usize, n as usize);
         }
         Ok(())
     })?;
-    pb.finish_and_clear();
     let all = Tensor::cat(&per_image, 0);
     let mean = all.mean(Kind::Double).double_value(&[]);
     let std_error = if n > 1 {
@@ -162,6 +148,30 @@ pub fn evaluate_iw(
         k,
         images: n as usize,
     })
+}
+
+/// Posterior means and log-variances of `images_u8` (`[N, C, H, W]`, u8, scaled to [0, 1]),
+/// `[N, latent]` each, on the CPU; encoded 1,000 at a time on the model's device.
+pub fn encode_images(model: &dyn Vae, images_u8: &Tensor) -> Result<(Tensor, Tensor)> {
+    let n = images_u8.size()[0];
+    let (mut mus, mut lvs) = (Vec::new(), Vec::new());
+    tch::no_grad(|| -> Result<()> {
+        let mut s = 0;
+        while s < n {
+            let len = 1000.min(n - s);
+            let x = images_u8
+                .narrow(0, s, len)
+                .to_device(model.device())
+                .to_kind(Kind::Float)
+                / 255.0;
+            let q = model.encode(&x)?;
+            mus.push(q.mu.to_device(Device::Cpu));
+            lvs.push(q.logvar.to_device(Device::Cpu));
+            s += len;
+        }
+        Ok(())
+    })?;
+    Ok((Tensor::cat(&mus, 0), Tensor::cat(&lvs, 0)))
 }
 
 #[cfg(test)]

@@ -1,28 +1,28 @@
-//! Training, checkpointing and evaluating [`vae_model::ConvVae`] models.
+//! Training, checkpointing and evaluating the [`vae_model::Vae`] models: the library's run.
 //!
-//! A [`Trainer`] runs Adam (or AdamW, Adamax) on the negative ELBO (optionally β-weighted with
-//! a linear KL warm-up and free bits, or the IWAE bound instead; with gradient clipping, a
-//! warm-up + cosine learning-rate schedule and an optional weight EMA) over an `vae_data::MnistDataset` held on the training
-//! device as `u8`, shuffled and dynamically binarised there. After every epoch it measures the
-//! validation ELBO and writes, atomically, `last.safetensors` (weights, Adam moments, configs,
-//! state and metric history), `best.safetensors` and `metrics.csv` into the run directory.
-//! [`Trainer::resume`] continues a run exactly: per-step seeds derived from (seed, step) make
-//! an interrupted-and-resumed run draw the same noise as an uninterrupted one.
+//! [`Trainer::start`] takes a data set and a [`RunConfig`] — `RunConfig::default()` is exactly
+//! what `vae train` runs with no flags; [`RunConfig::preset`], [`RunConfig::overlay_toml`] and
+//! plain field writes change it — and does what a run needs: the validation split, the image
+//! shape from the data, the device, the run directory. [`Trainer::run`] trains with Adam
+//! (AdamW, Adamax) on the negative ELBO (β-weighted, KL warm-up, free bits) or the IWAE
+//! bound, measuring the validation ELBO after every epoch and writing, atomically,
+//! `last.safetensors` (weights, optimiser moments, configs, state, history), `best.safetensors`
+//! and `metrics.csv`. [`Trainer::resume`] continues a run exactly: per-step seeds derived from
+//! (seed, step) make an interrupted-and-resumed run draw the same noise as an uninterrupted one.
+//! Progress goes to [`Observer`]s; this crate prints nothing, writes no images and parses no
+//! command lines (that is `vae-cli`).
 //!
 //! [`evaluate_elbo`] and [`evaluate_iw`] score a model on a test set; [`Checkpoint`] reads a
-//! checkpoint back into a model. This crate writes no images and parses no command lines
-//! (that is `vae-cli`).
+//! checkpoint back into a model.
 //!
 //! ```no_run
 //! use vae_data::{MnistDataset, Split};
-//! use vae_model::ConvVaeConfig;
-//! use vae_train::{Outcome, TrainConfig, Trainer};
+//! use vae_train::{RunConfig, Trainer};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let (train, val) = MnistDataset::load("data/mnist", Split::Train)?.split_validation(10_000)?;
-//! let config = TrainConfig { epochs: 2, device: "cpu".into(), ..TrainConfig::default() };
-//! let mut trainer = Trainer::new("runs/example", ConvVaeConfig::default(), config, &train, &val)?;
-//! assert_eq!(trainer.run()?, Outcome::Completed);
+//! let data = MnistDataset::load("data/mnist", Split::Train)?;
+//! let mut trainer = Trainer::start("runs/example", &data, RunConfig::default())?;
+//! trainer.run()?;
 //! println!("best validation ELBO {:?}", trainer.state().best_val_elbo);
 //! # Ok(())
 //! # }
@@ -36,18 +36,24 @@ mod device;
 mod error;
 mod eval;
 mod fused;
+mod observe;
 mod trainer;
 
 pub use adam::Adam;
-pub use alloc::tune_allocator;
-pub use checkpoint::{
-    Checkpoint, EpochAccum, EpochMetrics, FORMAT as CHECKPOINT_FORMAT, TrainState,
-    remove_stale_temporaries, write_atomic,
-};
+pub use checkpoint::{Checkpoint, EpochMetrics, LoadedModel, TrainState};
 pub use config::{
     DEFAULT_EPOCHS, LrSchedule, Objective, Optimizer, Precision, Preset, RunConfig, TrainConfig,
 };
-pub use device::{device_name, libtorch_has_cuda, parse_device};
+pub use device::{Device, device_name, libtorch_has_cuda};
 pub use error::{Result, TrainError};
-pub use eval::{ElboSummary, IwEstimate, evaluate_elbo, evaluate_iw, images_tensor, prepare};
-pub use trainer::{Outcome, Trainer, files, patience_exhausted};
+pub use eval::{ElboSummary, IwEstimate, encode_images, evaluate_elbo, evaluate_iw, images_tensor};
+pub use observe::{MetricsCsv, Observer, StepProgress};
+pub use trainer::{Outcome, Trainer, files};
+
+/// Pieces for the workspace's benchmarks and tools, not part of the stable API.
+#[doc(hidden)]
+pub mod internals {
+    pub use crate::alloc::tune_allocator;
+    pub use crate::checkpoint::{EpochAccum, FORMAT as CHECKPOINT_FORMAT};
+    pub use crate::eval::prepare;
+}

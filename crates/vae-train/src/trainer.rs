@@ -3,18 +3,17 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use tch::{Device, Kind, Tensor, nn};
 use vae_data::MnistDataset;
-use vae_model::loss::{bernoulli_nll, free_bits_kl};
-use vae_model::{ConvVae, ConvVaeConfig, Prior};
+use vae_model::{ModelConfig, Vae};
 
 use crate::adam::Adam;
 use crate::checkpoint::{self, Checkpoint, EpochAccum, EpochMetrics, OptimizerState, TrainState};
 use crate::config::{Objective, Precision, RunConfig, TrainConfig};
-use crate::device::{device_name, parse_device};
+use crate::device::device_name;
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate_elbo, images_tensor, prepare};
+use crate::observe::{MetricsCsv, Observer, StepProgress};
 
 /// File names inside a run directory.
 pub mod files {
@@ -42,7 +41,7 @@ pub enum Outcome {
 }
 
 /// Whether the best validation ELBO of `history` lies `patience` or more epochs back.
-pub fn patience_exhausted(history: &[EpochMetrics], patience: usize) -> bool {
+fn patience_exhausted(history: &[EpochMetrics], patience: usize) -> bool {
     let Some((best, _)) = history
         .iter()
         .enumerate()
@@ -70,70 +69,79 @@ fn mix(seed: u64, purpose: u64, counter: u64) -> i64 {
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
-/// Trains a [`ConvVae`] on a dataset, checkpointing into a run directory.
-#[derive(Debug)]
+/// Trains a [`Vae`] on a dataset, checkpointing into a run directory: the library's run.
+///
+/// [`Trainer::start`] begins one from a data set and a [`RunConfig`] (the validation split,
+/// the image shape from the data, the device); [`Trainer::resume`] continues one exactly;
+/// [`Trainer::run`] trains. Progress goes to [`Observer`]s; the trainer prints nothing.
 pub struct Trainer {
     run_dir: PathBuf,
-    model_config: ConvVaeConfig,
+    model_config: ModelConfig,
     config: TrainConfig,
     device: Device,
     vs: nn::VarStore,
-    model: ConvVae,
+    model: Box<dyn Vae>,
     adam: Adam,
-    /// The weights' exponential moving average, in `adam.names` order, when `ema_decay` is set.
+    /// The weights' exponential moving average, in `adam.names()` order, when `ema_decay` is set.
     ema: Option<Vec<Tensor>>,
     state: TrainState,
     train_x: Tensor,
     val_x: Tensor,
     test_x: Option<Tensor>,
     interrupt: Option<Arc<AtomicBool>>,
-    progress: bool,
+    observers: Vec<Box<dyn Observer>>,
 }
 
-fn check_sizes(model_config: &ConvVaeConfig, data: &MnistDataset, what: &str) -> Result<()> {
-    let (h, w) = data.image_size();
-    if (h as i64, w as i64) != (model_config.input_height, model_config.input_width)
-        || model_config.input_channels != 1
-    {
-        return Err(TrainError::InvalidConfig(format!(
-            "the {what} images are {h}x{w} with 1 channel, but the model expects {}x{} with {}",
-            model_config.input_height, model_config.input_width, model_config.input_channels
-        )));
+impl std::fmt::Debug for Trainer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Trainer")
+            .field("run_dir", &self.run_dir)
+            .field("model_config", &self.model_config)
+            .field("config", &self.config)
+            .field("device", &self.device)
+            .field("state", &self.state)
+            .field("observers", &self.observers.len())
+            .finish_non_exhaustive()
     }
-    Ok(())
 }
 
-/// Settings that are valid alone but not together.
-fn check_combination(model_config: &ConvVaeConfig, config: &TrainConfig) -> Result<()> {
-    if config.free_bits > 0.0 && model_config.prior != Prior::Standard {
-        return Err(TrainError::InvalidConfig(
-            "free bits need the closed-form per-dimension KL of the standard normal prior; \
-             they cannot be combined with the VampPrior"
-                .into(),
-        ));
+fn check_sizes(model_config: &ModelConfig, data: &MnistDataset, what: &str) -> Result<()> {
+    let (h, w) = data.image_size();
+    let [c, mh, mw] = model_config.image_shape();
+    if [1, h as i64, w as i64] != [c, mh, mw] {
+        return Err(TrainError::InvalidConfig(format!(
+            "the {what} images are {h}x{w} with 1 channel, but the model expects {mh}x{mw} with {c}"
+        )));
     }
     Ok(())
 }
 
 /// The device `config` asks for, with libtorch's thread count set as it says.
 fn runtime(config: &TrainConfig) -> Result<Device> {
-    let device = parse_device(&config.device)?;
+    let device = config.device.resolve()?;
     if let Some(t) = config.threads {
         tch::set_num_threads(t as i32);
     }
     Ok(device)
 }
 
+/// `data` split into training and validation sets: the last `validation_size` images held out.
+fn split(data: &MnistDataset, validation_size: usize) -> Result<(MnistDataset, MnistDataset)> {
+    Ok(data.split_validation(validation_size)?)
+}
+
 impl Trainer {
     /// Starts a new run in `run_dir` (created if needed; an existing checkpoint there is an
-    /// error: resume it instead, or pick another directory).
-    pub fn new(
-        run_dir: impl AsRef<Path>,
-        model_config: ConvVaeConfig,
-        config: TrainConfig,
-        train: &MnistDataset,
-        validation: &MnistDataset,
-    ) -> Result<Self> {
+    /// error: resume it instead, or pick another directory) on `data`, a whole training split:
+    /// its last `run.train.validation_size` images are held out for validation, and the
+    /// model takes the data's image shape. Writes `config.toml`; attaches [`MetricsCsv`].
+    pub fn start(run_dir: impl AsRef<Path>, data: &MnistDataset, run: RunConfig) -> Result<Self> {
+        let RunConfig {
+            model: mut model_config,
+            train: config,
+        } = run;
+        let (h, w) = data.image_size();
+        model_config.set_image_shape([1, h as i64, w as i64]);
         let run_dir = run_dir.as_ref().to_path_buf();
         if run_dir.join(files::LAST).exists() {
             return Err(TrainError::InvalidConfig(format!(
@@ -141,13 +149,20 @@ impl Trainer {
                 run_dir.display()
             )));
         }
-        config.validate()?;
-        model_config.validate()?;
-        check_combination(&model_config, &config)?;
+        let run = RunConfig {
+            model: model_config,
+            train: config,
+        };
+        run.validate()?;
+        let RunConfig {
+            model: model_config,
+            train: config,
+        } = run;
         let device = runtime(&config)?;
+        let (train, validation) = split(data, config.validation_size)?;
         tch::manual_seed(mix(config.seed, 1, 0));
         let vs = nn::VarStore::new(device);
-        let model = ConvVae::new(&vs.root(), &model_config)?;
+        let model = model_config.build(&vs.root())?;
         let adam = Adam::new(&vs, config.lr, config.betas, config.eps)
             .with_rule(config.optimizer, config.weight_decay);
         let ema = config
@@ -167,20 +182,20 @@ impl Trainer {
             adam,
             ema,
             TrainState::default(),
-            train,
-            validation,
+            &train,
+            &validation,
         )?;
         trainer.write_config()?;
         Ok(trainer)
     }
 
-    /// Continues the run in `run_dir` from its `last.safetensors`, exactly where it stopped.
-    /// `adjust` may change settings that do not alter the run's course (more `epochs`, another
-    /// `device` or thread count); `|_| {}` keeps them all.
+    /// Continues the run in `run_dir` from its `last.safetensors`, exactly where it stopped,
+    /// on the same `data` it started on (split as it was). `adjust` may change settings that
+    /// do not alter the run's course (more `epochs`, another `device` or thread count);
+    /// `|_| {}` keeps them all.
     pub fn resume(
         run_dir: impl AsRef<Path>,
-        train: &MnistDataset,
-        validation: &MnistDataset,
+        data: &MnistDataset,
         adjust: impl FnOnce(&mut TrainConfig),
     ) -> Result<Self> {
         let run_dir = run_dir.as_ref().to_path_buf();
@@ -189,28 +204,28 @@ impl Trainer {
         adjust(&mut config);
         config.validate()?;
         let device = runtime(&config)?;
+        let (train, validation) = split(data, config.validation_size)?;
         let mut vs = nn::VarStore::new(device);
-        let model = ConvVae::new(&vs.root(), &ckpt.model_config)?;
+        let model = ckpt.model_config.build(&vs.root())?;
         ckpt.restore_variables(&mut vs)?;
         let mut adam = Adam::new(&vs, config.lr, config.betas, config.eps)
             .with_rule(config.optimizer, config.weight_decay);
         let (m, v) = ckpt
-            .moments(&adam.names, device)
+            .moments(adam.names(), device)
             .ok_or_else(|| TrainError::Checkpoint {
                 path: ckpt.path.clone(),
                 reason:
                     "has no optimiser state, so it cannot be resumed (is it a best.safetensors?)"
                         .into(),
             })?;
-        tch::no_grad(|| {
-            for (dst, src) in adam.m.iter_mut().zip(&m).chain(adam.v.iter_mut().zip(&v)) {
-                dst.copy_(src);
-            }
-        });
-        adam.t = ckpt.state.adam_t;
-        // A checkpoint from before the EMA was stored starts its average at the current weights.
+        adam.restore(&m, &v, ckpt.state.adam_t)
+            .map_err(|reason| TrainError::Checkpoint {
+                path: ckpt.path.clone(),
+                reason,
+            })?;
+        // A checkpoint without a stored average starts it at the current weights.
         let ema = config.ema_decay.map(|_| {
-            ckpt.ema(&adam.names, device)
+            ckpt.ema(adam.names(), device)
                 .unwrap_or_else(|| adam.params().iter().map(|p| p.detach().copy()).collect())
         });
         let state = ckpt.state.clone();
@@ -231,30 +246,34 @@ impl Trainer {
             adam,
             ema,
             state,
-            train,
-            validation,
+            &train,
+            &validation,
         )
     }
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         run_dir: PathBuf,
-        model_config: ConvVaeConfig,
+        model_config: ModelConfig,
         config: TrainConfig,
         device: Device,
         vs: nn::VarStore,
-        mut model: ConvVae,
+        mut model: Box<dyn Vae>,
         adam: Adam,
         ema: Option<Vec<Tensor>>,
         state: TrainState,
         train: &MnistDataset,
         validation: &MnistDataset,
     ) -> Result<Self> {
-        check_combination(&model_config, &config)?;
+        RunConfig {
+            model: model_config.clone(),
+            train: config.clone(),
+        }
+        .validate()?;
         if config.precision == Precision::Bf16 {
             model.set_compute_kind(Kind::BFloat16)?;
         }
-        let stale = checkpoint::remove_stale_temporaries(&run_dir);
+        let stale = vae_data::remove_stale_temporaries(&run_dir);
         if stale > 0 {
             tracing::info!(
                 stale,
@@ -279,6 +298,7 @@ impl Trainer {
         // scaled and binarised there.
         let train_x = images_tensor(train, device);
         let val_x = images_tensor(validation, device);
+        let metrics = MetricsCsv::new(run_dir.join(files::METRICS));
         Ok(Self {
             run_dir,
             model_config,
@@ -293,7 +313,7 @@ impl Trainer {
             val_x,
             test_x: None,
             interrupt: None,
-            progress: false,
+            observers: vec![Box::new(metrics)],
         })
     }
 
@@ -311,14 +331,19 @@ impl Trainer {
         self.interrupt = Some(flag);
     }
 
-    /// Shows a progress bar per epoch (on a terminal only).
-    pub fn set_progress(&mut self, on: bool) {
-        self.progress = on;
+    /// Sends the run's progress and results to `observer` too (after those attached before).
+    pub fn observe(&mut self, observer: impl Observer + 'static) {
+        self.observers.push(Box::new(observer));
     }
 
     /// The model being trained.
-    pub fn model(&self) -> &ConvVae {
-        &self.model
+    pub fn model(&self) -> &dyn Vae {
+        self.model.as_ref()
+    }
+
+    /// Its configuration.
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.model_config
     }
 
     /// Its variables.
@@ -359,12 +384,16 @@ impl Trainer {
             train: self.config.clone(),
         };
         let text = toml::to_string(&both).map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
-        checkpoint::write_atomic(&self.run_dir.join(files::CONFIG), text.as_bytes())
+        Ok(vae_data::write_atomic(
+            self.run_dir.join(files::CONFIG),
+            text.as_bytes(),
+        )?)
     }
 
     fn save_last(&self) -> Result<()> {
         let mut state = self.state.clone();
-        state.adam_t = self.adam.t;
+        state.adam_t = self.adam.steps();
+        let (m, v) = self.adam.moments();
         checkpoint::save(
             &self.run_dir.join(files::LAST),
             &self.model_config,
@@ -372,9 +401,9 @@ impl Trainer {
             &state,
             &self.vs,
             Some(OptimizerState {
-                names: &self.adam.names,
-                m: &self.adam.m,
-                v: &self.adam.v,
+                names: self.adam.names(),
+                m,
+                v,
                 ema: self.ema.as_deref(),
             }),
         )
@@ -410,7 +439,7 @@ impl Trainer {
 
     fn save_best(&self) -> Result<()> {
         let mut state = self.state.clone();
-        state.adam_t = self.adam.t;
+        state.adam_t = self.adam.steps();
         checkpoint::save(
             &self.run_dir.join(files::BEST),
             &self.model_config,
@@ -419,30 +448,6 @@ impl Trainer {
             &self.vs,
             None,
         )
-    }
-
-    fn write_metrics(&self) -> Result<()> {
-        let mut csv = String::from(
-            "epoch,step,train_elbo,train_kl,train_reconstruction,val_elbo,val_kl,val_reconstruction,test_elbo,lr,images_per_s,seconds\n",
-        );
-        for m in &self.state.history {
-            csv.push_str(&format!(
-                "{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{:.1},{:.2}\n",
-                m.epoch,
-                m.step,
-                m.train_elbo,
-                m.train_kl,
-                m.train_reconstruction,
-                m.val_elbo,
-                m.val_kl,
-                m.val_reconstruction,
-                m.test_elbo.map_or(String::new(), |t| format!("{t:.4}")),
-                m.lr,
-                m.images_per_s,
-                m.seconds
-            ));
-        }
-        checkpoint::write_atomic(&self.run_dir.join(files::METRICS), csv.as_bytes())
     }
 
     fn steps_per_epoch(&self) -> u64 {
@@ -472,20 +477,10 @@ impl Trainer {
             tch::manual_seed(mix(self.config.seed, 2, epoch as u64));
             let perm = Tensor::randperm(n_train, (Kind::Int64, self.device));
 
-            let pb = if self.progress {
-                ProgressBar::new(spe)
-            } else {
-                ProgressBar::hidden()
-            };
-            pb.set_style(
-                ProgressStyle::with_template(
-                    "epoch {prefix:>3} [{bar:30}] {pos}/{len} {msg} {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            pb.set_prefix(format!("{}/{}", epoch + 1, self.config.epochs));
-            pb.set_position(offset);
+            let epochs = self.config.epochs;
+            for o in &mut self.observers {
+                o.epoch_started(epoch + 1, epochs, spe, offset);
+            }
 
             let started = Instant::now();
             let seconds_before = self.state.partial.seconds;
@@ -515,10 +510,19 @@ impl Trainer {
                 pending.push(loss.detach());
 
                 let end_of_epoch = b + 1 == spe || self.state.step >= total;
+                let mut progress = StepProgress {
+                    epoch: epoch + 1,
+                    epochs,
+                    step_in_epoch: b + 1,
+                    steps_per_epoch: spe,
+                    step: self.state.step,
+                    elbo: None,
+                    images_per_s: None,
+                };
                 if pending.len() == LOG_EVERY || end_of_epoch {
                     let losses: Vec<f32> = Vec::try_from(&Tensor::stack(&pending, 0))?;
                     if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
-                        pb.abandon();
+                        self.notify_steps_ended();
                         let step = self.state.step - (losses.len() - i) as u64 + 1;
                         return Err(TrainError::NonFinite {
                             epoch: epoch + 1,
@@ -534,10 +538,13 @@ impl Trainer {
                         / seen;
                     let rate =
                         (steps_this_call * batch as u64) as f64 / started.elapsed().as_secs_f64();
-                    pb.set_message(format!("ELBO {running:8.2}  {rate:6.0} img/s"));
+                    progress.elbo = Some(running);
+                    progress.images_per_s = Some(rate);
                     pending.clear();
                 }
-                pb.set_position(b + 1);
+                for o in &mut self.observers {
+                    o.step(&progress);
+                }
                 if self
                     .interrupt
                     .as_ref()
@@ -549,6 +556,7 @@ impl Trainer {
                 }
             }
             // Fold this call's sums into the epoch's.
+            self.notify_steps_ended();
             if !pending.is_empty() {
                 let losses: Vec<f32> = Vec::try_from(&Tensor::stack(&pending, 0))?;
                 if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
@@ -566,7 +574,6 @@ impl Trainer {
                 examples: examples_before + steps_this_call * batch as u64,
                 seconds: seconds_before + started.elapsed().as_secs_f64(),
             };
-            pb.finish_and_clear();
 
             if self.state.step.is_multiple_of(spe) && self.state.step > 0 && !interrupted {
                 self.finish_epoch(epoch)?;
@@ -600,21 +607,27 @@ impl Trainer {
         Ok(Outcome::Completed)
     }
 
+    fn notify_steps_ended(&mut self) {
+        for o in &mut self.observers {
+            o.steps_ended();
+        }
+    }
+
     /// The loss to minimise for a batch, and the per-example reconstruction and KL terms to
     /// report.
     fn loss(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
         match self.config.objective {
             Objective::Elbo => {
-                let out = self.model.forward(x)?;
-                let rec = bernoulli_nll(&out.logits, x);
-                let kl = self.model.kl(&out);
-                let kl_term = if self.config.free_bits > 0.0 {
-                    free_bits_kl(&out.mu, &out.logvar, self.config.free_bits)
-                } else {
-                    kl.mean(Kind::Float)
+                let terms = self.model.elbo(x)?;
+                let kl_term = match (&terms.kl_dims, self.config.free_bits) {
+                    (Some(dims), lambda) if lambda > 0.0 => {
+                        vae_model::loss::free_bits(dims, lambda)
+                    }
+                    _ => terms.kl.mean(Kind::Float),
                 };
                 let w = self.config.kl_weight(self.state.step);
-                Ok((rec.mean(Kind::Float) + kl_term * w, rec, kl))
+                let loss = terms.reconstruction.mean(Kind::Float) + kl_term * w;
+                Ok((loss, terms.reconstruction, terms.kl))
             }
             Objective::Iwae => {
                 let t = self.model.iwae_terms(x, self.config.iw_k)?;
@@ -673,22 +686,49 @@ impl Trainer {
         let saved = if improved { self.save_best() } else { Ok(()) };
         self.swap_ema();
         saved?;
-        self.write_metrics()?;
+        for o in &mut self.observers {
+            o.epoch_finished(&self.state.history)?;
+        }
         self.save_last()
     }
 
     /// Validation ELBO and, with a test set, test ELBO of the current weights.
     fn evaluate(&self) -> Result<(crate::eval::ElboSummary, Option<f64>)> {
         let val = evaluate_elbo(
-            &self.model,
+            self.model.as_ref(),
             &self.val_x,
             self.config.binarize,
             VALIDATION_SEED,
         )?;
         let test_elbo = match &self.test_x {
-            Some(x) => Some(evaluate_elbo(&self.model, x, self.config.binarize, TEST_SEED)?.elbo),
+            Some(x) => {
+                Some(evaluate_elbo(self.model.as_ref(), x, self.config.binarize, TEST_SEED)?.elbo)
+            }
             None => None,
         };
         Ok((val, test_elbo))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patience_counts_epochs_since_the_best() {
+        let h = |v: &[f64]| {
+            v.iter()
+                .enumerate()
+                .map(|(i, &e)| EpochMetrics {
+                    epoch: i + 1,
+                    val_elbo: e,
+                    ..Default::default()
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(!patience_exhausted(&h(&[-100.0, -99.0, -98.0]), 1));
+        assert!(!patience_exhausted(&h(&[-100.0, -98.0, -99.0]), 2));
+        assert!(patience_exhausted(&h(&[-100.0, -98.0, -99.0, -98.5]), 2));
+        assert!(!patience_exhausted(&[], 1));
     }
 }

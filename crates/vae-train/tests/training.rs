@@ -48,7 +48,7 @@ fn tiny_train(epochs: usize) -> TrainConfig {
         lr_schedule: LrSchedule::Constant,
         warmup_steps: 0,
         min_lr: 0.0,
-        device: "cpu".into(),
+        device: vae_train::Device::Cpu,
         threads: Some(1),
         validation_size: 16,
         seed: 7,
@@ -58,6 +58,19 @@ fn tiny_train(epochs: usize) -> TrainConfig {
 
 fn data() -> (MnistDataset, MnistDataset) {
     bars(144).split_validation(16).unwrap()
+}
+
+/// A new run on the 144 bars, the last 16 held out (`tiny_train`'s validation size), as
+/// [`data`] splits them.
+fn start(dir: &std::path::Path, model: ConvVaeConfig, train: TrainConfig) -> Result<Trainer> {
+    Trainer::start(
+        dir,
+        &bars(144),
+        RunConfig {
+            model: model.into(),
+            train,
+        },
+    )
 }
 
 fn weights(vs: &tch::nn::VarStore) -> Vec<(String, Tensor)> {
@@ -77,13 +90,12 @@ fn assert_same_weights(a: &tch::nn::VarStore, b: &tch::nn::VarStore) {
 #[test]
 fn a_tiny_model_learns_and_writes_its_run_directory() {
     let _g = lock();
-    let (train, val) = data();
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
         lr: 1e-2,
         ..tiny_train(40)
     };
-    let mut t = Trainer::new(dir.path(), tiny_model(), cfg, &train, &val).unwrap();
+    let mut t = start(dir.path(), tiny_model(), cfg).unwrap();
     assert_eq!(t.run().unwrap(), Outcome::Completed);
     let h = &t.state().history;
     assert_eq!(h.len(), 40);
@@ -110,7 +122,7 @@ fn a_tiny_model_learns_and_writes_its_run_directory() {
     assert!(csv.starts_with("epoch,step,train_elbo"));
     let cfg: RunConfig =
         toml::from_str(&std::fs::read_to_string(dir.path().join(files::CONFIG)).unwrap()).unwrap();
-    assert_eq!(cfg.model, tiny_model());
+    assert_eq!(cfg.model, tiny_model().into());
     // No temporary files after a clean finish.
     let stray: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
@@ -123,15 +135,15 @@ fn a_tiny_model_learns_and_writes_its_run_directory() {
 #[test]
 fn checkpoint_round_trip_gives_identical_outputs() {
     let _g = lock();
-    let (train, val) = data();
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(dir.path(), tiny_model(), tiny_train(2), &train, &val).unwrap();
+    let mut t = start(dir.path(), tiny_model(), tiny_train(2)).unwrap();
     t.run().unwrap();
     let ckpt = Checkpoint::load(dir.path().join(files::LAST)).unwrap();
     assert_eq!(ckpt.state.step, t.state().step);
     assert_eq!(ckpt.train_config, *t.config());
-    let (model, vs, _) = ckpt.into_model(Device::Cpu).unwrap();
-    assert_same_weights(&vs, t.var_store());
+    let loaded = ckpt.into_model(Device::Cpu).unwrap();
+    let model = loaded.model;
+    assert_same_weights(&loaded.vars, t.var_store());
     let z = Tensor::randn([5, 4], (Kind::Float, Device::Cpu));
     let a = t.model().decode(&z).unwrap();
     let b = model.decode(&z).unwrap();
@@ -148,16 +160,15 @@ fn checkpoint_round_trip_gives_identical_outputs() {
 #[test]
 fn two_epochs_equal_one_plus_resume_and_an_interrupted_run_resumes_exactly() {
     let _g = lock();
-    let (train, val) = data();
     let straight = tempfile::tempdir().unwrap();
-    let mut a = Trainer::new(straight.path(), tiny_model(), tiny_train(2), &train, &val).unwrap();
+    let mut a = start(straight.path(), tiny_model(), tiny_train(2)).unwrap();
     a.run().unwrap();
 
     let split = tempfile::tempdir().unwrap();
-    let mut b = Trainer::new(split.path(), tiny_model(), tiny_train(1), &train, &val).unwrap();
+    let mut b = start(split.path(), tiny_model(), tiny_train(1)).unwrap();
     b.run().unwrap();
     drop(b);
-    let mut b = Trainer::resume(split.path(), &train, &val, |c| c.epochs = 2).unwrap();
+    let mut b = Trainer::resume(split.path(), &bars(144), |c| c.epochs = 2).unwrap();
     assert_eq!(b.run().unwrap(), Outcome::Completed);
     assert_same_weights(a.var_store(), b.var_store());
     assert_eq!(a.state().history.len(), b.state().history.len());
@@ -165,7 +176,7 @@ fn two_epochs_equal_one_plus_resume_and_an_interrupted_run_resumes_exactly() {
 
     // Interrupt in the middle of an epoch: a checkpoint is written; resuming ends identical.
     let cut = tempfile::tempdir().unwrap();
-    let mut c = Trainer::new(cut.path(), tiny_model(), tiny_train(2), &train, &val).unwrap();
+    let mut c = start(cut.path(), tiny_model(), tiny_train(2)).unwrap();
     let flag = Arc::new(AtomicBool::new(false));
     c.set_interrupt_flag(Arc::clone(&flag));
     flag.store(true, Ordering::SeqCst);
@@ -176,7 +187,7 @@ fn two_epochs_equal_one_plus_resume_and_an_interrupted_run_resumes_exactly() {
         .step;
     assert_eq!(stopped_at, 1, "stops after the step in flight");
     drop(c);
-    let mut c = Trainer::resume(cut.path(), &train, &val, |_| {}).unwrap();
+    let mut c = Trainer::resume(cut.path(), &bars(144), |_| {}).unwrap();
     assert_eq!(c.run().unwrap(), Outcome::Completed);
     assert_same_weights(a.var_store(), c.var_store());
 }
@@ -184,13 +195,12 @@ fn two_epochs_equal_one_plus_resume_and_an_interrupted_run_resumes_exactly() {
 #[test]
 fn step_limit_stops_and_checkpoints() {
     let _g = lock();
-    let (train, val) = data();
     let dir = tempfile::tempdir().unwrap();
     let cfg = TrainConfig {
         max_steps: Some(3),
         ..tiny_train(5)
     };
-    let mut t = Trainer::new(dir.path(), tiny_model(), cfg, &train, &val).unwrap();
+    let mut t = start(dir.path(), tiny_model(), cfg).unwrap();
     assert_eq!(t.run().unwrap(), Outcome::StepLimit);
     assert_eq!(
         Checkpoint::load(dir.path().join(files::LAST))
@@ -204,9 +214,8 @@ fn step_limit_stops_and_checkpoints() {
 #[test]
 fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     let _g = lock();
-    let (train, val) = data();
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(dir.path(), tiny_model(), tiny_train(1), &train, &val).unwrap();
+    let mut t = start(dir.path(), tiny_model(), tiny_train(1)).unwrap();
     t.run().unwrap();
     let good = std::fs::read(dir.path().join(files::LAST)).unwrap();
     drop(t);
@@ -216,7 +225,7 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
     cfg.lr = 1e30;
     cfg.epochs = 3;
     let fresh = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(fresh.path(), tiny_model(), cfg, &train, &val).unwrap();
+    let mut t = start(fresh.path(), tiny_model(), cfg).unwrap();
     let err = t.run().unwrap_err();
     assert!(
         matches!(err, TrainError::NonFinite { epoch: 1, .. }),
@@ -233,9 +242,8 @@ fn divergence_stops_with_a_clear_error_and_keeps_the_last_good_checkpoint() {
 #[test]
 fn damaged_checkpoints_and_mismatched_data_are_clear_errors() {
     let _g = lock();
-    let (train, val) = data();
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(dir.path(), tiny_model(), tiny_train(1), &train, &val).unwrap();
+    let mut t = start(dir.path(), tiny_model(), tiny_train(1)).unwrap();
     t.run().unwrap();
     let path = dir.path().join(files::LAST);
     let bytes = std::fs::read(&path).unwrap();
@@ -257,7 +265,7 @@ fn damaged_checkpoints_and_mismatched_data_are_clear_errors() {
     assert!(Checkpoint::load(&garbage).is_err());
 
     // A run directory already holding a run is not overwritten.
-    let err = Trainer::new(dir.path(), tiny_model(), tiny_train(1), &train, &val)
+    let err = start(dir.path(), tiny_model(), tiny_train(1))
         .unwrap_err()
         .to_string();
     assert!(err.contains("already holds a run"), "{err}");
@@ -276,33 +284,38 @@ fn damaged_checkpoints_and_mismatched_data_are_clear_errors() {
         .to_string();
     assert!(err.contains("another latent size"), "{err}");
 
-    // Data of another image size than the model.
+    // A new run takes the data's image size; a run resumed on data of another size, or given
+    // a test set of another size, is an error naming both.
+    let big =
+        MnistDataset::from_arrays(ndarray::Array3::zeros((40, 28, 28)), Array1::zeros(40)).unwrap();
+    let err = Trainer::resume(dir.path(), &big, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("28x28") && err.contains("8x8"), "{err}");
     let fresh = tempfile::tempdir().unwrap();
-    let err = Trainer::new(
-        fresh.path(),
-        ConvVaeConfig::default(),
-        tiny_train(1),
-        &train,
-        &val,
-    )
-    .unwrap_err()
-    .to_string();
-    assert!(err.contains("8x8") && err.contains("28x28"), "{err}");
+    let mut t = start(fresh.path(), ConvVaeConfig::default(), tiny_train(1)).unwrap();
+    assert_eq!(
+        t.model().image_shape(),
+        [1, 8, 8],
+        "the data's size, not the config's 28x28"
+    );
+    let err = t.set_test_set(&big).unwrap_err().to_string();
+    assert!(err.contains("28x28") && err.contains("8x8"), "{err}");
 }
 
 #[test]
 fn evaluation_is_reproducible_and_iw_beats_elbo() {
     let _g = lock();
-    let (train, val) = data();
+    let (_, val) = data();
     let dir = tempfile::tempdir().unwrap();
-    let mut t = Trainer::new(dir.path(), tiny_model(), tiny_train(5), &train, &val).unwrap();
+    let mut t = start(dir.path(), tiny_model(), tiny_train(5)).unwrap();
     t.run().unwrap();
     let x = images_tensor(&val, Device::Cpu);
     let a = evaluate_elbo(t.model(), &x, true, 1).unwrap();
     let b = evaluate_elbo(t.model(), &x, true, 1).unwrap();
     assert_eq!(a, b);
     assert!((a.elbo + a.kl + a.reconstruction).abs() < 1e-9);
-    let iw = evaluate_iw(t.model(), &x, 200, true, 1, false).unwrap();
+    let iw = evaluate_iw(t.model(), &x, 200, true, 1, &mut |_, _| {}).unwrap();
     assert_eq!((iw.k, iw.images), (200, 16));
     assert!(
         iw.log_likelihood > a.elbo,
@@ -316,7 +329,6 @@ fn evaluation_is_reproducible_and_iw_beats_elbo() {
 #[test]
 fn bad_settings_are_rejected_before_training() {
     let _g = lock();
-    let (train, val) = data();
     for (cfg, needle) in [
         (
             TrainConfig {
@@ -346,20 +358,16 @@ fn bad_settings_are_rejected_before_training() {
             },
             "larger than the training set",
         ),
-        (
-            TrainConfig {
-                device: "tpu".into(),
-                ..tiny_train(1)
-            },
-            "unknown device",
-        ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let err = Trainer::new(dir.path(), tiny_model(), cfg, &train, &val)
+        let err = start(dir.path(), tiny_model(), cfg)
             .unwrap_err()
             .to_string();
         assert!(err.contains(needle), "{err} should mention {needle}");
     }
+    // A device is a typed setting: an unknown one fails where it is parsed.
+    let err = "tpu".parse::<vae_train::Device>().unwrap_err().to_string();
+    assert!(err.contains("unknown device"), "{err}");
 }
 
 #[test]
@@ -368,13 +376,16 @@ fn cuda_requests_fail_clearly_without_a_gpu() {
     if tch::Cuda::is_available() {
         return; // this machine has a GPU: the error cannot be provoked
     }
-    let err = parse_device("cuda").unwrap_err().to_string();
+    let err = vae_train::Device::Cuda(0)
+        .resolve()
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("no CUDA device is visible") || err.contains("without CUDA"),
         "{err}"
     );
-    assert_eq!(parse_device("auto").unwrap(), Device::Cpu);
-    assert_eq!(parse_device("cpu").unwrap(), Device::Cpu);
+    assert_eq!(vae_train::Device::Auto.resolve().unwrap(), Device::Cpu);
+    assert_eq!(vae_train::Device::Cpu.resolve().unwrap(), Device::Cpu);
 }
 
 /// Where libtorch sees a GPU (CI has none: there this returns at once; run the compiled test
@@ -388,7 +399,7 @@ fn on_a_gpu_training_works_and_agrees_with_the_cpu() {
         eprintln!("no CUDA device visible: nothing to check here");
         return;
     }
-    let (train, val) = data();
+    let (_, val) = data();
     let model = ConvVaeConfig {
         prior: vae_model::Prior::Vamp { components: 6 },
         res_blocks: 1,
@@ -398,11 +409,11 @@ fn on_a_gpu_training_works_and_agrees_with_the_cpu() {
     let train_loss = |device: &str, precision: Precision| {
         let dir = tempfile::tempdir().unwrap();
         let cfg = TrainConfig {
-            device: device.into(),
+            device: device.parse().unwrap(),
             precision,
             ..tiny_train(30)
         };
-        let mut t = Trainer::new(dir.path(), model.clone(), cfg, &train, &val).unwrap();
+        let mut t = start(dir.path(), model.clone(), cfg).unwrap();
         assert_eq!(t.run().unwrap(), Outcome::Completed);
         let h = &t.state().history;
         (-h[0].train_elbo, -h[29].train_elbo, t, dir)
@@ -418,10 +429,11 @@ fn on_a_gpu_training_works_and_agrees_with_the_cpu() {
         if precision == Precision::Bf16 {
             continue;
         }
-        let (cpu_model, _vs, _) = Checkpoint::load(dir.path().join(files::LAST))
+        let cpu_model = Checkpoint::load(dir.path().join(files::LAST))
             .unwrap()
             .into_model(Device::Cpu)
-            .unwrap();
+            .unwrap()
+            .model;
         let z = Tensor::randn([8, 4], (Kind::Float, Device::Cpu));
         let on_cpu = cpu_model.decode(&z).unwrap();
         let on_gpu = t
@@ -442,16 +454,16 @@ fn on_a_gpu_training_works_and_agrees_with_the_cpu() {
             500,
             false,
             1,
-            false,
+            &mut |_, _| {},
         )
         .unwrap();
         let iw_cpu = evaluate_iw(
-            &cpu_model,
+            cpu_model.as_ref(),
             &images_tensor(&val, Device::Cpu),
             500,
             false,
             1,
-            false,
+            &mut |_, _| {},
         )
         .unwrap();
         let noise = iw_gpu.std_error.hypot(iw_cpu.std_error);
@@ -484,27 +496,8 @@ fn checkpoint_fuzz_regressions_are_errors_not_panics() {
 }
 
 #[test]
-fn patience_counts_epochs_since_the_best() {
-    let h = |v: &[f64]| {
-        v.iter()
-            .enumerate()
-            .map(|(i, &e)| EpochMetrics {
-                epoch: i + 1,
-                val_elbo: e,
-                ..Default::default()
-            })
-            .collect::<Vec<_>>()
-    };
-    assert!(!patience_exhausted(&h(&[-100.0, -99.0, -98.0]), 1));
-    assert!(!patience_exhausted(&h(&[-100.0, -98.0, -99.0]), 2));
-    assert!(patience_exhausted(&h(&[-100.0, -98.0, -99.0, -98.5]), 2));
-    assert!(!patience_exhausted(&[], 1));
-}
-
-#[test]
 fn iwae_objective_free_bits_and_cosine_schedule_train() {
     let _g = lock();
-    let (train, val) = data();
     for cfg in [
         TrainConfig {
             objective: Objective::Iwae,
@@ -520,7 +513,7 @@ fn iwae_objective_free_bits_and_cosine_schedule_train() {
         },
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = Trainer::new(dir.path(), tiny_model(), cfg.clone(), &train, &val).unwrap();
+        let mut t = start(dir.path(), tiny_model(), cfg.clone()).unwrap();
         assert_eq!(t.run().unwrap(), Outcome::Completed);
         let h = &t.state().history;
         assert!(h[2].val_elbo > h[0].val_elbo - 1.0, "{cfg:?}: {h:?}");
@@ -535,7 +528,6 @@ fn iwae_objective_free_bits_and_cosine_schedule_train() {
 #[test]
 fn vamp_prior_residual_blocks_adamw_and_adamax_train() {
     let _g = lock();
-    let (train, val) = data();
     let vamp = ConvVaeConfig {
         prior: vae_model::Prior::Vamp { components: 6 },
         res_blocks: 1,
@@ -560,28 +552,27 @@ fn vamp_prior_residual_blocks_adamw_and_adamax_train() {
         ),
     ] {
         let dir = tempfile::tempdir().unwrap();
-        let mut t = Trainer::new(dir.path(), model.clone(), cfg.clone(), &train, &val).unwrap();
+        let mut t = start(dir.path(), model.clone(), cfg.clone()).unwrap();
         assert_eq!(t.run().unwrap(), Outcome::Completed);
         let h = &t.state().history;
         assert!(h[2].val_elbo > h[0].val_elbo, "{model:?} {cfg:?}: {h:?}");
         // The checkpoint rebuilds the same architecture.
-        let (m, _, _) = Checkpoint::load(dir.path().join(files::BEST))
+        let m = Checkpoint::load(dir.path().join(files::BEST))
             .unwrap()
             .into_model(Device::Cpu)
-            .unwrap();
-        assert_eq!(m.config(), &model);
+            .unwrap()
+            .model;
+        assert_eq!(m.config(), model.clone().into());
     }
     // Free bits need the standard prior's per-dimension KL.
     let dir = tempfile::tempdir().unwrap();
-    let err = Trainer::new(
+    let err = start(
         dir.path(),
         vamp,
         TrainConfig {
             free_bits: 0.5,
             ..tiny_train(1)
         },
-        &train,
-        &val,
     )
     .unwrap_err();
     assert!(err.to_string().contains("VampPrior"), "{err}");
@@ -596,13 +587,13 @@ fn vamp_prior_residual_blocks_adamw_and_adamax_train() {
 #[test]
 fn ema_is_evaluated_saved_as_best_and_resumed_exactly() {
     let _g = lock();
-    let (train, val) = data();
+    let (_, val) = data();
     let cfg = |epochs| TrainConfig {
         ema_decay: Some(0.9),
         ..tiny_train(epochs)
     };
     let straight = tempfile::tempdir().unwrap();
-    let mut a = Trainer::new(straight.path(), tiny_model(), cfg(2), &train, &val).unwrap();
+    let mut a = start(straight.path(), tiny_model(), cfg(2)).unwrap();
     a.run().unwrap();
     // best.safetensors holds the average, last.safetensors the live weights plus the average.
     let last = Checkpoint::load(straight.path().join(files::LAST)).unwrap();
@@ -610,7 +601,11 @@ fn ema_is_evaluated_saved_as_best_and_resumed_exactly() {
     let ema = last
         .ema(&names, Device::Cpu)
         .expect("the average is stored");
-    let (_, best_vs, best) = Checkpoint::load(straight.path().join(files::BEST))
+    let LoadedModel {
+        vars: best_vs,
+        checkpoint: best,
+        ..
+    } = Checkpoint::load(straight.path().join(files::BEST))
         .unwrap()
         .into_model(Device::Cpu)
         .unwrap();
@@ -624,23 +619,24 @@ fn ema_is_evaluated_saved_as_best_and_resumed_exactly() {
     }
     assert!(differs > 0.0, "the average lags the live weights");
     // The reported validation ELBO is the average's: re-evaluating it gives the same figure.
-    let (avg_model, _avg_vs, _) = Checkpoint::load(straight.path().join(files::BEST))
+    let avg_model = Checkpoint::load(straight.path().join(files::BEST))
         .unwrap()
         .into_model(Device::Cpu)
-        .unwrap();
+        .unwrap()
+        .model;
     let val_x = images_tensor(&val, Device::Cpu);
     let epoch_of_best = best.state.history.len();
     let want = a.state().history[epoch_of_best - 1].val_elbo;
     // The trainer's fixed validation seed (trainer.rs), so the noise is the same draw.
-    let again = evaluate_elbo(&avg_model, &val_x, true, 0x5EED_0F7A_1100).unwrap();
+    let again = evaluate_elbo(avg_model.as_ref(), &val_x, true, 0x5EED_0F7A_1100).unwrap();
     assert!((again.elbo - want).abs() < 1e-6, "{} vs {want}", again.elbo);
 
     // One epoch, resume, one more: identical live weights and average.
     let split = tempfile::tempdir().unwrap();
-    let mut b = Trainer::new(split.path(), tiny_model(), cfg(1), &train, &val).unwrap();
+    let mut b = start(split.path(), tiny_model(), cfg(1)).unwrap();
     b.run().unwrap();
     drop(b);
-    let mut b = Trainer::resume(split.path(), &train, &val, |c| c.epochs = 2).unwrap();
+    let mut b = Trainer::resume(split.path(), &bars(144), |c| c.epochs = 2).unwrap();
     b.run().unwrap();
     assert_same_weights(a.var_store(), b.var_store());
     let ema_b = Checkpoint::load(split.path().join(files::LAST))

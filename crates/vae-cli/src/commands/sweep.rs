@@ -4,55 +4,15 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use tch::{Device, Kind};
 use vae_data::{MnistDataset, Split};
 use vae_model::ConvVaeConfig;
+use vae_model::latent::active_units;
 use vae_train::{
-    Checkpoint, TrainConfig, Trainer, evaluate_iw, files, images_tensor, parse_device,
+    Checkpoint, RunConfig, TrainConfig, Trainer, encode_images, evaluate_iw, files, images_tensor,
 };
 
-use crate::explore::encode_all;
-
-/// Options of `vae sweep`.
-#[derive(clap::Args, Debug)]
-pub struct SweepArgs {
-    /// Latent sizes to train, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "2,8,16,32,64")]
-    pub latent_dims: Vec<i64>,
-    /// Epochs per model.
-    #[arg(long, default_value_t = 10)]
-    pub epochs: usize,
-    /// Also train each size with tied encoder/decoder conv weights.
-    #[arg(long)]
-    pub tie_weights: bool,
-    /// Folder holding the four MNIST-format IDX files.
-    #[arg(long, default_value = "data/mnist")]
-    pub data: PathBuf,
-    /// Directory for the runs and the table [default: runs/sweep-<timestamp>].
-    #[arg(long)]
-    pub out: Option<PathBuf>,
-    /// Importance samples for the test NLL.
-    #[arg(long, default_value_t = 100)]
-    pub iw_samples: i64,
-    /// Test images for the NLL and active units (the first N).
-    #[arg(long, default_value_t = 1000)]
-    pub iw_images: usize,
-    /// Examples per step.
-    #[arg(long, default_value_t = 128)]
-    pub batch_size: usize,
-    /// Training images held out for validation.
-    #[arg(long, default_value_t = 10_000)]
-    pub validation_size: usize,
-    /// auto, cpu, cuda or cuda:N.
-    #[arg(long, default_value = "auto")]
-    pub device: String,
-    /// libtorch CPU threads.
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// Seed shared by every model.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-}
+use crate::args::SweepArgs;
+use crate::progress::{EpochBar, iw_bar};
 
 /// One row of the table.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -67,14 +27,6 @@ pub struct SweepRow {
     pub train_seconds: f64,
 }
 
-/// Units whose posterior mean varies across inputs: Cov_x(E_q[z_i]) > 0.01 (Burda et al. 2016).
-pub fn active_units(mu: &tch::Tensor) -> i64 {
-    mu.var_dim(0, true, false)
-        .gt(0.01)
-        .sum(Kind::Int64)
-        .int64_value(&[])
-}
-
 pub fn run(a: SweepArgs) -> Result<u8> {
     if a.latent_dims.is_empty() || a.latent_dims.iter().any(|&d| d < 1) {
         bail!(
@@ -85,12 +37,9 @@ pub fn run(a: SweepArgs) -> Result<u8> {
     if a.iw_samples < 1 || a.iw_images == 0 {
         bail!("--iw-samples and --iw-images must be at least 1");
     }
-    let device = parse_device(&a.device)?;
+    let device = a.device.resolve()?;
     let full = MnistDataset::load(&a.data, Split::Train).context("cannot load the training set")?;
     let test = MnistDataset::load(&a.data, Split::Test).context("cannot load the test set")?;
-    let (train, val) = full.split_validation(a.validation_size)?;
-    drop(full);
-    let (h, w) = train.image_size();
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
             "sweep-{}",
@@ -109,44 +58,52 @@ pub fn run(a: SweepArgs) -> Result<u8> {
             vec![false]
         } {
             let name = format!("z{d}{}", if tie { "-tied" } else { "" });
-            let model_cfg = ConvVaeConfig {
-                latent_dim: d,
-                tie_weights: tie,
-                input_height: h as i64,
-                input_width: w as i64,
-                ..ConvVaeConfig::default()
-            };
-            let train_cfg = TrainConfig {
-                epochs: a.epochs,
-                batch_size: a.batch_size,
-                seed: a.seed,
-                device: a.device.clone(),
-                threads: a.threads,
-                validation_size: a.validation_size,
-                ..TrainConfig::default()
+            let run = RunConfig {
+                model: ConvVaeConfig {
+                    latent_dim: d,
+                    tie_weights: tie,
+                    ..ConvVaeConfig::default()
+                }
+                .into(),
+                train: TrainConfig {
+                    epochs: a.epochs,
+                    batch_size: a.batch_size,
+                    seed: a.seed,
+                    device: a.device,
+                    threads: a.threads,
+                    validation_size: a.validation_size,
+                    ..TrainConfig::default()
+                },
             };
             eprintln!("sweep: training {name} ({} epochs)", a.epochs);
-            let mut trainer = Trainer::new(out.join(&name), model_cfg, train_cfg, &train, &val)?;
-            trainer.set_progress(true);
+            let mut trainer = Trainer::start(out.join(&name), &full, run)?;
+            trainer.observe(EpochBar::default());
             trainer.run()?;
             let seconds: f64 = trainer.state().history.iter().map(|m| m.seconds).sum();
             drop(trainer);
-            let (model, vs, ckpt) =
-                Checkpoint::load(out.join(&name).join(files::BEST))?.into_model(device)?;
+            let loaded = Checkpoint::load(out.join(&name).join(files::BEST))?.into_model(device)?;
+            let model = loaded.model.as_ref();
+            let pb = iw_bar(a.iw_samples, n_iw as usize, true);
             let iw = evaluate_iw(
-                &model,
+                model,
                 &test_x.narrow(0, 0, n_iw),
                 a.iw_samples,
                 true,
                 123,
-                true,
+                &mut |done, _| pb.set_position(done as u64),
             )?;
-            let (mu, _) = encode_all(&model, &test_x.narrow(0, 0, n_iw).to_device(Device::Cpu))?;
+            pb.finish_and_clear();
+            let (mu, _) = encode_images(model, &test_x.narrow(0, 0, n_iw))?;
             let row = SweepRow {
                 latent_dim: d,
                 tie_weights: tie,
-                parameters: vs.variables().values().map(|t| t.numel() as i64).sum(),
-                val_elbo: ckpt.state.best_val_elbo.unwrap_or(f64::NAN),
+                parameters: loaded
+                    .vars
+                    .variables()
+                    .values()
+                    .map(|t| t.numel() as i64)
+                    .sum(),
+                val_elbo: loaded.checkpoint.state.best_val_elbo.unwrap_or(f64::NAN),
                 test_iw_nll: -iw.log_likelihood,
                 test_iw_std_error: iw.std_error,
                 active_units: active_units(&mu),
@@ -191,8 +148,8 @@ pub fn run(a: SweepArgs) -> Result<u8> {
             r.train_seconds
         ));
     }
-    vae_train::write_atomic(&out.join("sweep.md"), md.as_bytes())?;
-    vae_train::write_atomic(&out.join("sweep.csv"), csv.as_bytes())?;
+    vae_data::write_atomic(&out.join("sweep.md"), md.as_bytes())?;
+    vae_data::write_atomic(&out.join("sweep.csv"), csv.as_bytes())?;
     print!("{md}");
     println!(
         "wrote {} and {}",

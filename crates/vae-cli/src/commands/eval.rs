@@ -1,59 +1,41 @@
 //! `vae eval`.
 
-use std::path::PathBuf;
-
 use anyhow::{Result, bail};
 use vae_data::Split;
 use vae_train::{evaluate_elbo, evaluate_iw, images_tensor};
 
-use crate::explore::{ModelArgs, load_split};
-
-/// Options of `vae eval`.
-#[derive(clap::Args, Debug)]
-pub struct EvalArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Folder holding the MNIST-format test files.
-    #[arg(long, default_value = "data/mnist")]
-    pub data: PathBuf,
-    /// Importance samples per image for the log-likelihood estimate (0 skips it).
-    #[arg(long, default_value_t = 1000)]
-    pub iw_samples: i64,
-    /// Test images for the importance-weighted estimate (the first N) [default: all].
-    #[arg(long)]
-    pub images: Option<usize>,
-    /// Seed of the binarisation and sampling noise.
-    #[arg(long, default_value_t = 123)]
-    pub seed: u64,
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::args::EvalArgs;
+use crate::commands::load_split;
+use crate::progress::iw_bar;
 
 pub fn run(args: EvalArgs) -> Result<u8> {
     if args.iw_samples < 0 {
         bail!("--iw-samples must be at least 0, got {}", args.iw_samples);
     }
     let path = args.model.path()?;
-    let (model, _vs, ckpt) = args.model.load()?;
+    let loaded = args.model.load()?;
+    let (model, ckpt) = (loaded.model.as_ref(), &loaded.checkpoint);
     let device = model.device();
-    let test = load_split(&args.data, Split::Test, &model)?;
+    let test = load_split(&args.data, Split::Test, model)?;
     let binarize = ckpt.train_config.binarize;
     let x = images_tensor(&test, device);
-    let elbo = evaluate_elbo(&model, &x, binarize, args.seed)?;
+    let elbo = evaluate_elbo(model, &x, binarize, args.seed)?;
     let iw = if args.iw_samples > 0 {
         let n = args.images.unwrap_or(test.len()).min(test.len());
         if n == 0 {
             bail!("--images must be at least 1");
         }
-        Some(evaluate_iw(
-            &model,
+        let pb = iw_bar(args.iw_samples, n, !args.json);
+        let estimate = evaluate_iw(
+            model,
             &x.narrow(0, 0, n as i64),
             args.iw_samples,
             binarize,
             args.seed,
-            !args.json,
-        )?)
+            &mut |done, _| pb.set_position(done as u64),
+        )?;
+        pb.finish_and_clear();
+        Some(estimate)
     } else {
         None
     };

@@ -2,13 +2,7 @@
 
 use anyhow::Result;
 
-/// Options of `vae info`.
-#[derive(clap::Args, Debug)]
-pub struct InfoArgs {
-    /// Print JSON instead of text.
-    #[arg(long)]
-    pub json: bool,
-}
+use crate::args::InfoArgs;
 
 pub fn run(a: InfoArgs) -> Result<u8> {
     let has_cuda = vae_train::libtorch_has_cuda();
@@ -17,7 +11,7 @@ pub fn run(a: InfoArgs) -> Result<u8> {
     } else {
         0
     };
-    let auto = vae_train::parse_device("auto").map(vae_train::device_name)?;
+    let auto = vae_train::device_name(vae_train::Device::Auto.resolve()?);
     if a.json {
         let v = serde_json::json!({
             "libtorch_has_cuda": has_cuda,

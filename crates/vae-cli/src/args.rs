@@ -1,0 +1,418 @@
+//! The command line: every command's arguments, apart from the logic in `commands/`.
+
+// Doc comments here are the command-line help text, where `<run>` and `[...]` are plain text.
+#![allow(rustdoc::invalid_html_tags, rustdoc::broken_intra_doc_links)]
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use vae_train::{Device, LrSchedule, Objective, Optimizer, Precision, Preset};
+
+#[derive(Parser)]
+#[command(
+    name = "vae",
+    version,
+    about = "Train, evaluate and sample convolutional VAEs on MNIST-format data (libtorch, CPU or CUDA)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Train a VAE (default: the reference conv VAE with a VampPrior, 36 epochs on data/mnist; see --preset).
+    #[command(allow_negative_numbers = true)]
+    Train(Box<TrainArgs>),
+    /// Evaluate a run on the test set: ELBO and importance-weighted log-likelihood.
+    #[command(allow_negative_numbers = true)]
+    Eval(EvalArgs),
+    /// Draw a grid of images from the prior.
+    Sample(SampleArgs),
+    /// Show test images above their reconstructions.
+    Reconstruct(ReconstructArgs),
+    /// Decode the path between two test images' latent means.
+    Interpolate(InterpolateArgs),
+    /// The decoded latent manifold (2-D latents) or per-dimension traversals (larger ones).
+    Manifold(ManifoldArgs),
+    /// Latent means and log-variances as CSV (and .npy), with an optional scatter plot.
+    Latents(LatentsArgs),
+    /// Train one model per latent size and compare them.
+    #[command(allow_negative_numbers = true)]
+    Sweep(SweepArgs),
+    /// Write the weights with the PyTorch reference module's parameter names.
+    Export(ExportArgs),
+    /// What libtorch can do here: CUDA, devices, threads.
+    Info(InfoArgs),
+}
+
+/// Options of `vae train`. Precedence: the preset (`default` unless named), then the keys
+/// a `--config` file names, then flags.
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Folder holding the four MNIST-format IDX files (gzip or not).
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Run directory for checkpoints, metrics and pictures [default: runs/<timestamp>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in this directory from its last checkpoint (`--epochs`, `--device`
+    /// and `--threads` may change; the model and training settings are the run's own).
+    #[arg(long, conflicts_with_all = ["out", "config", "RunSettings"])]
+    pub resume: Option<PathBuf>,
+    /// TOML file with [model] and [train] tables (see a run's config.toml); the keys it names
+    /// replace the preset's.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Passes over the training set [default: 36; preset fast 10, best 100].
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// auto, cpu, cuda or cuda:N [default: auto].
+    #[arg(long)]
+    pub device: Option<Device>,
+    /// libtorch CPU threads [default: one per core].
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Stop after this many steps (benchmarks).
+    #[arg(long, hide = true)]
+    pub max_steps: Option<u64>,
+    /// Benchmarks: run this many warm-up steps first, then `--max-steps` timed ones, and print
+    /// the timed steps' images/s as a JSON line (as the PyTorch peer skips its warm-up steps).
+    #[arg(long, hide = true, requires = "max_steps", conflicts_with = "resume")]
+    pub untimed_steps: Option<u64>,
+    #[command(flatten)]
+    pub settings: RunSettings,
+}
+
+/// The model and training settings of a new run (a resumed run keeps its own).
+#[derive(clap::Args, Debug, Default)]
+pub struct RunSettings {
+    /// Start from a preset: `default` (the best model measured to train in 10 minutes on 2 CPU
+    /// cores: the reference conv VAE with a 100-component VampPrior, Adam 4e-3 peak with 300
+    /// warm-up steps and cosine decay to 1e-4, 36 epochs); `fast` (the PyTorch reference's
+    /// model and protocol: standard prior, constant Adam 1e-3, 10 epochs); `best` (for longer
+    /// runs or a GPU: VampPrior of 500, a residual block per level, 100 epochs). --config and
+    /// flags override it.
+    #[arg(long, value_enum)]
+    pub preset: Option<Preset>,
+    /// Dimension of the latent z [default: 32].
+    #[arg(long)]
+    pub latent_dim: Option<i64>,
+    /// Widths of the encoder's stride-2 convs, comma-separated [default: 32,64].
+    #[arg(long, value_delimiter = ',')]
+    pub channels: Option<Vec<i64>>,
+    /// Add a dense hidden layer of this width to encoder and decoder.
+    #[arg(long)]
+    pub hidden_dim: Option<i64>,
+    /// Residual blocks (two 3x3 convs and a skip) at each conv level of encoder and decoder
+    /// [default: 0].
+    #[arg(long)]
+    pub res_blocks: Option<usize>,
+    /// Add an autoregressive head of this width over the decoder's logits (PixelCNN-style
+    /// masked convs: each pixel also conditioned on the pixels before it; sampling becomes
+    /// pixel by pixel) [default: off; 0 turns it off].
+    #[arg(long)]
+    pub pixel_head: Option<i64>,
+    /// Masked conv layers of the pixel head [default: 3].
+    #[arg(long)]
+    pub pixel_head_layers: Option<usize>,
+    /// Prior p(z): standard (N(0, I)) or vamp (VampPrior, a mixture of the posteriors of
+    /// --pseudo-inputs learned images) [default: vamp; preset fast: standard].
+    #[arg(long, value_enum)]
+    pub prior: Option<PriorKind>,
+    /// Pseudo-inputs K of the VampPrior [default: 100; preset best: 500].
+    #[arg(long)]
+    pub pseudo_inputs: Option<i64>,
+    /// Examples per step [default: 128].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Adam's (peak) learning rate [default: 0.004].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Random seed [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Weight of the KL term (β-VAE) [default: 1].
+    #[arg(long)]
+    pub beta: Option<f64>,
+    /// Steps of linear KL warm-up from 0 to β [default: 0].
+    #[arg(long)]
+    pub kl_warmup_steps: Option<u64>,
+    /// Clip the global gradient norm to this value.
+    #[arg(long)]
+    pub grad_clip: Option<f64>,
+    /// Train on continuous intensities instead of dynamically binarised pixels.
+    #[arg(long)]
+    pub no_binarize: bool,
+    /// Training images held out for validation [default: 10000].
+    #[arg(long)]
+    pub validation_size: Option<usize>,
+    /// Training objective: elbo, or iwae (the importance-weighted bound with --iw-k samples).
+    #[arg(long, value_enum)]
+    pub objective: Option<Objective>,
+    /// Importance samples of the iwae objective [default: 5].
+    #[arg(long)]
+    pub iw_k: Option<i64>,
+    /// Free bits: a floor in nats on each latent dimension's batch-mean KL [default: 0, off].
+    #[arg(long)]
+    pub free_bits: Option<f64>,
+    /// Learning-rate schedule after the warm-up [default: cosine].
+    #[arg(long, value_enum)]
+    pub lr_schedule: Option<LrSchedule>,
+    /// Steps of linear learning-rate warm-up [default: 300].
+    #[arg(long)]
+    pub warmup_steps: Option<u64>,
+    /// Final learning rate of the cosine schedule [default: 0.0001].
+    #[arg(long)]
+    pub min_lr: Option<f64>,
+    /// Stop when the validation ELBO has not improved for this many epochs.
+    #[arg(long)]
+    pub patience: Option<usize>,
+    /// Update rule (adamw with --weight-decay) [default: adam].
+    #[arg(long, value_enum)]
+    pub optimizer: Option<Optimizer>,
+    /// AdamW's decoupled weight decay [default: 0].
+    #[arg(long)]
+    pub weight_decay: Option<f64>,
+    /// Evaluate and keep an exponential moving average of the weights with this decay
+    /// (e.g. 0.999) [default: off].
+    #[arg(long)]
+    pub ema_decay: Option<f64>,
+    /// Arithmetic: fp32, or bf16 (opt-in: bf16 convs and dense layers, f32 weights and losses;
+    /// the final test ELBO is always measured in fp32) [default: fp32].
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
+}
+
+/// The prior's kind on the command line (`--pseudo-inputs` gives the VampPrior's size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PriorKind {
+    /// N(0, I).
+    Standard,
+    /// The VampPrior.
+    Vamp,
+}
+
+/// Where a model comes from: a run directory (and which of its checkpoints) or a file.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Run directory made by `vae train`, or a checkpoint file.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Which checkpoint of a run directory.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    pub checkpoint: Which,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t = Device::Auto)]
+    pub device: Device,
+}
+
+/// A run directory's checkpoints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Which {
+    /// `best.safetensors`: the best validation ELBO.
+    Best,
+    /// `last.safetensors`: where training stopped.
+    Last,
+}
+
+/// Options of `vae eval`.
+#[derive(clap::Args, Debug)]
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Folder holding the MNIST-format test files.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Importance samples per image for the log-likelihood estimate (0 skips it).
+    #[arg(long, default_value_t = 1000)]
+    pub iw_samples: i64,
+    /// Test images for the importance-weighted estimate (the first N) [default: all].
+    #[arg(long)]
+    pub images: Option<usize>,
+    /// Seed of the binarisation and sampling noise.
+    #[arg(long, default_value_t = 123)]
+    pub seed: u64,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Options of `vae sample`.
+#[derive(clap::Args, Debug)]
+pub struct SampleArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Number of samples (a square-ish grid, 8 per row).
+    #[arg(short = 'n', long, default_value_t = 64)]
+    pub n: i64,
+    /// Seed of the latents and pixels.
+    #[arg(long, default_value_t = 0)]
+    pub seed: i64,
+    /// Scale of the prior's standard deviation (below 1: more typical samples).
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f64,
+    /// Show the likelihood's means (pixel probabilities) instead of samples.
+    #[arg(long)]
+    pub mean: bool,
+    /// Output PNG [default: <run>/sample.png].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Options of `vae reconstruct`.
+#[derive(clap::Args, Debug)]
+pub struct ReconstructArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Number of test images.
+    #[arg(short = 'n', long, default_value_t = 32)]
+    pub n: i64,
+    /// Folder holding the MNIST-format test files.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Output PNG [default: <run>/reconstruct.png].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Options of `vae interpolate`.
+#[derive(clap::Args, Debug)]
+pub struct InterpolateArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Index of the first test image.
+    #[arg(long)]
+    pub from: usize,
+    /// Index of the second test image.
+    #[arg(long)]
+    pub to: usize,
+    /// Decoded points along the path (endpoints included).
+    #[arg(long, default_value_t = 10)]
+    pub steps: i64,
+    /// Spherical instead of linear interpolation.
+    #[arg(long)]
+    pub slerp: bool,
+    /// Folder holding the MNIST-format test files.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Output PNG [default: <run>/interpolate-<from>-<to>.png].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Options of `vae manifold`.
+#[derive(clap::Args, Debug)]
+pub struct ManifoldArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Points per axis (2-D latents) or per traversal row.
+    #[arg(long, default_value_t = 20)]
+    pub grid: i64,
+    /// For larger latents: the test image whose latent mean is traversed.
+    #[arg(long, default_value_t = 0)]
+    pub image: usize,
+    /// For larger latents: how many of the first dimensions to traverse.
+    #[arg(long, default_value_t = 10)]
+    pub dims: i64,
+    /// For larger latents: traverse each dimension over [-span, span].
+    #[arg(long, default_value_t = 3.0)]
+    pub span: f64,
+    /// Folder holding the MNIST-format test files (for traversals).
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Output PNG [default: <run>/manifold.png].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// Options of `vae latents`.
+#[derive(clap::Args, Debug)]
+pub struct LatentsArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Which split to encode.
+    #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+    pub split: SplitArg,
+    /// Folder holding the MNIST-format files.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// CSV of index, label, latent means and log-variances [default: <run>/latents.csv].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Also write the latent means as a float32 `.npy` array (N x latent).
+    #[arg(long)]
+    pub npy: Option<PathBuf>,
+    /// Also draw a 2-D scatter coloured by label (the first two dims of a 2-D latent, else
+    /// the first two principal components of the means).
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+/// A data split on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SplitArg {
+    /// The test files (`t10k-*`).
+    Test,
+    /// The training files (`train-*`).
+    Train,
+}
+
+/// Options of `vae sweep`.
+#[derive(clap::Args, Debug)]
+pub struct SweepArgs {
+    /// Latent sizes to train, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "2,8,16,32,64")]
+    pub latent_dims: Vec<i64>,
+    /// Epochs per model.
+    #[arg(long, default_value_t = 10)]
+    pub epochs: usize,
+    /// Also train each size with tied encoder/decoder conv weights.
+    #[arg(long)]
+    pub tie_weights: bool,
+    /// Folder holding the four MNIST-format IDX files.
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Directory for the runs and the table [default: runs/sweep-<timestamp>].
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Importance samples for the test NLL.
+    #[arg(long, default_value_t = 100)]
+    pub iw_samples: i64,
+    /// Test images for the NLL and active units (the first N).
+    #[arg(long, default_value_t = 1000)]
+    pub iw_images: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 128)]
+    pub batch_size: usize,
+    /// Training images held out for validation.
+    #[arg(long, default_value_t = 10_000)]
+    pub validation_size: usize,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value_t = Device::Auto)]
+    pub device: Device,
+    /// libtorch CPU threads.
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// Seed shared by every model.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+/// Options of `vae export`.
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Output safetensors file, loadable by the PyTorch reference module.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+/// Options of `vae info`.
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}

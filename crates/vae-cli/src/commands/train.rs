@@ -1,0 +1,302 @@
+//! `vae train`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use tch::Device;
+use vae_data::{MnistDataset, Split};
+use vae_model::{PixelHead, Prior};
+use vae_train::{
+    Checkpoint, EpochMetrics, Outcome, RunConfig, TrainConfig, Trainer, device_name, evaluate_elbo,
+    files, images_tensor,
+};
+
+use crate::EXIT_INTERRUPTED;
+use crate::args::{PriorKind, RunSettings, TrainArgs};
+use crate::commands::reconstruct::reconstruction_grid;
+use crate::curves::write_curves;
+use crate::grid::save_grid;
+use crate::progress::EpochBar;
+
+/// The VampPrior's pseudo-inputs when `--prior vamp` names no count.
+const DEFAULT_PSEUDO_INPUTS: i64 = 100;
+
+/// The flags of a new run laid over `run`.
+fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
+    let t = &mut run.train;
+    macro_rules! set {
+        ($($field:ident),+) => {
+            $(if let Some(v) = s.$field.clone() {
+                t.$field = v;
+            })+
+        };
+    }
+    set!(
+        batch_size,
+        lr,
+        seed,
+        beta,
+        kl_warmup_steps,
+        validation_size,
+        objective,
+        iw_k
+    );
+    set!(
+        free_bits,
+        lr_schedule,
+        warmup_steps,
+        min_lr,
+        optimizer,
+        weight_decay,
+        precision
+    );
+    if let Some(v) = s.grad_clip {
+        t.grad_clip = Some(v);
+    }
+    if let Some(v) = s.patience {
+        t.patience = Some(v);
+    }
+    if let Some(v) = s.ema_decay {
+        t.ema_decay = Some(v);
+    }
+    if s.no_binarize {
+        t.binarize = false;
+    }
+    let Some(m) = run.model.as_conv_mut() else {
+        bail!("the model flags describe the conv VAE; set this model kind's keys in --config");
+    };
+    if let Some(v) = s.latent_dim {
+        m.latent_dim = v;
+    }
+    if let Some(v) = &s.channels {
+        m.channels = v.clone();
+    }
+    if let Some(v) = s.hidden_dim {
+        m.hidden_dim = Some(v);
+    }
+    if let Some(v) = s.res_blocks {
+        m.res_blocks = v;
+    }
+    match (s.pixel_head, s.pixel_head_layers) {
+        (Some(0), _) => m.pixel_head = None,
+        (Some(channels), layers) => {
+            let base = m.pixel_head.unwrap_or_default();
+            m.pixel_head = Some(PixelHead {
+                channels,
+                layers: layers.unwrap_or(base.layers),
+            });
+        }
+        (None, Some(layers)) => match &mut m.pixel_head {
+            Some(head) => head.layers = layers,
+            None => bail!("--pixel-head-layers needs --pixel-head CHANNELS"),
+        },
+        (None, None) => {}
+    }
+    if let Some(kind) = s.prior {
+        m.prior = match kind {
+            PriorKind::Standard => Prior::Standard,
+            PriorKind::Vamp => Prior::Vamp {
+                components: s.pseudo_inputs.unwrap_or(DEFAULT_PSEUDO_INPUTS),
+            },
+        };
+    }
+    if let Some(k) = s.pseudo_inputs {
+        match &mut m.prior {
+            Prior::Vamp { components } => *components = k,
+            Prior::Standard => bail!("--pseudo-inputs needs --prior vamp"),
+        }
+    }
+    Ok(())
+}
+
+/// The run a new `vae train` asks for: preset, then `--config`, then flags.
+fn run_config(args: &TrainArgs) -> Result<RunConfig> {
+    let mut run = RunConfig::preset(args.settings.preset.unwrap_or_default());
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config {}", path.display()))?;
+        run = run
+            .overlay_toml(&text)
+            .with_context(|| format!("invalid config {}", path.display()))?;
+    }
+    apply_settings(&args.settings, &mut run)?;
+    if let Some(v) = args.epochs {
+        run.train.epochs = v;
+    }
+    if let Some(v) = args.device {
+        run.train.device = v;
+    }
+    if let Some(v) = args.threads {
+        run.train.threads = Some(v);
+    }
+    if let Some(v) = args.max_steps {
+        run.train.max_steps = Some(v);
+    }
+    Ok(run)
+}
+
+/// Raises `flag` on the first Ctrl-C; a second one exits at once.
+fn install_interrupt_handler() -> Arc<AtomicBool> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let f = Arc::clone(&flag);
+    let _ = ctrlc::set_handler(move || {
+        if f.swap(true, Ordering::SeqCst) {
+            std::process::exit(i32::from(EXIT_INTERRUPTED));
+        }
+        eprintln!(
+            "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to quit at once)"
+        );
+    });
+    flag
+}
+
+pub fn run(args: TrainArgs) -> Result<u8> {
+    let mut trainer = make_trainer(&args)?;
+    let dir = trainer.run_dir().to_path_buf();
+    eprintln!(
+        "training on {} ({} threads), run directory {}",
+        device_name(trainer.device()),
+        tch::get_num_threads(),
+        dir.display()
+    );
+    trainer.observe(EpochBar::default());
+    // Loaded once: the per-epoch test ELBO and the final pictures use it (set_test_set also
+    // checks its image size against the model's).
+    let test = MnistDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
+    trainer.set_test_set(&test)?;
+    trainer.set_interrupt_flag(install_interrupt_handler());
+    let outcome = match (args.untimed_steps, args.max_steps) {
+        (Some(warmup), Some(timed)) => run_timed(&mut trainer, warmup, timed)?,
+        _ => trainer.run()?,
+    };
+    for m in trainer.state().history.iter().rev().take(1) {
+        eprintln!(
+            "epoch {}: train ELBO {:.2}, validation ELBO {:.2} nats ({:.0} images/s)",
+            m.epoch, m.train_elbo, m.val_elbo, m.images_per_s
+        );
+    }
+    match outcome {
+        Outcome::Interrupted => {
+            eprintln!(
+                "interrupted at step {}: checkpoint written to {}; continue with `vae train --resume {}`",
+                trainer.state().step,
+                dir.join(files::LAST).display(),
+                dir.display()
+            );
+            return Ok(EXIT_INTERRUPTED);
+        }
+        Outcome::StepLimit => {
+            eprintln!(
+                "stopped at step {} (step limit); checkpoint in {}",
+                trainer.state().step,
+                dir.display()
+            );
+            return Ok(0);
+        }
+        Outcome::Completed => {}
+        Outcome::EarlyStopped => eprintln!("stopped early: the validation ELBO stopped improving"),
+    }
+    let device = trainer.device();
+    // The whole run's history for the curves (the best checkpoint's stops at its epoch).
+    let history = trainer.state().history.clone();
+    drop(trainer);
+    finish(&dir, &test, device, &history)?;
+    Ok(0)
+}
+
+/// `warmup` untimed steps, then `timed` steps whose images/s it prints on stdout as JSON
+/// (`--untimed-steps`, for `cargo xtask bench`). The timed steps must lie in one epoch: the
+/// trainer's per-epoch accumulators are what it reads.
+fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> {
+    trainer.set_max_steps(Some(warmup));
+    let first = trainer.run()?;
+    if first != Outcome::StepLimit {
+        return Ok(first);
+    }
+    let before = (
+        trainer.state().partial.clone(),
+        trainer.state().history.len(),
+    );
+    trainer.set_max_steps(Some(warmup + timed));
+    let outcome = trainer.run()?;
+    let after = &trainer.state().partial;
+    if outcome != Outcome::StepLimit || trainer.state().history.len() != before.1 {
+        bail!("--untimed-steps: the timed steps must end before the first epoch does");
+    }
+    let (examples, seconds) = (
+        after.examples - before.0.examples,
+        after.seconds - before.0.seconds,
+    );
+    println!(
+        "{}",
+        serde_json::json!({"timed_steps": timed, "seconds": seconds, "train_images_per_s": examples as f64 / seconds})
+    );
+    Ok(outcome)
+}
+
+/// Loads the data and starts (or resumes) the run. The host copy of the data is dropped on
+/// return: the trainer holds its own on the training device.
+fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
+    let data =
+        MnistDataset::load(&args.data, Split::Train).context("cannot load the training set")?;
+    let trainer = if let Some(dir) = &args.resume {
+        Trainer::resume(dir, &data, |c: &mut TrainConfig| {
+            if let Some(e) = args.epochs {
+                c.epochs = e;
+            }
+            if let Some(d) = args.device {
+                c.device = d;
+            }
+            if let Some(t) = args.threads {
+                c.threads = Some(t);
+            }
+            if let Some(s) = args.max_steps {
+                c.max_steps = Some(s);
+            }
+        })?
+    } else {
+        let run = run_config(args)?;
+        let out = args.out.clone().unwrap_or_else(|| {
+            PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
+        });
+        Trainer::start(&out, &data, run)?
+    };
+    Ok(trainer)
+}
+
+/// After training: pictures and the test ELBO of the best checkpoint, and the curves of the
+/// run's `history`.
+fn finish(dir: &Path, test: &MnistDataset, device: Device, history: &[EpochMetrics]) -> Result<()> {
+    let best = dir.join(files::BEST);
+    let loaded = Checkpoint::load(&best)?.into_model(device)?;
+    let (model, ckpt) = (loaded.model.as_ref(), &loaded.checkpoint);
+    let test_x = images_tensor(test, device);
+    tch::manual_seed(ckpt.train_config.seed as i64);
+    let samples = tch::no_grad(|| model.sample(64, 1.0))?;
+    save_grid(&dir.join("samples.png"), &samples, 8)?;
+    reconstruction_grid(model, &test_x, 16, &dir.join("reconstructions.png"))?;
+    write_curves(&dir.join("curves.png"), history)?;
+    // The VampPrior's learned pseudo-inputs: the images whose posteriors make up the prior.
+    if let Some(u) = tch::no_grad(|| model.prior_images()) {
+        let n = u.size()[0].min(100);
+        save_grid(&dir.join("pseudo_inputs.png"), &u.narrow(0, 0, n), 10)?;
+    }
+    let test_elbo = evaluate_elbo(model, &test_x, ckpt.train_config.binarize, 123)?;
+    println!(
+        "test ELBO {:.2} nats (KL {:.2}, reconstruction {:.2}; {} images, best checkpoint of epoch {})",
+        test_elbo.elbo,
+        test_elbo.kl,
+        test_elbo.reconstruction,
+        test_elbo.images,
+        ckpt.state.history.len()
+    );
+    println!(
+        "wrote {}, {} and {}",
+        dir.join("samples.png").display(),
+        dir.join("reconstructions.png").display(),
+        dir.join("curves.png").display()
+    );
+    Ok(())
+}
