@@ -8,8 +8,8 @@
 ///
 /// With a CUDA build of libtorch it also links `libtorch_cuda` unconditionally: nothing in our
 /// code names a symbol of it, so the linker's `--as-needed` would drop it, and libtorch would
-/// then report no CUDA at run time (`vae info` said `libtorch_has_cuda: false` on a cu130
-/// libtorch before session 4). Rust's `-as-needed` link modifier would say this more simply,
+/// then report no CUDA at run time (`vae info` would say `libtorch_has_cuda: false` on a
+/// cu130 libtorch). Rust's `-as-needed` link modifier would say this more simply,
 /// but it is nightly-only.
 fn link_libtorch() -> Option<std::path::PathBuf> {
     println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");

@@ -4,11 +4,9 @@
 //!
 //! A training step frees and reallocates the same few-MB activation buffers each time. glibc's
 //! malloc serves them with bin searches, consolidation and page faults on fresh heap; mimalloc
-//! reuses them from per-thread free lists. With freed memory kept committed
-//! ([`keep_freed_memory`]) a CPU training step of the reference model ran 1.04–1.06× faster
-//! (two runs of 8 alternating pairs of `vae train --preset fast`, every pair faster), and the
-//! fixed per-step cost at batch 2 fell by ~20%; peak RSS rose by ~90 MB
-//! (`docs/performance.md`).
+//! reuses them from per-thread free lists, and [`keep_freed_memory`] keeps freed memory
+//! committed for the next step. What it gave, and what it costs in peak RSS:
+//! `docs/performance.md`.
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

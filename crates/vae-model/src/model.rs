@@ -196,9 +196,8 @@ impl Deconv {
     fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
         let (weight, bias) = (cast(&self.weight, kind), cast(&self.bias, kind));
         // On the CPU, libtorch's default (oneDNN) transposed conv is slow for very few output
-        // channels (the last layer, to 1 channel: measured 2x slower fwd+bwd at batch 128 on
-        // 2 cores); its native im2col path is faster there in f32 (oneDNN keeps bf16). Both
-        // compute the same function.
+        // channels (the last layer, to 1 channel; docs/performance.md); its native im2col path
+        // is faster there in f32 (oneDNN keeps bf16). Both compute the same function.
         if x.device() == Device::Cpu && self.weight.size()[1] <= 4 && kind == Kind::Float {
             x.slow_conv_transpose2d(&weight, [4, 4], Some(&bias), [2, 2], [1, 1], [0, 0], [1, 1])
         } else {
@@ -248,11 +247,11 @@ struct WeightTerms {
 /// Layout: on the CPU the encoder's convs run on channels-last (NHWC) tensors. oneDNN, which
 /// libtorch runs them with, computes in NHWC or a blocked layout, and reorders a plain NCHW
 /// tensor into it before every conv and back after it; an NHWC encoder skips most of those
-/// reorders (1–6% of a training step of the reference model on 2 cores, ~3% typical, measured
-/// A/B in one process; `docs/performance.md`). The flattened grid is copied back to NCHW order for the dense head, so weights
+/// reorders. The flattened grid is copied back to NCHW order for the dense head, so weights
 /// and checkpoints are unchanged; the encoder's last ReLU runs after that copy, so its
-/// backward sees one layout (1.004–1.025× per step over 8 in-process A/B runs). The decoder stays NCHW: its last transposed conv runs
-/// libtorch's native kernel, which needs NCHW, and converting there cost more than it saved.
+/// backward sees one layout. The decoder stays NCHW: its last transposed conv runs libtorch's
+/// native kernel, which needs NCHW, and converting there cost more than it saved. (What each
+/// choice gave: `docs/performance.md`.)
 #[derive(Debug)]
 pub struct ConvVae {
     config: ConvVaeConfig,

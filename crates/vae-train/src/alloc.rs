@@ -2,8 +2,7 @@
 //!
 //! libtorch allocates and frees the same large activation buffers every step. glibc's malloc
 //! serves blocks above its (dynamic) mmap threshold with fresh `mmap`s and returns freed heap
-//! tops to the kernel, so each step pays for new pages: measured here, a quarter of a CPU step
-//! went to page faults. Raising the mmap threshold to its maximum and the trim threshold far
+//! tops to the kernel, so each step can pay for new pages. Raising the mmap threshold to its maximum and the trim threshold far
 //! above it keeps those buffers in the heap and reuses them.
 //!
 //! The `vae` binary goes further and replaces glibc's malloc with mimalloc for the whole
