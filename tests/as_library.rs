@@ -68,7 +68,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut run = RunConfig::default();
     run.train.epochs = 1;
     run.train.batch_size = 32;
-    run.train.validation_size = 40;
+    run.train.validation_size = Some(40);
     run.train.device = Device::Cpu;
     let run_dir = dir.join("run");
     let mut trainer = Trainer::start(&run_dir, &data, run)?;

@@ -282,6 +282,7 @@ fn exported_weights_load_into_the_pytorch_reference_module() {
         "export",
         "--run",
         run.to_str().unwrap(),
+        "--reference-names",
         "--out",
         exported.to_str().unwrap(),
     ]);

@@ -86,7 +86,7 @@ fn the_default_model_learns_digits_in_two_hundred_steps() {
         train: TrainConfig {
             epochs: 1,
             device: Device::Cpu,
-            validation_size: 1_000,
+            validation_size: Some(1_000),
             ..TrainConfig::default()
         },
     };

@@ -40,7 +40,7 @@ pub enum Command {
     /// Train one model per latent size and compare them.
     #[command(allow_negative_numbers = true)]
     Sweep(SweepArgs),
-    /// Write the weights with the PyTorch reference module's parameter names.
+    /// Write a model as a PyTorch module (model.py) and its weights (model.safetensors).
     Export(ExportArgs),
     /// What libtorch can do here: CUDA, devices, threads.
     Info(InfoArgs),
@@ -144,7 +144,8 @@ pub struct RunSettings {
     /// Train on continuous intensities instead of dynamically binarised pixels.
     #[arg(long)]
     pub no_binarize: bool,
-    /// Training images held out for validation [default: 10000].
+    /// Training images held out for validation, the last ones [default: 10000, or a sixth of
+    /// the training set when that is smaller].
     #[arg(long)]
     pub validation_size: Option<usize>,
     /// Training objective: elbo, or iwae (the importance-weighted bound with --iw-k samples).
@@ -385,9 +386,10 @@ pub struct SweepArgs {
     /// Examples per step.
     #[arg(long, default_value_t = 128)]
     pub batch_size: usize,
-    /// Training images held out for validation.
-    #[arg(long, default_value_t = 10_000)]
-    pub validation_size: usize,
+    /// Training images held out for validation, the last ones [default: 10000, or a sixth of
+    /// the training set when that is smaller].
+    #[arg(long)]
+    pub validation_size: Option<usize>,
     /// auto, cpu, cuda or cuda:N.
     #[arg(long, default_value_t = Device::Auto)]
     pub device: Device,
@@ -404,9 +406,14 @@ pub struct SweepArgs {
 pub struct ExportArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// Output safetensors file, loadable by the PyTorch reference module.
+    /// Output folder for `model.safetensors` and `model.py` (a PyTorch module of the model)
+    /// [default: <run>/export]; with --reference-names, the safetensors file to write.
     #[arg(long)]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
+    /// Instead, write the weights under the names of the PyTorch reference module
+    /// (`ref_pytorch_vae.VAE`), for models of its architecture (`--preset fast`).
+    #[arg(long)]
+    pub reference_names: bool,
 }
 
 /// Options of `vae info`.

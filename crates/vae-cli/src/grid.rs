@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
 
 /// Tiles `images` (`[N, 1, H, W]`, values in [0, 1]) into a grid of `cols` columns with a
@@ -46,7 +46,6 @@ pub fn save_grid(path: &Path, images: &Tensor, cols: usize) -> Result<(u32, u32)
         let mut writer = enc.write_header()?;
         writer.write_image_data(&canvas)?;
     }
-    vae_data::write_atomic(path, &bytes)
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    vae_data::write_atomic(path, &bytes)?;
     Ok((gw as u32, gh as u32))
 }

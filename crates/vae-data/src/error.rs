@@ -9,13 +9,14 @@ use std::path::PathBuf;
 #[non_exhaustive]
 pub enum DataError {
     /// The file could not be opened, read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("cannot {action} {}: {cause}", path.display())]
     Io {
+        /// What was being done: `open`, `read`, `write`, …
+        action: &'static str,
         /// The file.
         path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: io::Error,
+        /// The operating system's error (said in the message, so not also a `source`).
+        cause: io::Error,
     },
     /// The first four bytes are not an IDX magic number (`0x00 0x00 type rank`).
     #[error(
@@ -70,13 +71,12 @@ pub enum DataError {
         dims: Vec<u64>,
     },
     /// The file starts like gzip but does not decompress.
-    #[error("{}: gzip stream is corrupt: {source}", path.display())]
+    #[error("{}: gzip stream is corrupt: {cause}", path.display())]
     Gzip {
         /// The file.
         path: PathBuf,
-        /// The decompressor's error.
-        #[source]
-        source: io::Error,
+        /// The decompressor's error (said in the message, so not also a `source`).
+        cause: io::Error,
     },
     /// An IDX file holds another element type or rank than the caller needs.
     #[error("{}: expected {expected}, found {found}", path.display())]

@@ -7,10 +7,11 @@ use std::path::Path;
 
 use crate::error::{DataError, Result};
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> DataError + '_ {
-    move |source| DataError::Io {
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl Fn(std::io::Error) -> DataError + 'a {
+    move |cause| DataError::Io {
+        action,
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -35,10 +36,11 @@ pub fn write_atomic(path: impl AsRef<Path>, bytes: &[u8]) -> Result<()> {
     let path = path.as_ref();
     let tmp = temporary_for(path);
     let result = (|| {
-        let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-        f.write_all(bytes).map_err(io_err(&tmp))?;
-        f.sync_all().map_err(io_err(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io_err(path))?;
+        // Errors name the file asked for, not the temporary one.
+        let mut f = File::create(&tmp).map_err(io_err("write", path))?;
+        f.write_all(bytes).map_err(io_err("write", path))?;
+        f.sync_all().map_err(io_err("write", path))?;
+        std::fs::rename(&tmp, path).map_err(io_err("write", path))?;
         // Make the rename itself durable.
         if let Some(dir) = tmp.parent()
             && let Ok(d) = File::open(dir)
@@ -115,8 +117,15 @@ mod tests {
         assert_eq!(std::fs::read(&p).unwrap(), b"second");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
         // A write into a missing folder fails, naming the file, and leaves nothing.
-        let err = write_atomic(dir.path().join("no/such.txt"), b"x").unwrap_err();
-        assert!(err.to_string().contains("such.txt"), "{err}");
+        let target = dir.path().join("no/such.txt");
+        let err = write_atomic(&target, b"x").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "cannot write {}: No such file or directory (os error 2)",
+                target.display()
+            )
+        );
         // A temporary left by a killed writer is cleaned up.
         std::fs::write(dir.path().join(".b.txt.tmp-999"), b"half").unwrap();
         assert_eq!(remove_stale_temporaries(dir.path()), 1);

@@ -135,9 +135,10 @@ fn source_name(path: Option<&Path>) -> PathBuf {
 /// Reads an IDX file, gzip-compressed or not (detected by its magic bytes, not its name).
 pub fn read_idx(path: impl AsRef<Path>) -> Result<IdxArray> {
     let path = path.as_ref();
-    let file = File::open(path).map_err(|source| DataError::Io {
+    let file = File::open(path).map_err(|cause| DataError::Io {
+        action: "open",
         path: path.to_path_buf(),
-        source,
+        cause,
     })?;
     read_idx_named(BufReader::with_capacity(1 << 16, file), Some(path))
 }
@@ -149,9 +150,10 @@ pub fn read_idx_from(reader: impl Read) -> Result<IdxArray> {
 
 fn read_idx_named(mut reader: impl BufRead, path: Option<&Path>) -> Result<IdxArray> {
     let name = source_name(path);
-    let io_err = |source| DataError::Io {
+    let io_err = |cause| DataError::Io {
+        action: "read",
         path: name.clone(),
-        source,
+        cause,
     };
     let head = reader.fill_buf().map_err(io_err)?;
     if head.starts_with(&[0x1f, 0x8b]) {
@@ -177,16 +179,17 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 }
 
 fn read_plain(reader: &mut impl Read, name: &Path, gzip: bool) -> Result<IdxArray> {
-    let wrap = |source: io::Error| {
+    let wrap = |cause: io::Error| {
         if gzip {
             DataError::Gzip {
                 path: name.to_path_buf(),
-                source,
+                cause,
             }
         } else {
             DataError::Io {
+                action: "read",
                 path: name.to_path_buf(),
-                source,
+                cause,
             }
         }
     };
@@ -306,9 +309,10 @@ pub fn write_idx_to(mut writer: impl Write, array: &IdxArray) -> Result<()> {
     let rank = u8::try_from(shape.len()).map_err(|_| {
         DataError::InvalidArgument(format!("IDX rank is at most 255, got {}", shape.len()))
     })?;
-    let io_err = |source| DataError::Io {
+    let io_err = |cause| DataError::Io {
+        action: "write",
         path: name.clone(),
-        source,
+        cause,
     };
     writer
         .write_all(&[0, 0, array.idx_type().code(), rank])
@@ -337,9 +341,10 @@ pub fn write_idx_to(mut writer: impl Write, array: &IdxArray) -> Result<()> {
 /// half-written file under the final name.
 pub fn write_idx(path: impl AsRef<Path>, array: &IdxArray, gzip: bool) -> Result<()> {
     let path = path.as_ref();
-    let io_err = |source| DataError::Io {
+    let io_err = |cause| DataError::Io {
+        action: "compress",
         path: path.to_path_buf(),
-        source,
+        cause,
     };
     let mut bytes = Vec::new();
     if gzip {

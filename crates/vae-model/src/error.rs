@@ -19,6 +19,12 @@ pub enum ModelError {
     #[error("{0}")]
     InvalidArgument(String),
     /// libtorch reported an error.
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
+    #[error("libtorch failed: {0}")]
+    Torch(tch::TchError),
+}
+
+impl From<tch::TchError> for ModelError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e)
+    }
 }

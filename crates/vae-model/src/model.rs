@@ -495,13 +495,34 @@ impl ConvVae {
 
     fn forward_unchecked(&self, x: &Tensor) -> VaeOutput {
         let posterior = self.encode_unchecked(x);
-        let z = posterior.sample();
+        let eps = posterior.mu.randn_like();
+        self.forward_at(x, posterior, &eps)
+    }
+
+    /// The forward pass from the posterior of `x` at noise `eps`: z = μ + σ·ε.
+    fn forward_at(&self, x: &Tensor, posterior: Posterior, eps: &Tensor) -> VaeOutput {
+        let z = &posterior.mu + posterior.std() * eps;
         let params = self.likelihood_params(x, &self.decode_unchecked(&z));
         VaeOutput {
             params,
             mu: posterior.mu,
             logvar: posterior.logvar,
             z,
+        }
+    }
+
+    /// The ELBO's terms of a forward pass over targets `x`.
+    fn elbo_terms(&self, x: &Tensor, out: &VaeOutput) -> ElboTerms {
+        let kl = self.kl(out);
+        let kl_dims = self
+            .pseudo
+            .is_none()
+            .then(|| loss::gaussian_kl_dims(&out.mu, &out.logvar));
+        ElboTerms {
+            reconstruction: self.config.likelihood.nll(&out.params, x),
+            kl_groups: vec![kl.shallow_clone()],
+            kl,
+            kl_dims,
         }
     }
 
@@ -624,17 +645,21 @@ impl Vae for ConvVae {
     fn elbo(&self, x: &Tensor) -> Result<ElboTerms, ModelError> {
         self.check_images(x)?;
         let out = self.forward_unchecked(x);
-        let kl = self.kl(&out);
-        let kl_dims = self
-            .pseudo
-            .is_none()
-            .then(|| loss::gaussian_kl_dims(&out.mu, &out.logvar));
-        Ok(ElboTerms {
-            reconstruction: self.config.likelihood.nll(&out.params, x),
-            kl_groups: vec![kl.shallow_clone()],
-            kl,
-            kl_dims,
-        })
+        Ok(self.elbo_terms(x, &out))
+    }
+
+    fn elbo_with_noise(&self, x: &Tensor, eps: &Tensor) -> Result<ElboTerms, ModelError> {
+        self.check_images(x)?;
+        self.check_latents(eps)?;
+        if eps.size()[0] != x.size()[0] {
+            return Err(ModelError::Shape {
+                what: "noise",
+                expected: format!("[{}, {}]", x.size()[0], self.config.latent_dim),
+                found: eps.size(),
+            });
+        }
+        let out = self.forward_at(x, self.encode_unchecked(x), eps);
+        Ok(self.elbo_terms(x, &out))
     }
 
     fn log_weights(&self, x: &Tensor, k: i64) -> Result<Tensor, ModelError> {

@@ -692,3 +692,21 @@ fn bf16_compute_stays_close_to_f32_and_keeps_f32_weights_and_gradients() {
     }
     assert!(vae.set_compute_kind(Kind::Half).is_err());
 }
+
+#[test]
+fn the_elbo_at_given_noise_is_the_elbo_with_that_noise() {
+    let _g = lock();
+    for cfg in [small_config(), vamp_config()] {
+        tch::manual_seed(11);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let vae = ConvVae::new(&vs.root(), &cfg).unwrap();
+        let x = Tensor::rand([4, 1, 8, 12], (Kind::Float, Device::Cpu)).round();
+        tch::manual_seed(5);
+        let a = vae.elbo(&x).unwrap();
+        tch::manual_seed(5);
+        let eps = Tensor::randn([4, cfg.latent_dim], (Kind::Float, Device::Cpu));
+        let b = vae.elbo_with_noise(&x, &eps).unwrap();
+        assert_eq!(scalar(&(a.elbo() - b.elbo()).abs().max()), 0.0);
+        assert!(vae.elbo_with_noise(&x, &eps.narrow(0, 0, 3)).is_err());
+    }
+}

@@ -100,6 +100,11 @@ pub trait Vae: std::fmt::Debug {
     /// The negative-ELBO terms per example for targets `x`, with one z ~ q(z | x) each.
     fn elbo(&self, x: &Tensor) -> Result<ElboTerms, ModelError>;
 
+    /// The negative-ELBO terms at given standard-normal noise `eps` (`[N, latent]`): z = μ + σ·ε.
+    /// [`Vae::elbo`] is this with fresh noise; fixed noise makes two implementations of a model
+    /// comparable term by term (the export test does so with the PyTorch module).
+    fn elbo_with_noise(&self, x: &Tensor, eps: &Tensor) -> Result<ElboTerms, ModelError>;
+
     /// log p(x, z_i) − log q(z_i | x) for `k` fresh samples z_i ~ q(z | x) per image, `[k, N]`:
     /// the log importance weights of the IWAE bound (Burda, Grosse & Salakhutdinov,
     /// "Importance Weighted Autoencoders", ICLR 2016).

@@ -109,10 +109,11 @@ fn to_bytes(t: &Tensor) -> Result<(Vec<usize>, Vec<u8>)> {
     Ok((shape, values.iter().flat_map(|x| x.to_le_bytes()).collect()))
 }
 
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
-    move |source| TrainError::Io {
+fn read_err(path: &Path) -> impl Fn(std::io::Error) -> TrainError + '_ {
+    move |cause| TrainError::Io {
+        action: "read the checkpoint",
         path: path.to_path_buf(),
-        source,
+        cause,
     }
 }
 
@@ -178,7 +179,7 @@ impl Checkpoint {
     /// Reads and checks a checkpoint file.
     pub fn load(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(io_err(path))?;
+        let bytes = std::fs::read(path).map_err(read_err(path))?;
         Self::from_bytes(&bytes, path)
     }
 

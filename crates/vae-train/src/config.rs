@@ -32,13 +32,15 @@ pub struct TrainConfig {
     /// Dynamic binarisation of training images (the standard protocol); off trains on
     /// continuous intensities in [0, 1] as BCE targets.
     pub binarize: bool,
-    /// Training examples held out for validation (the last ones).
-    pub validation_size: usize,
+    /// Training images held out for validation (the last ones); `None`: the last 10,000, or a
+    /// sixth of the set when that is smaller ([`TrainConfig::validation_images`]).
+    pub validation_size: Option<usize>,
     /// Where to train.
     pub device: Device,
     /// Intra-op threads for libtorch on CPU (None: libtorch's default, one per core).
     pub threads: Option<usize>,
-    /// Stop after this many steps in all (benchmarks); None trains all epochs.
+    /// Stop after this many steps in all (benchmarks); None trains all epochs. A limit of the
+    /// invocation, not of the run: checkpoints store `None`, so a resumed run goes on.
     pub max_steps: Option<u64>,
     /// What the optimiser maximises: the ELBO, or the IWAE bound with `iw_k` samples.
     pub objective: Objective,
@@ -173,7 +175,7 @@ impl Default for TrainConfig {
             kl_warmup_steps: 0,
             grad_clip: None,
             binarize: true,
-            validation_size: vae_data::DEFAULT_VALIDATION_SIZE,
+            validation_size: None,
             device: Device::Auto,
             threads: None,
             max_steps: None,
@@ -268,6 +270,13 @@ impl TrainConfig {
             return bad("patience must be at least 1 epoch".into());
         }
         Ok(())
+    }
+
+    /// The images held out for validation from a training set of `n`: `validation_size`, or
+    /// by default the last 10,000 or a sixth of the set, whichever is smaller.
+    pub fn validation_images(&self, n: usize) -> usize {
+        self.validation_size
+            .unwrap_or_else(|| vae_data::DEFAULT_VALIDATION_SIZE.min(n / 6))
     }
 
     /// The learning rate at global step `step` (0-based) of `total` steps: a linear warm-up

@@ -11,16 +11,33 @@ pub enum TrainError {
     #[error(transparent)]
     Model(#[from] vae_model::ModelError),
     /// libtorch reported an error.
-    #[error("libtorch: {0}")]
-    Torch(#[from] tch::TchError),
-    /// A file could not be read or written.
-    #[error("{}: {source}", path.display())]
+    #[error("libtorch failed: {0}")]
+    Torch(tch::TchError),
+    /// A file or folder could not be read, written or created.
+    #[error("cannot {action} {}: {cause}", path.display())]
     Io {
-        /// The file.
+        /// What was being done: `read`, `create the run directory`, …
+        action: &'static str,
+        /// The file or folder.
         path: PathBuf,
-        /// The operating system's error.
-        #[source]
-        source: std::io::Error,
+        /// The operating system's error (said in the message, so not also a `source`).
+        cause: std::io::Error,
+    },
+    /// The run directory cannot be used as asked (resuming a folder without a run, starting a
+    /// run where one is).
+    #[error("{0}")]
+    RunDirectory(String),
+    /// Another process holds the run directory.
+    #[error(
+        "{} is in use by another vae process{}; wait for it to finish, or stop it",
+        path.display(),
+        pid.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Busy {
+        /// The run directory.
+        path: PathBuf,
+        /// The holder's process id, as it wrote it into the lock file.
+        pid: Option<u32>,
     },
     /// A checkpoint is damaged, incomplete or of another model.
     #[error("{}: {reason}", path.display())]
@@ -48,6 +65,12 @@ pub enum TrainError {
     /// The requested device cannot be used.
     #[error("{0}")]
     Device(String),
+}
+
+impl From<tch::TchError> for TrainError {
+    fn from(e: tch::TchError) -> Self {
+        Self::Torch(e)
+    }
 }
 
 /// `Result` with [`TrainError`].

@@ -36,6 +36,7 @@ mod device;
 mod error;
 mod eval;
 mod fused;
+mod lock;
 mod observe;
 mod trainer;
 

@@ -13,6 +13,7 @@ use crate::config::{Objective, Precision, RunConfig, TrainConfig};
 use crate::device::device_name;
 use crate::error::{Result, TrainError};
 use crate::eval::{evaluate_elbo, images_tensor, prepare};
+use crate::lock::RunLock;
 use crate::observe::{MetricsCsv, Observer, StepProgress};
 
 /// File names inside a run directory.
@@ -90,6 +91,8 @@ pub struct Trainer {
     test_x: Option<Tensor>,
     interrupt: Option<Arc<AtomicBool>>,
     observers: Vec<Box<dyn Observer>>,
+    /// This process's hold on the run directory, released when the trainer is dropped.
+    _lock: RunLock,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -125,9 +128,17 @@ fn runtime(config: &TrainConfig) -> Result<Device> {
     Ok(device)
 }
 
-/// `data` split into training and validation sets: the last `validation_size` images held out.
-fn split(data: &MnistDataset, validation_size: usize) -> Result<(MnistDataset, MnistDataset)> {
-    Ok(data.split_validation(validation_size)?)
+/// `data` split into training and validation sets as `config` says (the last images held out).
+fn split(data: &MnistDataset, config: &TrainConfig) -> Result<(MnistDataset, MnistDataset)> {
+    let n = data.len();
+    let v = config.validation_images(n);
+    if v == 0 || v >= n {
+        return Err(TrainError::InvalidConfig(format!(
+            "cannot hold out {v} validation images from a training set of {n}: set validation_size (--validation-size) between 1 and {}",
+            n.saturating_sub(1)
+        )));
+    }
+    Ok(data.split_validation(v)?)
 }
 
 impl Trainer {
@@ -136,30 +147,31 @@ impl Trainer {
     /// its last `run.train.validation_size` images are held out for validation, and the
     /// model takes the data's image shape. Writes `config.toml`; attaches [`MetricsCsv`].
     pub fn start(run_dir: impl AsRef<Path>, data: &MnistDataset, run: RunConfig) -> Result<Self> {
-        let RunConfig {
-            model: mut model_config,
-            train: config,
-        } = run;
+        let mut run = run;
         let (h, w) = data.image_size();
-        model_config.set_image_shape([1, h as i64, w as i64]);
-        let run_dir = run_dir.as_ref().to_path_buf();
-        if run_dir.join(files::LAST).exists() {
-            return Err(TrainError::InvalidConfig(format!(
-                "{} already holds a run: resume it, or choose another output directory",
-                run_dir.display()
-            )));
-        }
-        let run = RunConfig {
-            model: model_config,
-            train: config,
-        };
+        run.model.set_image_shape([1, h as i64, w as i64]);
         run.validate()?;
         let RunConfig {
             model: model_config,
             train: config,
         } = run;
         let device = runtime(&config)?;
-        let (train, validation) = split(data, config.validation_size)?;
+        let (train, validation) = split(data, &config)?;
+        let run_dir = run_dir.as_ref().to_path_buf();
+        std::fs::create_dir_all(&run_dir).map_err(|cause| TrainError::Io {
+            action: "create the run directory",
+            path: run_dir.clone(),
+            cause,
+        })?;
+        // Held before anything in the directory is read or written: of two processes starting
+        // on one directory, the second stops here.
+        let lock = RunLock::acquire(&run_dir)?;
+        if run_dir.join(files::LAST).exists() {
+            return Err(TrainError::RunDirectory(format!(
+                "{} already holds a run: resume it with --resume, or choose another output directory",
+                run_dir.display()
+            )));
+        }
         tch::manual_seed(mix(config.seed, 1, 0));
         let vs = nn::VarStore::new(device);
         let model = model_config.build(&vs.root())?;
@@ -168,12 +180,8 @@ impl Trainer {
         let ema = config
             .ema_decay
             .map(|_| adam.params().iter().map(|p| p.detach().copy()).collect());
-        std::fs::create_dir_all(&run_dir).map_err(|source| TrainError::Io {
-            path: run_dir.clone(),
-            source,
-        })?;
         let trainer = Self::assemble(
-            run_dir,
+            (run_dir, lock),
             model_config,
             config,
             device,
@@ -199,12 +207,26 @@ impl Trainer {
         adjust: impl FnOnce(&mut TrainConfig),
     ) -> Result<Self> {
         let run_dir = run_dir.as_ref().to_path_buf();
-        let ckpt = Checkpoint::load(run_dir.join(files::LAST))?;
+        let lock = if run_dir.is_dir() {
+            Some(RunLock::acquire(&run_dir)?)
+        } else {
+            None
+        };
+        let last = run_dir.join(files::LAST);
+        if !last.is_file() {
+            return Err(TrainError::RunDirectory(format!(
+                "cannot resume {}: it holds no {} (name a run directory that vae train wrote, or start a new run with --out)",
+                run_dir.display(),
+                files::LAST
+            )));
+        }
+        let ckpt = Checkpoint::load(&last)?;
+        let lock = lock.expect("a directory holding a checkpoint");
         let mut config = ckpt.train_config.clone();
         adjust(&mut config);
         config.validate()?;
         let device = runtime(&config)?;
-        let (train, validation) = split(data, config.validation_size)?;
+        let (train, validation) = split(data, &config)?;
         let mut vs = nn::VarStore::new(device);
         let model = ckpt.model_config.build(&vs.root())?;
         ckpt.restore_variables(&mut vs)?;
@@ -237,7 +259,7 @@ impl Trainer {
             run_dir.display()
         );
         Self::assemble(
-            run_dir,
+            (run_dir, lock),
             model_config,
             config,
             device,
@@ -253,7 +275,7 @@ impl Trainer {
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
-        run_dir: PathBuf,
+        (run_dir, lock): (PathBuf, RunLock),
         model_config: ModelConfig,
         config: TrainConfig,
         device: Device,
@@ -284,7 +306,7 @@ impl Trainer {
         check_sizes(&model_config, validation, "validation")?;
         if config.batch_size > train.len() {
             return Err(TrainError::InvalidConfig(format!(
-                "batch size {} is larger than the training set ({} images)",
+                "batch size {} is larger than the training set ({} images): lower batch_size (--batch-size)",
                 config.batch_size,
                 train.len()
             )));
@@ -314,6 +336,7 @@ impl Trainer {
             test_x: None,
             interrupt: None,
             observers: vec![Box::new(metrics)],
+            _lock: lock,
         })
     }
 
@@ -378,10 +401,19 @@ impl Trainer {
         &self.run_dir
     }
 
+    /// The settings as checkpoints and `config.toml` store them: without the step limit,
+    /// which belongs to one invocation, so a resumed run goes on to its epochs.
+    fn stored_config(&self) -> TrainConfig {
+        TrainConfig {
+            max_steps: None,
+            ..self.config.clone()
+        }
+    }
+
     fn write_config(&self) -> Result<()> {
         let both = RunConfig {
             model: self.model_config.clone(),
-            train: self.config.clone(),
+            train: self.stored_config(),
         };
         let text = toml::to_string(&both).map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
         Ok(vae_data::write_atomic(
@@ -397,7 +429,7 @@ impl Trainer {
         checkpoint::save(
             &self.run_dir.join(files::LAST),
             &self.model_config,
-            &self.config,
+            &self.stored_config(),
             &state,
             &self.vs,
             Some(OptimizerState {
@@ -443,7 +475,7 @@ impl Trainer {
         checkpoint::save(
             &self.run_dir.join(files::BEST),
             &self.model_config,
-            &self.config,
+            &self.stored_config(),
             &state,
             &self.vs,
             None,

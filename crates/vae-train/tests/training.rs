@@ -50,7 +50,7 @@ fn tiny_train(epochs: usize) -> TrainConfig {
         min_lr: 0.0,
         device: vae_train::Device::Cpu,
         threads: Some(1),
-        validation_size: 16,
+        validation_size: Some(16),
         seed: 7,
         ..TrainConfig::default()
     }

@@ -1,15 +1,22 @@
-//! `vae export`: a model's weights under the PyTorch reference module's parameter names.
+//! `vae export`: a model as a self-contained PyTorch module (`model.py`) and its weights
+//! (`model.safetensors`), or, for the reference architecture, its weights under the names of
+//! the PyTorch peer's module.
 
 use std::collections::HashMap;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use safetensors::{Dtype, tensor::TensorView};
 use tch::{Device, Kind, Tensor};
+use vae_model::{Likelihood, Prior};
+use vae_train::LoadedModel;
 
 use crate::args::ExportArgs;
 
-/// `named` tensors (f32) serialised as a safetensors file.
-fn safetensors_bytes(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
+/// `named` tensors (f32) serialised as a safetensors file, with `metadata` in its header.
+fn safetensors_bytes(
+    named: &[(String, Tensor)],
+    metadata: Option<HashMap<String, String>>,
+) -> Result<Vec<u8>> {
     let mut owned = Vec::with_capacity(named.len());
     for (name, t) in named {
         let t = t.to_kind(Kind::Float).contiguous();
@@ -22,10 +29,7 @@ fn safetensors_bytes(named: &[(String, Tensor)]) -> Result<Vec<u8>> {
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<Vec<_>>>()?;
-    Ok(safetensors::serialize(
-        views,
-        None::<HashMap<String, String>>,
-    )?)
+    Ok(safetensors::serialize(views, metadata)?)
 }
 
 /// Our variable names and the reference PyTorch module's (`ref_pytorch_vae.py`'s `VAE`):
@@ -39,33 +43,95 @@ pub const PEER_NAMES: [(&str, &str); 6] = [
     ("decoder.deconv2", "dec.2"),
 ];
 
+/// The PyTorch module written as `model.py`; `__CONFIG__` becomes the model's config (JSON).
+const MODEL_PY: &str = include_str!("export_model.py");
+
 pub fn run(a: ExportArgs) -> Result<u8> {
     let loaded = a.model.load()?;
+    if a.reference_names {
+        return reference_names(&a, &loaded);
+    }
+    let config = loaded.model.config();
+    let dir = a
+        .out
+        .clone()
+        .unwrap_or_else(|| a.model.out_dir().join("export"));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot create the export folder {}", dir.display()))?;
+    let mut vars: Vec<(String, Tensor)> = loaded
+        .vars
+        .variables()
+        .into_iter()
+        .map(|(name, t)| (name, t.to_device(Device::Cpu)))
+        .collect();
+    vars.sort_by(|x, y| x.0.cmp(&y.0));
+    let json = serde_json::to_string(&config)?;
+    let weights = dir.join("model.safetensors");
+    let metadata = HashMap::from([("config".to_string(), json.clone())]);
+    vae_data::write_atomic(&weights, &safetensors_bytes(&vars, Some(metadata))?)?;
+    let module = dir.join("model.py");
+    vae_data::write_atomic(&module, MODEL_PY.replace("__CONFIG__", &json).as_bytes())?;
+    println!(
+        "wrote {} ({} tensors) and {} (a PyTorch module of this {} model: Model.from_safetensors)",
+        weights.display(),
+        vars.len(),
+        module.display(),
+        config.kind()
+    );
+    Ok(0)
+}
+
+/// What keeps a model from the reference module's architecture, in words (empty if nothing).
+fn differences_from_reference(c: &vae_model::ConvVaeConfig) -> Vec<String> {
+    let mut d = Vec::new();
+    if (c.input_channels, c.input_height, c.input_width) != (1, 28, 28) {
+        d.push(format!(
+            "{}x{}x{} images",
+            c.input_channels, c.input_height, c.input_width
+        ));
+    }
+    if c.channels != [32, 64] {
+        let widths: Vec<String> = c.channels.iter().map(i64::to_string).collect();
+        d.push(format!("conv widths {}", widths.join(",")));
+    }
+    if c.latent_dim != 32 {
+        d.push(format!("a {}-dimensional latent", c.latent_dim));
+    }
+    if let Some(h) = c.hidden_dim {
+        d.push(format!("a hidden layer of {h}"));
+    }
+    if c.res_blocks > 0 {
+        d.push(format!("{} residual blocks per level", c.res_blocks));
+    }
+    if let Prior::Vamp { components } = c.prior {
+        d.push(format!("a VampPrior of {components} pseudo-inputs"));
+    }
+    if c.pixel_head.is_some() {
+        d.push("a pixel head".into());
+    }
+    if c.likelihood != Likelihood::Bernoulli {
+        d.push(format!("the {} likelihood", c.likelihood));
+    }
+    d
+}
+
+/// `--reference-names`: the weights under `ref_pytorch_vae.VAE`'s names, one file.
+fn reference_names(a: &ExportArgs, loaded: &LoadedModel) -> Result<u8> {
+    let Some(out) = &a.out else {
+        bail!("--reference-names writes one file: name it with --out FILE.safetensors");
+    };
     let config = loaded.model.config();
     let Some(c) = config.as_conv() else {
         bail!(
-            "only the conv VAE maps onto the PyTorch reference module; this model is of kind {}",
+            "--reference-names needs the conv VAE of the reference architecture, but this model is of kind {}: export it without --reference-names",
             config.kind()
         );
     };
-    if c.res_blocks > 0 || c.prior != vae_model::Prior::Standard {
+    let differences = differences_from_reference(c);
+    if !differences.is_empty() {
         bail!(
-            "only the reference architecture maps onto the PyTorch module; this model has {} residual blocks per level and prior {:?}",
-            c.res_blocks,
-            c.prior
-        );
-    }
-    if c.channels != [32, 64]
-        || c.hidden_dim.is_some()
-        || (c.input_channels, c.input_height, c.input_width) != (1, 28, 28)
-    {
-        bail!(
-            "only the reference architecture (1x28x28 images, channels 32,64, no hidden layer) maps onto the PyTorch module; this model has {}x{}x{}, channels {:?}, hidden {:?}",
-            c.input_channels,
-            c.input_height,
-            c.input_width,
-            c.channels,
-            c.hidden_dim
+            "--reference-names needs the reference architecture (that of --preset fast), but this model has {}: export it without --reference-names for a module of its own",
+            differences.join(", ")
         );
     }
     let vars = loaded.vars.variables();
@@ -90,11 +156,10 @@ pub fn run(a: ExportArgs) -> Result<u8> {
             ));
         }
     }
-    let bytes = safetensors_bytes(&named)?;
-    vae_data::write_atomic(&a.out, &bytes)?;
+    vae_data::write_atomic(out, &safetensors_bytes(&named, None)?)?;
     println!(
         "wrote {} ({} tensors named as in ref_pytorch_vae.VAE; load with load_state_dict)",
-        a.out.display(),
+        out.display(),
         named.len()
     );
     Ok(0)

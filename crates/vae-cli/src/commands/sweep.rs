@@ -148,8 +148,8 @@ pub fn run(a: SweepArgs) -> Result<u8> {
             r.train_seconds
         ));
     }
-    vae_data::write_atomic(&out.join("sweep.md"), md.as_bytes())?;
-    vae_data::write_atomic(&out.join("sweep.csv"), csv.as_bytes())?;
+    vae_data::write_atomic(out.join("sweep.md"), md.as_bytes())?;
+    vae_data::write_atomic(out.join("sweep.csv"), csv.as_bytes())?;
     print!("{md}");
     println!(
         "wrote {} and {}",

@@ -33,16 +33,7 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
             })+
         };
     }
-    set!(
-        batch_size,
-        lr,
-        seed,
-        beta,
-        kl_warmup_steps,
-        validation_size,
-        objective,
-        iw_k
-    );
+    set!(batch_size, lr, seed, beta, kl_warmup_steps, objective, iw_k);
     set!(
         free_bits,
         lr_schedule,
@@ -52,6 +43,9 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
         weight_decay,
         precision
     );
+    if let Some(v) = s.validation_size {
+        t.validation_size = Some(v);
+    }
     if let Some(v) = s.grad_clip {
         t.grad_clip = Some(v);
     }

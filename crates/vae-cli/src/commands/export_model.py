@@ -1,0 +1,327 @@
+"""A vae-rs model as a PyTorch module, written by `vae export`.
+
+Self-contained: it needs only `torch`. The weights are the `model.safetensors` written beside
+this file, under vae-rs's own variable names; CONFIG is the model's configuration as vae-rs
+stores it.
+
+    from model import Model
+    model = Model.from_safetensors("model.safetensors")
+    log_px = model.log_likelihood(x, k=1000)    # x: [N, C, H, W] in [0, 1]
+
+The maths follows vae-rs's `ConvVae` op for op: an encoder of stride-2 4x4 convs (each
+followed by residual blocks) and a dense head giving the posterior's mean and log-variance,
+a decoder mirroring it (optionally sharing the encoder's conv weights) that gives Bernoulli
+logits, an optional PixelCNN-style head over those logits, and a standard-normal or VampPrior
+prior.
+"""
+
+import json
+import math
+import struct
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+CONFIG = json.loads(r"""__CONFIG__""")
+
+LN_2PI = math.log(2 * math.pi)
+
+
+def _read_safetensors(path):
+    """The float32 tensors of a safetensors file, by name (no `safetensors` package needed)."""
+    raw = open(path, "rb").read()
+    n = struct.unpack("<Q", raw[:8])[0]
+    header = json.loads(raw[8 : 8 + n])
+    out = {}
+    for name, v in header.items():
+        if name == "__metadata__":
+            continue
+        if v["dtype"] != "F32":
+            raise ValueError(f"{path}: tensor {name} is {v['dtype']}, expected F32")
+        a, b = v["data_offsets"]
+        data = bytearray(raw[8 + n + a : 8 + n + b])
+        out[name] = torch.frombuffer(data, dtype=torch.float32).reshape(v["shape"]).clone()
+    return out
+
+
+class ResBlock(nn.Module):
+    """x -> x + Conv3x3(ReLU(Conv3x3(x))), then ReLU."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def pre_activation(self, x):
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+    def forward(self, x):
+        return F.relu(self.pre_activation(x))
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        c_in = cfg["input_channels"]
+        for i, c in enumerate(cfg["channels"]):
+            setattr(self, f"conv{i + 1}", nn.Conv2d(c_in, c, 4, stride=2, padding=1))
+            setattr(self, f"block{i + 1}", nn.ModuleList(ResBlock(c) for _ in range(cfg["res_blocks"])))
+            c_in = c
+        self.levels = len(cfg["channels"])
+        factor = 2 ** self.levels
+        flat = c_in * (cfg["input_height"] // factor) * (cfg["input_width"] // factor)
+        hidden = cfg["hidden_dim"]
+        self.hidden = nn.Linear(flat, hidden) if hidden else None
+        self.head = nn.Linear(hidden or flat, 2 * cfg["latent_dim"])
+
+    def forward(self, x):
+        h = x
+        for i in range(self.levels):
+            if i > 0:
+                h = F.relu(h)
+            h = getattr(self, f"conv{i + 1}")(h)
+            for block in getattr(self, f"block{i + 1}"):
+                h = block.pre_activation(F.relu(h))
+        h = F.relu(h.flatten(1))
+        if self.hidden is not None:
+            h = F.relu(self.hidden(h))
+        mu, logvar = self.head(h).chunk(2, dim=1)
+        return mu, logvar
+
+
+class Deconv(nn.Module):
+    """A stride-2 4x4 transposed conv; with tied weights only its bias is its own."""
+
+    def __init__(self, c_in, c_out, tied):
+        super().__init__()
+        self.weight = None if tied else nn.Parameter(torch.empty(c_in, c_out, 4, 4))
+        self.bias = nn.Parameter(torch.empty(c_out))
+
+    def forward(self, x, weight=None):
+        w = self.weight if self.weight is not None else weight
+        return F.conv_transpose2d(x, w, self.bias, stride=2, padding=1)
+
+
+class Decoder(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        chans = cfg["channels"]
+        self.grid = (chans[-1], cfg["input_height"] // 2 ** len(chans), cfg["input_width"] // 2 ** len(chans))
+        hidden = cfg["hidden_dim"]
+        self.hidden = nn.Linear(cfg["latent_dim"], hidden) if hidden else None
+        self.fc = nn.Linear(hidden or cfg["latent_dim"], self.grid[0] * self.grid[1] * self.grid[2])
+        outs = list(reversed(chans))[1:] + [cfg["input_channels"] * PARAMS_PER_CHANNEL[cfg["likelihood"]["kind"]]]
+        c_in = chans[-1]
+        self.levels = len(outs)
+        for i, c in enumerate(outs):
+            setattr(self, f"block{i + 1}", nn.ModuleList(ResBlock(c_in) for _ in range(cfg["res_blocks"])))
+            setattr(self, f"deconv{i + 1}", Deconv(c_in, c, cfg["tie_weights"]))
+            c_in = c
+        head = cfg["pixel_head"]
+        self.pixel_head = PixelCnn(head["channels"], head["layers"]) if head else None
+
+    def forward(self, z, encoder):
+        t = z
+        if self.hidden is not None:
+            t = F.relu(self.hidden(t))
+        t = F.relu(self.fc(t)).view(-1, *self.grid)
+        for i in range(self.levels):
+            for block in getattr(self, f"block{i + 1}"):
+                t = block(t)
+            # deconv1 mirrors the last encoder conv, deconv2 the one before, ...
+            tied = getattr(encoder, f"conv{encoder.levels - i}").weight
+            t = getattr(self, f"deconv{i + 1}")(t, tied)
+            if i < self.levels - 1:
+                t = F.relu(t)
+        return t
+
+
+def _raster_mask(k, include_centre):
+    c = k // 2
+    m = torch.zeros(1, 1, k, k)
+    for i in range(k):
+        for j in range(k):
+            if i < c or (i == c and j < c) or (include_centre and i == c and j == c):
+                m[0, 0, i, j] = 1.0
+    return m
+
+
+class MaskedConv(nn.Module):
+    def __init__(self, c_in, c_out, k, include_centre):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(c_out, c_in, k, k))
+        self.bias = nn.Parameter(torch.empty(c_out))
+        self.register_buffer("mask", _raster_mask(k, include_centre), persistent=False)
+        self.k = k
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight * self.mask, self.bias, padding=self.k // 2)
+
+
+class PixelCnn(nn.Module):
+    """p(x_i | x_<i, z) = Bernoulli(sigmoid(d_i(z) + g_i(x_<i, d(z)))) (PixelVAE-style head)."""
+
+    def __init__(self, c, layers):
+        super().__init__()
+        self.first = MaskedConv(1, c, 7, False)
+        self.condition = nn.Conv2d(1, c, 1)
+        for i in range(1, layers):
+            setattr(self, f"layer{i}", MaskedConv(c, c, 3, True))
+        self.n_layers = layers - 1
+        self.out = nn.Conv2d(c, 1, 1)
+
+    def forward(self, x, base):
+        h = F.relu(self.first(x) + self.condition(base))
+        for i in range(1, self.n_layers + 1):
+            h = F.relu(h + getattr(self, f"layer{i}")(h))
+        return base + self.out(h)
+
+    def sample(self, base):
+        n, _, h, w = base.shape
+        x = torch.zeros_like(base)
+        means = torch.zeros_like(base)
+        for i in range(h):
+            for j in range(w):
+                p = torch.sigmoid(self.forward(x[:, :, : i + 1], base[:, :, : i + 1])[:, :, i, j])
+                means[:, :, i, j] = p
+                x[:, :, i, j] = torch.bernoulli(p)
+        return means
+
+
+PARAMS_PER_CHANNEL = {"bernoulli": 1}
+
+
+def bernoulli_nll(logits, x):
+    """-log p(x | logits) summed over pixels, one value per image."""
+    return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
+
+
+def normal_log_density(z, mu, logvar):
+    """log N(z; mu, diag exp(logvar)) summed over the last dimension."""
+    return ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LN_2PI).sum(-1) * -0.5
+
+
+def mixture_log_density(z, mu, logvar):
+    """log (1/K sum_k N(z; mu_k, diag exp(logvar_k))) for rows z [M, D] of K components [K, D],
+    with the squares expanded so no [M, K, D] tensor is built."""
+    k, d = mu.shape
+    precision = torch.exp(-logvar)
+    quad = (
+        z.pow(2) @ precision.T
+        - (z @ (mu * precision).T) * 2.0
+        + (mu.pow(2) * precision + logvar).sum(-1)
+    )
+    return torch.logsumexp((quad + d * LN_2PI) * -0.5, -1) - math.log(k)
+
+
+class Prior(nn.Module):
+    def __init__(self, cfg):
+        super().__init__()
+        prior = cfg["prior"]
+        self.kind = prior["kind"]
+        if self.kind == "vamp":
+            shape = (prior["components"], cfg["input_channels"], cfg["input_height"], cfg["input_width"])
+            self.pseudo_inputs = nn.Parameter(torch.empty(shape))
+
+
+class Model(nn.Module):
+    """The exported VAE: `elbo`, `log_likelihood`, `sample`, `reconstruct`."""
+
+    def __init__(self, config=None):
+        super().__init__()
+        cfg = config or CONFIG
+        if cfg.get("kind", "conv") != "conv":
+            raise ValueError(f"this module implements the conv VAE, not {cfg['kind']!r}")
+        self.config = cfg
+        self.encoder = Encoder(cfg)
+        self.decoder = Decoder(cfg)
+        self.prior = Prior(cfg)
+
+    @classmethod
+    def from_safetensors(cls, path, config=None):
+        """The model with the weights of a safetensors file written by `vae export`."""
+        model = cls(config)
+        model.load_state_dict(_read_safetensors(path))
+        return model.eval()
+
+    def encode(self, x):
+        """q(z | x): means and log-variances, [N, latent] each."""
+        return self.encoder(x)
+
+    def decode(self, z):
+        """The decoder's Bernoulli logits for latents z (with a pixel head: its conditioning)."""
+        return self.decoder(z, self.encoder)
+
+    def _likelihood_logits(self, x, base):
+        head = self.decoder.pixel_head
+        return base if head is None else head(x, base)
+
+    def _means(self, base):
+        head = self.decoder.pixel_head
+        return torch.sigmoid(base) if head is None else head.sample(base)
+
+    def _prior_components(self):
+        return self.encode(torch.sigmoid(self.prior.pseudo_inputs))
+
+    def log_prior(self, z):
+        """log p(z) for latents [..., latent]."""
+        if self.prior.kind == "standard":
+            return (z.pow(2) + LN_2PI).sum(-1) * -0.5
+        mu, logvar = self._prior_components()
+        flat = z.reshape(-1, z.shape[-1])
+        return mixture_log_density(flat, mu, logvar).view(z.shape[:-1])
+
+    def elbo(self, x, eps=None):
+        """Per-image ELBO terms at noise eps ~ N(0, I) ([N, latent]; drawn if not given):
+        (elbo, reconstruction = -log p(x | z), kl), each [N]."""
+        mu, logvar = self.encode(x)
+        if eps is None:
+            eps = torch.randn_like(mu)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        rec = bernoulli_nll(self._likelihood_logits(x, self.decode(z)), x)
+        if self.prior.kind == "standard":
+            kl = (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1) * 0.5
+        else:
+            kl = normal_log_density(z, mu, logvar) - self.log_prior(z)
+        return -(rec + kl), rec, kl
+
+    @torch.no_grad()
+    def log_likelihood(self, x, k=1000, chunk=100):
+        """The importance-weighted estimate of log p(x) with k samples per image, [N] (nats)."""
+        mu, logvar = self.encode(x)
+        std = torch.exp(0.5 * logvar)
+        n = x.shape[0]
+        weights = []
+        done = 0
+        while done < k:
+            s = min(chunk, k - done)
+            eps = torch.randn(s, n, mu.shape[1])
+            z = mu + eps * std
+            images = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
+            logits = self._likelihood_logits(images, self.decode(z.reshape(s * n, -1)))
+            log_px = -bernoulli_nll(logits, images).view(s, n)
+            log_qz = (eps.pow(2) + logvar + LN_2PI).sum(-1) * -0.5
+            weights.append(log_px + self.log_prior(z) - log_qz)
+            done += s
+        w = torch.cat(weights, 0)
+        return torch.logsumexp(w, 0) - math.log(k)
+
+    @torch.no_grad()
+    def sample(self, n, temperature=1.0):
+        """n images from the prior (pixel probabilities), [n, C, H, W]."""
+        latent = self.config["latent_dim"]
+        eps = torch.randn(n, latent) * temperature
+        if self.prior.kind == "standard":
+            z = eps
+        else:
+            mu, logvar = self._prior_components()
+            pick = torch.randint(mu.shape[0], (n,))
+            z = mu[pick] + torch.exp(0.5 * logvar[pick]) * eps
+        return self._means(self.decode(z))
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """Pixel probabilities of the reconstruction of x through the posterior mean."""
+        mu, _ = self.encode(x)
+        return self._means(self.decode(mu))

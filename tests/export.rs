@@ -1,0 +1,184 @@
+//! `vae export` works for every model the toolkit trains: the generated PyTorch module
+//! (`model.py`), run by the Python whose torch `cargo xtask download` set up, gives our decoder
+//! outputs and our per-image ELBO (same inputs, same noise) for each preset and the options
+//! that change the architecture.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use tch::{Device, Kind, Tensor};
+use vae_data::{MnistDataset, Split};
+use vae_train::{Checkpoint, images_tensor};
+
+/// Moves every weight of the checkpoint at `path` by a fixed, varied amount (up to ±0.1), so
+/// that no part of the model is near its initial value (the pixel head's output layer starts
+/// at zero, and one epoch hardly moves it): each part then shows in the outputs compared.
+fn perturb_checkpoint(path: &Path) {
+    use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+    let bytes = std::fs::read(path).unwrap();
+    let (_, header) = SafeTensors::read_metadata(&bytes).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned = Vec::new();
+    for (name, view) in st.tensors() {
+        let values: Vec<u8> = view
+            .data()
+            .chunks_exact(4)
+            .enumerate()
+            .flat_map(|(i, c)| {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                (v + 0.1 * (i as f32 * 0.7 + name.len() as f32).sin()).to_le_bytes()
+            })
+            .collect();
+        owned.push((name, view.shape().to_vec(), values));
+    }
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                TensorView::new(Dtype::F32, s.clone(), b).unwrap(),
+            )
+        })
+        .collect();
+    let out = safetensors::serialize(views, header.metadata().clone()).unwrap();
+    std::fs::write(path, out).unwrap();
+}
+
+/// Our side on fixed inputs: decoder outputs at latents `z`, and the ELBO's terms of test
+/// images at noise `eps`, written for the Python side to compare.
+fn our_outputs(run: &Path, data: &Path, out: &Path) {
+    let loaded = Checkpoint::load(run.join("best.safetensors"))
+        .unwrap()
+        .into_model(Device::Cpu)
+        .unwrap();
+    let model = loaded.model.as_ref();
+    let test = MnistDataset::load(data, Split::Test).unwrap();
+    let x = (images_tensor(&test, Device::Cpu).to_kind(Kind::Float) / 255.0).round();
+    let n = x.size()[0];
+    let d = model.latent_dim();
+    let z = Tensor::linspace(-2.0, 2.0, 5 * d, (Kind::Float, Device::Cpu)).view([5, d]);
+    let eps = Tensor::linspace(1.5, -1.5, n * d, (Kind::Float, Device::Cpu)).view([n, d]);
+    let (decoded, terms) = tch::no_grad(|| {
+        (
+            model.decode(&z).unwrap(),
+            model.elbo_with_noise(&x, &eps).unwrap(),
+        )
+    });
+    Tensor::write_safetensors(
+        &[
+            ("x", x),
+            ("z", z),
+            ("eps", eps),
+            ("decoded", decoded),
+            ("elbo", terms.elbo()),
+            ("reconstruction", terms.reconstruction),
+            ("kl", terms.kl),
+        ],
+        out,
+    )
+    .unwrap();
+}
+
+const COMPARE: &str = r#"
+import json, struct, sys, torch
+sys.path.insert(0, sys.argv[1])
+from model import Model, _read_safetensors
+model = Model.from_safetensors(sys.argv[1] + "/model.safetensors")
+ours = _read_safetensors(sys.argv[2])
+with torch.no_grad():
+    decoded = model.decode(ours["z"])
+    elbo, rec, kl = model.elbo(ours["x"], ours["eps"])
+def rel(a, b):
+    return ((a - b).abs() / b.abs().clamp_min(1.0)).max().item()
+print(json.dumps({
+    "decoded": rel(decoded, ours["decoded"]),
+    "elbo": rel(elbo, ours["elbo"]),
+    "reconstruction": rel(rec, ours["reconstruction"]),
+    "kl": rel(kl, ours["kl"]),
+    "elbo_mean": elbo.mean().item(),
+}))
+"#;
+
+#[test]
+fn the_exported_module_matches_ours_for_every_preset_and_option() {
+    let data = tempfile::tempdir().unwrap();
+    synthetic_mnist(data.path(), 64, 12, 8);
+    let runs = tempfile::tempdir().unwrap();
+    let tied = runs.path().join("tied.toml");
+    std::fs::write(&tied, "[model]\ntie_weights = true\n").unwrap();
+    let variants: [(&str, Vec<&str>); 5] = [
+        ("fast", vec!["--preset", "fast"]),
+        ("default", vec![]),
+        ("best", vec!["--preset", "best"]),
+        (
+            "pixel-head",
+            vec!["--pixel-head", "8", "--pixel-head-layers", "2"],
+        ),
+        (
+            "hidden-tied",
+            vec![
+                "--preset",
+                "fast",
+                "--hidden-dim",
+                "24",
+                "--config",
+                tied.to_str().unwrap(),
+            ],
+        ),
+    ];
+    for (name, extra) in variants {
+        let run = runs.path().join(name);
+        let mut args = vec![
+            "train",
+            "--data",
+            data.path().to_str().unwrap(),
+            "--out",
+            run.to_str().unwrap(),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--device",
+            "cpu",
+            "--threads",
+            "1",
+        ];
+        args.extend(extra);
+        let out = vae(&args);
+        assert!(out.status.success(), "{name}: {}", text(&out).1);
+        perturb_checkpoint(&run.join("best.safetensors"));
+        let out = vae(&["export", "--run", run.to_str().unwrap()]);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{name}: {stderr}");
+        let export = run.join("export");
+        assert!(stdout.contains("model.py"), "{stdout}");
+
+        let ours = run.join("ours.safetensors");
+        our_outputs(&run, data.path(), &ours);
+        let out = Command::new(torch_python())
+            .arg("-c")
+            .arg(COMPARE)
+            .arg(&export)
+            .arg(&ours)
+            .env("PYTHONWARNINGS", "ignore")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{name}: {stdout}\n{stderr}");
+        let line = stdout.lines().last().unwrap();
+        eprintln!("{name}: {line}");
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        for key in ["decoded", "elbo", "reconstruction", "kl"] {
+            let diff = v[key].as_f64().unwrap();
+            assert!(
+                diff < 1e-4,
+                "{name}: {key} differs by {diff} (relative to max(1, |ours|)): {line}"
+            );
+        }
+        let elbo = v["elbo_mean"].as_f64().unwrap();
+        assert!(elbo.is_finite() && elbo < 0.0, "{name}: {line}");
+    }
+}
