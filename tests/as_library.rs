@@ -44,7 +44,7 @@ opt-level = 3
         p.join("src/main.rs"),
         r#"
 use ndarray::{Array1, Array3};
-use vae_data::{IdxArray, MnistDataset, Split, write_idx};
+use vae_data::{IdxArray, ImageDataset, Split, write_idx};
 use vae_model::Vae;
 use vae_train::{Checkpoint, Device, Outcome, RunConfig, Trainer, evaluate_elbo, evaluate_iw, files, images_tensor};
 
@@ -64,7 +64,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     write_set(&dir, "t10k", 24);
 
     // The CLI's default run, overridden to one small epoch on the CPU.
-    let data = MnistDataset::load(&dir, Split::Train)?;
+    let data = ImageDataset::load(&dir, Split::Train)?;
     let mut run = RunConfig::default();
     run.train.epochs = 1;
     run.train.batch_size = 32;
@@ -82,7 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("resumed to {} epochs, {} steps", trainer.state().history.len(), trainer.state().step);
 
     // Evaluated: the ELBO and the importance-weighted bound.
-    let test = MnistDataset::load(&dir, Split::Test)?;
+    let test = ImageDataset::load(&dir, Split::Test)?;
     let x = images_tensor(&test, tch::Device::Cpu);
     let elbo = evaluate_elbo(trainer.model(), &x, true, 1)?;
     let iw = evaluate_iw(trainer.model(), &x, 64, true, 1, &mut |_, _| {})?;

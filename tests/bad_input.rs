@@ -444,7 +444,7 @@ fn every_bad_input_is_a_clear_error() {
 
 #[test]
 fn libraries_reject_bad_input_with_typed_errors() {
-    use vae_data::{DataError, IdxArray, MnistDataset};
+    use vae_data::{DataError, IdxArray, ImageDataset};
     // Disk full: /dev/full refuses every write with ENOSPC.
     let full = std::fs::OpenOptions::new()
         .write(true)
@@ -459,7 +459,7 @@ fn libraries_reject_bad_input_with_typed_errors() {
 
     // Labels outside the classes a caller expects.
     let images = ndarray::Array3::<u8>::zeros((3, 4, 4));
-    let ds = MnistDataset::from_arrays(images, ndarray::Array1::from(vec![1u8, 12, 3])).unwrap();
+    let ds = ImageDataset::from_arrays(images, ndarray::Array1::from(vec![1u8, 12, 3])).unwrap();
     let err = ds.check_labels(10).unwrap_err().to_string();
     assert!(
         err.contains("label 12") && err.contains("example 1") && err.contains("10 classes"),

@@ -46,6 +46,27 @@ pub fn synthetic_mnist(dir: &Path, train: usize, test: usize, size: usize) {
     }
 }
 
+/// Writes a small RGB data set (rank-4 IDX, labelled) of `size` x `size` images into `dir`:
+/// image k is a red vertical bar, a green horizontal one and a blue level that varies with k.
+pub fn synthetic_colour(dir: &Path, train: usize, test: usize, size: usize) {
+    use vae_data::{ImageDataset, Split};
+    let make = |n: usize, offset: usize| {
+        let images = ndarray::Array4::from_shape_fn((n, size, size, 3), |(k, i, j, c)| {
+            let k = k + offset;
+            match c {
+                0 if j == k % size => 255u8,
+                1 if i == (k / size) % size => 200,
+                2 => ((k * 37) % 256) as u8,
+                _ => 0,
+            }
+        });
+        let labels = Array1::from_iter((0..n).map(|k| ((k + offset) % 10) as u8));
+        ImageDataset::from_images(images, Some(labels)).unwrap()
+    };
+    make(train, 0).save(dir, Split::Train).unwrap();
+    make(test, 1000).save(dir, Split::Test).unwrap();
+}
+
 /// Runs the `vae` binary.
 pub fn vae(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vae"))

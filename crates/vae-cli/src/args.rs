@@ -44,6 +44,9 @@ pub enum Command {
     Export(ExportArgs),
     /// What libtorch can do here: CUDA, devices, threads.
     Info(InfoArgs),
+    /// Turn a folder of PNGs (grey or RGB, one size; sub-folders become classes) into a data
+    /// set of IDX files that `vae train --data` reads.
+    Import(ImportArgs),
 }
 
 /// Options of `vae train`. Precedence: the preset (`default` unless named), then the keys
@@ -116,6 +119,16 @@ pub struct RunSettings {
     /// Masked conv layers of the pixel head [default: 3].
     #[arg(long)]
     pub pixel_head_layers: Option<usize>,
+    /// Observation model p(x | z): bernoulli (binary pixels; training images are binarised),
+    /// logistic (a mixture of discretised logistics over the 256 levels of 8-bit data) or
+    /// continuous-bernoulli (a normalised density on [0, 1]) [default: bernoulli for binary
+    /// images and for MNIST itself (a data folder named mnist: the binarised-MNIST protocol);
+    /// logistic for other grey-level and colour data].
+    #[arg(long, value_enum)]
+    pub likelihood: Option<LikelihoodKind>,
+    /// Components of the logistic mixture [default: 5].
+    #[arg(long)]
+    pub logistic_components: Option<i64>,
     /// Prior p(z): standard (N(0, I)) or vamp (VampPrior, a mixture of the posteriors of
     /// --pseudo-inputs learned images) [default: vamp; preset fast: standard].
     #[arg(long, value_enum)]
@@ -194,6 +207,17 @@ pub enum PriorKind {
     Vamp,
 }
 
+/// The likelihood's kind on the command line (`--logistic-components` gives the mixture's size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LikelihoodKind {
+    /// Independent Bernoulli pixels.
+    Bernoulli,
+    /// Discretised logistic mixture over 256 levels.
+    Logistic,
+    /// The continuous Bernoulli.
+    ContinuousBernoulli,
+}
+
 /// Where a model comes from: a run directory (and which of its checkpoints) or a file.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
@@ -253,8 +277,12 @@ pub struct SampleArgs {
     /// Scale of the prior's standard deviation (below 1: more typical samples).
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f64,
-    /// Show the likelihood's means (pixel probabilities) instead of samples.
+    /// Draw images from the likelihood instead of showing its means (for the Bernoulli: binary
+    /// pixels instead of their probabilities).
     #[arg(long)]
+    pub draw: bool,
+    /// Show the likelihood's means (what happens without --draw).
+    #[arg(long, hide = true, conflicts_with = "draw")]
     pub mean: bool,
     /// Output PNG [default: <run>/sample.png].
     #[arg(long)]
@@ -422,4 +450,20 @@ pub struct InfoArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// Options of `vae import`.
+#[derive(clap::Args, Debug)]
+pub struct ImportArgs {
+    /// Folder of PNG images, or of class sub-folders of them.
+    pub folder: PathBuf,
+    /// Folder to write the IDX files to (e.g. data/<name>).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Share of the images put in the test split (a seeded shuffle picks them).
+    #[arg(long, default_value_t = 0.1)]
+    pub test_fraction: f64,
+    /// Seed of the split.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }

@@ -41,6 +41,7 @@ fn main() -> ExitCode {
         Command::Sweep(args) => commands::sweep::run(args),
         Command::Export(args) => commands::export::run(args),
         Command::Info(args) => commands::info::run(args),
+        Command::Import(args) => commands::import::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

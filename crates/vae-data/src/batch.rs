@@ -1,12 +1,12 @@
 //! Seeded, reproducible mini-batches with optional dynamic binarisation.
 
-use ndarray::{Array1, Array3, Axis};
+use ndarray::{Array1, Array4, Axis};
 use rand::seq::SliceRandom;
 use rand::{RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use crate::dataset::ImageDataset;
 use crate::error::{DataError, Result};
-use crate::mnist::MnistDataset;
 
 /// How to cut a dataset into batches.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,29 +36,29 @@ impl Default for BatchConfig {
     }
 }
 
-/// One batch: images as `f32` (N x H x W, in [0, 1], or {0, 1} when binarised), their labels,
-/// and their indices in the dataset.
+/// One batch: images as `f32` (N x H x W x C, in [0, 1], or {0, 1} when binarised), their
+/// labels (when the set has them), and their indices in the dataset.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Batch {
     /// Pixels.
-    pub images: Array3<f32>,
+    pub images: Array4<f32>,
     /// Labels.
-    pub labels: Array1<u8>,
+    pub labels: Option<Array1<u8>>,
     /// Positions in the dataset.
     pub indices: Vec<usize>,
 }
 
-/// An iterator over one epoch's batches; see [`MnistDataset::batches`].
+/// An iterator over one epoch's batches; see [`ImageDataset::batches`].
 #[derive(Debug)]
 pub struct Batches<'a> {
-    data: &'a MnistDataset,
+    data: &'a ImageDataset,
     order: Vec<usize>,
     pos: usize,
     config: BatchConfig,
     rng: ChaCha8Rng,
 }
 
-impl MnistDataset {
+impl ImageDataset {
     /// The batches of epoch `epoch`. The same `(config.seed, epoch)` always gives the same
     /// batches, and every example appears exactly once per epoch (bar a dropped last batch).
     pub fn batches(&self, config: &BatchConfig, epoch: u64) -> Result<Batches<'_>> {
@@ -115,7 +115,7 @@ impl Iterator for Batches<'_> {
             let rng = &mut self.rng;
             images.mapv_inplace(|p| if rng.random::<f32>() < p { 1.0 } else { 0.0 });
         }
-        let labels = self.data.labels().select(Axis(0), &indices);
+        let labels = self.data.labels().map(|l| l.select(Axis(0), &indices));
         Some(Batch {
             images,
             labels,

@@ -263,22 +263,23 @@ fn dataset_loads_any_image_size_and_splits_validation_deterministically() {
     let dir = tempfile::tempdir().unwrap();
     let (images, labels) = toy(30, 5, 9);
     write_dataset(dir.path(), "train", &images, &labels);
-    let ds = MnistDataset::load(dir.path(), Split::Train).unwrap();
+    let ds = ImageDataset::load(dir.path(), Split::Train).unwrap();
     assert_eq!((ds.len(), ds.image_size()), (30, (5, 9)));
-    assert_eq!(ds.images(), &images);
+    assert_eq!(ds.images(), &images.clone().insert_axis(ndarray::Axis(3)));
+    assert_eq!(ds.channels(), 1);
     assert_eq!(ds.class_counts(), vec![3; 10]);
     let (train, val) = ds.split_validation(8).unwrap();
     assert_eq!((train.len(), val.len()), (22, 8));
-    assert_eq!(val.labels().to_vec(), labels[22..].to_vec());
+    assert_eq!(val.labels().unwrap().to_vec(), labels[22..].to_vec());
     assert!(ds.split_validation(30).is_err());
     let f = ds.images_f32();
-    assert_eq!(f[[1, 2, 3]], f32::from(images[[1, 2, 3]]) / 255.0);
+    assert_eq!(f[[1, 2, 3, 0]], f32::from(images[[1, 2, 3]]) / 255.0);
 }
 
 #[test]
 fn dataset_errors_are_specific() {
     let dir = tempfile::tempdir().unwrap();
-    let err = MnistDataset::load(dir.path(), Split::Test).unwrap_err();
+    let err = ImageDataset::load(dir.path(), Split::Test).unwrap_err();
     assert!(
         matches!(
             err,
@@ -293,7 +294,7 @@ fn dataset_errors_are_specific() {
 
     let (images, labels) = toy(6, 4, 4);
     write_dataset(dir.path(), "t10k", &images, &labels[..5]);
-    let err = MnistDataset::load(dir.path(), Split::Test).unwrap_err();
+    let err = ImageDataset::load(dir.path(), Split::Test).unwrap_err();
     assert!(
         matches!(
             err,
@@ -312,15 +313,72 @@ fn dataset_errors_are_specific() {
         dir.path().join("t10k-images-idx3-ubyte.gz"),
     )
     .unwrap();
-    let err = MnistDataset::load(dir.path(), Split::Test).unwrap_err();
+    let err = ImageDataset::load(dir.path(), Split::Test).unwrap_err();
     assert!(matches!(err, DataError::Layout { .. }), "{err}");
     assert!(err.to_string().contains("rank 3"), "{err}");
 }
 
 #[test]
+fn colour_and_unlabelled_sets_load_and_bad_layouts_are_named() {
+    use ndarray::{Array2, Array4};
+    let dir = tempfile::tempdir().unwrap();
+    // Rank 4, three channels, no label file: an unlabelled colour set.
+    let images = Array4::from_shape_fn((5, 4, 6, 3), |(n, i, j, c)| {
+        (n * 50 + i * 6 + j + c * 80) as u8
+    });
+    write_idx(
+        dir.path().join("train-images-idx4-ubyte.gz"),
+        &IdxArray::U8(images.clone().into_dyn()),
+        true,
+    )
+    .unwrap();
+    let ds = ImageDataset::load(dir.path(), Split::Train).unwrap();
+    assert_eq!((ds.len(), ds.image_size(), ds.channels()), (5, (4, 6), 3));
+    assert_eq!(ds.images(), &images);
+    assert!(ds.labels().is_none() && ds.class_counts().is_empty());
+    let err = ds.check_labels(10).unwrap_err().to_string();
+    assert!(err.contains("has no labels"), "{err}");
+    let (train, val) = ds.split_validation(2).unwrap();
+    assert_eq!((train.len(), val.len(), val.labels()), (3, 2, None));
+    let batch = ds
+        .batches(
+            &BatchConfig {
+                batch_size: 2,
+                ..BatchConfig::default()
+            },
+            0,
+        )
+        .unwrap()
+        .next()
+        .unwrap();
+    assert_eq!((batch.images.dim(), batch.labels), ((2, 4, 6, 3), None));
+    assert!(!ds.is_binary());
+
+    // Two channels, and a rank-2 image file: each is a layout error naming the file.
+    for (name, array) in [
+        (
+            "t10k-images-idx4-ubyte.gz",
+            IdxArray::U8(Array4::<u8>::zeros((2, 3, 3, 2)).into_dyn()),
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            IdxArray::U8(Array2::<u8>::zeros((2, 9)).into_dyn()),
+        ),
+    ] {
+        let other = tempfile::tempdir().unwrap();
+        write_idx(other.path().join(name), &array, true).unwrap();
+        let err = ImageDataset::load(other.path(), Split::Test).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, DataError::Layout { .. }), "{text}");
+        assert!(text.contains(name) && text.contains("C = 1 or 3"), "{text}");
+    }
+    assert!(ImageDataset::from_images(Array4::zeros((1, 2, 2, 2)), None).is_err());
+}
+
+#[test]
 fn batches_are_deterministic_per_seed_and_cover_every_example_once() {
     let (images, labels) = toy(103, 3, 3);
-    let ds = MnistDataset::from_arrays(images, Array1::from(labels)).unwrap();
+    let ds = ImageDataset::from_arrays(images, Array1::from(labels)).unwrap();
     let cfg = BatchConfig {
         batch_size: 10,
         drop_last: false,
@@ -369,10 +427,10 @@ fn batches_are_deterministic_per_seed_and_cover_every_example_once() {
     assert_eq!(order(&in_order, 3), (0..103).collect::<Vec<_>>());
     for b in ds.batches(&in_order, 0).unwrap() {
         for (row, &i) in b.indices.iter().enumerate() {
-            assert_eq!(b.labels[row], ds.labels()[i]);
+            assert_eq!(b.labels.as_ref().unwrap()[row], ds.labels().unwrap()[i]);
             assert_eq!(
-                b.images[[row, 1, 2]],
-                f32::from(ds.images()[[i, 1, 2]]) / 255.0
+                b.images[[row, 1, 2, 0]],
+                f32::from(ds.images()[[i, 1, 2, 0]]) / 255.0
             );
         }
     }
@@ -390,7 +448,7 @@ fn batches_are_deterministic_per_seed_and_cover_every_example_once() {
 fn binarisation_is_seeded_and_its_mean_matches_the_pixel_mean() {
     let n = 2000;
     let images = Array3::from_shape_fn((n, 8, 8), |(k, i, j)| ((k + i * 8 + j) * 13 % 256) as u8);
-    let ds = MnistDataset::from_arrays(images, Array1::zeros(n)).unwrap();
+    let ds = ImageDataset::from_arrays(images, Array1::zeros(n)).unwrap();
     let cfg = BatchConfig {
         batch_size: 500,
         binarize: true,

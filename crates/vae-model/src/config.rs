@@ -164,6 +164,9 @@ impl ConvVaeConfig {
                 ));
             }
         }
+        if let Err(m) = self.likelihood.validate() {
+            return bad(m);
+        }
         if self.tie_weights && self.likelihood.params_per_channel() != 1 {
             return bad(format!(
                 "tied weights need one decoder output per image channel, but the {} likelihood takes {}",

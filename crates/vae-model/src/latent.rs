@@ -76,7 +76,7 @@ pub fn pca2(x: &Tensor) -> Tensor {
 }
 
 /// Active units: latent dimensions whose posterior mean varies across inputs,
-/// Cov_x(E_q[z_i]) > 0.01 (Burda et al., "Importance Weighted Autoencoders", ICLR 2016), from
+/// Cov_x(E_q\[z_i\]) > 0.01 (Burda et al., "Importance Weighted Autoencoders", ICLR 2016), from
 /// the means `mu` (`[N, d]`).
 pub fn active_units(mu: &Tensor) -> i64 {
     mu.var_dim(0, true, false)

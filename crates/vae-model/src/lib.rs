@@ -41,7 +41,7 @@ mod vae;
 
 pub use config::{ConvVaeConfig, ModelConfig, PixelHead, Prior};
 pub use error::ModelError;
-pub use likelihood::Likelihood;
+pub use likelihood::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood};
 pub use model::{ConvVae, VaeOutput};
 pub use vae::{ElboTerms, IwaeTerms, Posterior, Vae};
 

@@ -483,7 +483,7 @@ impl ConvVae {
     fn pixel_means(&self, base: &Tensor) -> Tensor {
         match &self.pixel {
             None => self.config.likelihood.mean(base),
-            Some(head) => head.sample(base, self.compute),
+            Some(head) => head.sample_pixels(base, self.compute).0,
         }
     }
 
@@ -691,6 +691,19 @@ impl Vae for ConvVae {
         }
         let z = self.sample_prior(n, temperature);
         Ok(self.pixel_means(&self.decode_unchecked(&z)))
+    }
+
+    fn draw(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
+        if n < 1 {
+            return Err(ModelError::InvalidArgument(format!(
+                "cannot draw {n} images"
+            )));
+        }
+        let base = self.decode_unchecked(&self.sample_prior(n, temperature));
+        Ok(match &self.pixel {
+            None => self.config.likelihood.sample(&base),
+            Some(head) => head.sample_pixels(&base, self.compute).1,
+        })
     }
 
     fn reconstruct(&self, x: &Tensor) -> Result<Tensor, ModelError> {

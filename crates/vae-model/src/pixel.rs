@@ -131,9 +131,9 @@ impl PixelCnn {
 
     /// Ancestral sampling, one pixel at a time in raster order, given the decoder's logits
     /// `base` `[N, 1, H, W]`: returns each pixel's Bernoulli mean given the pixels sampled
-    /// before it (a grey-level picture of the sample). Masked convs never look below the
-    /// current row, so each pass runs on the rows so far only.
-    pub(crate) fn sample(&self, base: &Tensor, kind: Kind) -> Tensor {
+    /// before it (a grey-level picture of the sample) and the binary pixels drawn. Masked convs
+    /// never look below the current row, so each pass runs on the rows so far only.
+    pub(crate) fn sample_pixels(&self, base: &Tensor, kind: Kind) -> (Tensor, Tensor) {
         let size = base.size();
         let (h, w) = (size[2], size[3]);
         let x = base.zeros_like();
@@ -147,7 +147,7 @@ impl PixelCnn {
                 x.narrow(2, i, 1).narrow(3, j, 1).copy_(&p.bernoulli());
             }
         }
-        means
+        (means, x)
     }
 }
 
@@ -197,7 +197,8 @@ mod tests {
         assert!(h.forward(&x, &base, Kind::Float).equal(&base));
         // And sampling gives σ(base) (to rounding: σ of one element vs a vectorised σ).
         assert!(
-            h.sample(&base, Kind::Float)
+            h.sample_pixels(&base, Kind::Float)
+                .0
                 .allclose(&base.sigmoid(), 1e-6, 1e-7, false)
         );
     }
@@ -257,7 +258,7 @@ mod tests {
         let total = log_p.exp().sum(Kind::Double).double_value(&[]);
         assert!((total - 1.0).abs() < 1e-5, "Σ p(x) = {total}");
         // Sampling draws from the same distribution: the first pixel's mean is its logit's σ.
-        let means = h.sample(&base.narrow(0, 0, 1), Kind::Float);
+        let means = h.sample_pixels(&base.narrow(0, 0, 1), Kind::Float).0;
         let first = logits.double_value(&[0, 0, 0, 0]);
         assert!((means.double_value(&[0, 0, 0, 0]) - 1.0 / (1.0 + (-first).exp())).abs() < 1e-6);
     }

@@ -119,6 +119,10 @@ pub trait Vae: std::fmt::Debug {
     /// the prior itself): the likelihood's means, `[n, C, H, W]`.
     fn sample(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError>;
 
+    /// `n` images drawn from the model, with the prior's Gaussian noise scaled by
+    /// `temperature`: z from the prior, then x ~ p(x | z), `[n, C, H, W]` in [0, 1].
+    fn draw(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError>;
+
     /// The likelihood's means of the reconstruction of `x` through the posterior mean.
     fn reconstruct(&self, x: &Tensor) -> Result<Tensor, ModelError>;
 

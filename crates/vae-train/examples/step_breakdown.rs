@@ -7,7 +7,7 @@
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor, nn};
-use vae_data::{MnistDataset, Split};
+use vae_data::{ImageDataset, Split};
 use vae_model::Vae;
 use vae_model::{ConvVae, ConvVaeConfig};
 use vae_train::internals::{prepare, tune_allocator};
@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let threads: i32 = args.next().map(|t| t.parse()).transpose()?.unwrap_or(2);
     tch::set_num_threads(threads);
     tune_allocator();
-    let train = MnistDataset::load(&data, Split::Train)?;
+    let train = ImageDataset::load(&data, Split::Train)?;
     let x = images_tensor(&train, Device::Cpu);
     let n = x.size()[0];
     let perm = Tensor::randperm(n, (Kind::Int64, Device::Cpu));

@@ -29,8 +29,10 @@ pub struct TrainConfig {
     pub kl_warmup_steps: u64,
     /// Clip the global gradient norm to this value.
     pub grad_clip: Option<f64>,
-    /// Dynamic binarisation of training images (the standard protocol); off trains on
-    /// continuous intensities in [0, 1] as BCE targets.
+    /// Dynamic binarisation of training and evaluation images, for the Bernoulli likelihood
+    /// (the binarised-MNIST protocol); off, the Bernoulli's BCE takes intensities in [0, 1] as
+    /// targets. The other likelihoods model the intensities themselves and never binarise
+    /// ([`TrainConfig::binarizes`]).
     pub binarize: bool,
     /// Training images held out for validation (the last ones); `None`: the last 10,000, or a
     /// sixth of the set when that is smaller ([`TrainConfig::validation_images`]).
@@ -270,6 +272,12 @@ impl TrainConfig {
             return bad("patience must be at least 1 epoch".into());
         }
         Ok(())
+    }
+
+    /// Whether images are binarised for a model with `likelihood`: `binarize`, for a
+    /// likelihood of binary data only.
+    pub fn binarizes(&self, likelihood: vae_model::Likelihood) -> bool {
+        self.binarize && likelihood.binarised_data()
     }
 
     /// The images held out for validation from a training set of `n`: `validation_size`, or

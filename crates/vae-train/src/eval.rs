@@ -1,21 +1,29 @@
 //! Test-set evaluation: the ELBO and the importance-weighted estimate of log p(x).
 
 use tch::{Device, Kind, Tensor};
-use vae_data::MnistDataset;
+use vae_data::ImageDataset;
 use vae_model::Vae;
 
 use crate::error::Result;
 
-/// Images of a dataset as a `u8` tensor `[N, 1, H, W]` on `device`.
-pub fn images_tensor(data: &MnistDataset, device: Device) -> Tensor {
+/// Images of a dataset as a `u8` tensor `[N, C, H, W]` on `device` (channels first, as the
+/// models take them; the data set stores them last).
+pub fn images_tensor(data: &ImageDataset, device: Device) -> Tensor {
     let (h, w) = data.image_size();
+    let (n, c) = (data.len() as i64, data.channels() as i64);
     let raw = data
         .images()
         .as_slice()
         .expect("datasets are stored contiguously");
-    Tensor::from_slice(raw)
-        .view([data.len() as i64, 1, h as i64, w as i64])
-        .to_device(device)
+    let t = Tensor::from_slice(raw);
+    let t = if c == 1 {
+        t.view([n, 1, h as i64, w as i64])
+    } else {
+        t.view([n, h as i64, w as i64, c])
+            .permute([0, 3, 1, 2])
+            .contiguous()
+    };
+    t.to_device(device)
 }
 
 /// Pixels in [0, 1] of `u8` images, binarised (x ~ Bernoulli(pixel)) when asked.

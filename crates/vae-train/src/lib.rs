@@ -16,11 +16,11 @@
 //! checkpoint back into a model.
 //!
 //! ```no_run
-//! use vae_data::{MnistDataset, Split};
+//! use vae_data::{ImageDataset, Split};
 //! use vae_train::{RunConfig, Trainer};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let data = MnistDataset::load("data/mnist", Split::Train)?;
+//! let data = ImageDataset::load("data/mnist", Split::Train)?;
 //! let mut trainer = Trainer::start("runs/example", &data, RunConfig::default())?;
 //! trainer.run()?;
 //! println!("best validation ELBO {:?}", trainer.state().best_val_elbo);

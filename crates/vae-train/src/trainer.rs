@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use tch::{Device, Kind, Tensor, nn};
-use vae_data::MnistDataset;
+use vae_data::ImageDataset;
 use vae_model::{ModelConfig, Vae};
 
 use crate::adam::Adam;
@@ -108,12 +108,18 @@ impl std::fmt::Debug for Trainer {
     }
 }
 
-fn check_sizes(model_config: &ModelConfig, data: &MnistDataset, what: &str) -> Result<()> {
+/// The (C, H, W) of a data set's images.
+fn shape_of(data: &ImageDataset) -> [i64; 3] {
     let (h, w) = data.image_size();
-    let [c, mh, mw] = model_config.image_shape();
-    if [1, h as i64, w as i64] != [c, mh, mw] {
+    [data.channels() as i64, h as i64, w as i64]
+}
+
+fn check_sizes(model_config: &ModelConfig, data: &ImageDataset, what: &str) -> Result<()> {
+    let [c, h, w] = shape_of(data);
+    let [mc, mh, mw] = model_config.image_shape();
+    if [c, h, w] != [mc, mh, mw] {
         return Err(TrainError::InvalidConfig(format!(
-            "the {what} images are {h}x{w} with 1 channel, but the model expects {mh}x{mw} with {c}"
+            "the {what} images are {h}x{w} with {c} channel(s), but the model expects {mh}x{mw} with {mc}"
         )));
     }
     Ok(())
@@ -129,7 +135,7 @@ fn runtime(config: &TrainConfig) -> Result<Device> {
 }
 
 /// `data` split into training and validation sets as `config` says (the last images held out).
-fn split(data: &MnistDataset, config: &TrainConfig) -> Result<(MnistDataset, MnistDataset)> {
+fn split(data: &ImageDataset, config: &TrainConfig) -> Result<(ImageDataset, ImageDataset)> {
     let n = data.len();
     let v = config.validation_images(n);
     if v == 0 || v >= n {
@@ -146,10 +152,9 @@ impl Trainer {
     /// error: resume it instead, or pick another directory) on `data`, a whole training split:
     /// its last `run.train.validation_size` images are held out for validation, and the
     /// model takes the data's image shape. Writes `config.toml`; attaches [`MetricsCsv`].
-    pub fn start(run_dir: impl AsRef<Path>, data: &MnistDataset, run: RunConfig) -> Result<Self> {
+    pub fn start(run_dir: impl AsRef<Path>, data: &ImageDataset, run: RunConfig) -> Result<Self> {
         let mut run = run;
-        let (h, w) = data.image_size();
-        run.model.set_image_shape([1, h as i64, w as i64]);
+        run.model.set_image_shape(shape_of(data));
         run.validate()?;
         let RunConfig {
             model: model_config,
@@ -203,7 +208,7 @@ impl Trainer {
     /// `|_| {}` keeps them all.
     pub fn resume(
         run_dir: impl AsRef<Path>,
-        data: &MnistDataset,
+        data: &ImageDataset,
         adjust: impl FnOnce(&mut TrainConfig),
     ) -> Result<Self> {
         let run_dir = run_dir.as_ref().to_path_buf();
@@ -284,8 +289,8 @@ impl Trainer {
         adam: Adam,
         ema: Option<Vec<Tensor>>,
         state: TrainState,
-        train: &MnistDataset,
-        validation: &MnistDataset,
+        train: &ImageDataset,
+        validation: &ImageDataset,
     ) -> Result<Self> {
         RunConfig {
             model: model_config.clone(),
@@ -342,7 +347,7 @@ impl Trainer {
 
     /// Also measures the ELBO of `test` after every epoch (the `test_elbo` column of
     /// `metrics.csv`), as PyTorch's VAE example prints its test loss. It never steers training.
-    pub fn set_test_set(&mut self, test: &MnistDataset) -> Result<()> {
+    pub fn set_test_set(&mut self, test: &ImageDataset) -> Result<()> {
         check_sizes(&self.model_config, test, "test")?;
         self.test_x = Some(images_tensor(test, self.device));
         Ok(())
@@ -529,7 +534,7 @@ impl Trainer {
                 }
                 tch::manual_seed(mix(self.config.seed, 3, self.state.step));
                 let idx = perm.narrow(0, b as i64 * batch, batch);
-                let x = prepare(&self.train_x.index_select(0, &idx), self.config.binarize);
+                let x = prepare(&self.train_x.index_select(0, &idx), self.binarize());
                 let (loss, rec, kl) = self.loss(&x)?;
                 self.adam
                     .set_lr(self.config.lr_at(self.state.step, schedule_total));
@@ -639,6 +644,11 @@ impl Trainer {
         Ok(Outcome::Completed)
     }
 
+    /// Whether batches are binarised: the setting, for a likelihood of binary data.
+    fn binarize(&self) -> bool {
+        self.config.binarizes(self.model_config.likelihood())
+    }
+
     fn notify_steps_ended(&mut self) {
         for o in &mut self.observers {
             o.steps_ended();
@@ -729,12 +739,12 @@ impl Trainer {
         let val = evaluate_elbo(
             self.model.as_ref(),
             &self.val_x,
-            self.config.binarize,
+            self.binarize(),
             VALIDATION_SEED,
         )?;
         let test_elbo = match &self.test_x {
             Some(x) => {
-                Some(evaluate_elbo(self.model.as_ref(), x, self.config.binarize, TEST_SEED)?.elbo)
+                Some(evaluate_elbo(self.model.as_ref(), x, self.binarize(), TEST_SEED)?.elbo)
             }
             None => None,
         };

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::{Array1, Array3};
 use tch::{Device, Kind, Tensor};
-use vae_data::MnistDataset;
+use vae_data::ImageDataset;
 use vae_model::ConvVaeConfig;
 use vae_train::*;
 
@@ -18,7 +18,7 @@ fn lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 /// Images of bars: image k has a vertical bar at column k % 8 and a horizontal one at row k / 8 % 8.
-fn bars(n: usize) -> MnistDataset {
+fn bars(n: usize) -> ImageDataset {
     let images = Array3::from_shape_fn((n, 8, 8), |(k, i, j)| {
         if j == k % 8 || i == (k / 8) % 8 {
             255u8
@@ -26,7 +26,7 @@ fn bars(n: usize) -> MnistDataset {
             0
         }
     });
-    MnistDataset::from_arrays(images, Array1::from_iter((0..n).map(|k| (k % 10) as u8))).unwrap()
+    ImageDataset::from_arrays(images, Array1::from_iter((0..n).map(|k| (k % 10) as u8))).unwrap()
 }
 
 fn tiny_model() -> ConvVaeConfig {
@@ -56,7 +56,7 @@ fn tiny_train(epochs: usize) -> TrainConfig {
     }
 }
 
-fn data() -> (MnistDataset, MnistDataset) {
+fn data() -> (ImageDataset, ImageDataset) {
     bars(144).split_validation(16).unwrap()
 }
 
@@ -287,7 +287,7 @@ fn damaged_checkpoints_and_mismatched_data_are_clear_errors() {
     // A new run takes the data's image size; a run resumed on data of another size, or given
     // a test set of another size, is an error naming both.
     let big =
-        MnistDataset::from_arrays(ndarray::Array3::zeros((40, 28, 28)), Array1::zeros(40)).unwrap();
+        ImageDataset::from_arrays(ndarray::Array3::zeros((40, 28, 28)), Array1::zeros(40)).unwrap();
     let err = Trainer::resume(dir.path(), &big, |_| {})
         .unwrap_err()
         .to_string();

@@ -17,7 +17,7 @@ pub fn run(args: EvalArgs) -> Result<u8> {
     let (model, ckpt) = (loaded.model.as_ref(), &loaded.checkpoint);
     let device = model.device();
     let test = load_split(&args.data, Split::Test, model)?;
-    let binarize = ckpt.train_config.binarize;
+    let binarize = ckpt.train_config.binarizes(model.likelihood());
     let x = images_tensor(&test, device);
     let elbo = evaluate_elbo(model, &x, binarize, args.seed)?;
     let iw = if args.iw_samples > 0 {
@@ -39,8 +39,18 @@ pub fn run(args: EvalArgs) -> Result<u8> {
     } else {
         None
     };
+    // Bits per dimension, for a likelihood that is a mass function over 8-bit levels.
+    let [c, h, w] = model.image_shape();
+    let per_dim = model
+        .likelihood()
+        .is_8bit()
+        .then(|| ((c * h * w) as f64) * std::f64::consts::LN_2);
+    let bits = |nats: f64| per_dim.map(|d| nats / d);
     if args.json {
         let v = serde_json::json!({
+            "likelihood": model.likelihood().name(),
+            "elbo_bits_per_dim": bits(-elbo.elbo),
+            "iw_bits_per_dim": iw.and_then(|e| bits(-e.log_likelihood)),
             "checkpoint": path.display().to_string(),
             "epochs": ckpt.state.history.len(),
             "step": ckpt.state.step,
@@ -62,14 +72,28 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             ckpt.state.history.len(),
             ckpt.state.step
         );
+        let in_bits = |nats: f64| {
+            bits(nats)
+                .map(|b| format!(" = {b:.4} bits/dim"))
+                .unwrap_or_default()
+        };
         println!(
-            "test ELBO {:.2} nats (KL {:.2}, reconstruction {:.2}; {} images)",
-            elbo.elbo, elbo.kl, elbo.reconstruction, elbo.images
+            "test ELBO {:.2} nats{} (KL {:.2}, reconstruction {:.2}; {} images; {} likelihood)",
+            elbo.elbo,
+            in_bits(-elbo.elbo),
+            elbo.kl,
+            elbo.reconstruction,
+            elbo.images,
+            model.likelihood()
         );
         if let Some(e) = iw {
             println!(
-                "test NLL {:.2} ± {:.2} nats (importance-weighted, k = {}, first {} images)",
-                -e.log_likelihood, e.std_error, e.k, e.images
+                "test NLL {:.2} ± {:.2} nats{} (importance-weighted, k = {}, first {} images)",
+                -e.log_likelihood,
+                e.std_error,
+                in_bits(-e.log_likelihood),
+                e.k,
+                e.images
             );
         }
     }

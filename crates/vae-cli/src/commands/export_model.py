@@ -10,8 +10,9 @@ stores it.
 
 The maths follows vae-rs's `ConvVae` op for op: an encoder of stride-2 4x4 convs (each
 followed by residual blocks) and a dense head giving the posterior's mean and log-variance,
-a decoder mirroring it (optionally sharing the encoder's conv weights) that gives Bernoulli
-logits, an optional PixelCNN-style head over those logits, and a standard-normal or VampPrior
+a decoder mirroring it (optionally sharing the encoder's conv weights) that gives the
+parameters of its likelihood (Bernoulli, discretised logistic mixture or continuous Bernoulli),
+an optional PixelCNN-style head over Bernoulli logits, and a standard-normal or VampPrior
 prior.
 """
 
@@ -111,7 +112,7 @@ class Decoder(nn.Module):
         hidden = cfg["hidden_dim"]
         self.hidden = nn.Linear(cfg["latent_dim"], hidden) if hidden else None
         self.fc = nn.Linear(hidden or cfg["latent_dim"], self.grid[0] * self.grid[1] * self.grid[2])
-        outs = list(reversed(chans))[1:] + [cfg["input_channels"] * PARAMS_PER_CHANNEL[cfg["likelihood"]["kind"]]]
+        outs = list(reversed(chans))[1:] + [cfg["input_channels"] * params_per_channel(cfg["likelihood"])]
         c_in = chans[-1]
         self.levels = len(outs)
         for i, c in enumerate(outs):
@@ -189,12 +190,81 @@ class PixelCnn(nn.Module):
         return means
 
 
-PARAMS_PER_CHANNEL = {"bernoulli": 1}
+def params_per_channel(likelihood):
+    """Decoder outputs per image channel."""
+    if likelihood["kind"] == "logistic":
+        return 3 * likelihood["components"]
+    return 1
 
 
 def bernoulli_nll(logits, x):
     """-log p(x | logits) summed over pixels, one value per image."""
     return F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(-1)
+
+
+def _continuous_bernoulli_log_norm(logits):
+    """log(l / tanh(l/2)), the continuous Bernoulli's log-normaliser, and log 2 + l^2/12 near 0."""
+    near = logits.abs() < 1e-2
+    safe = torch.where(near, torch.ones_like(logits), logits)
+    exact = torch.log(safe / torch.tanh(safe * 0.5))
+    taylor = logits.pow(2) / 12.0 + math.log(2)
+    return torch.where(near, taylor, exact)
+
+
+def _logistic_parts(params, k):
+    n, _, h, w = params.shape
+    p = params.view(n, -1, 3, k, h, w)
+    return p[:, :, 0], p[:, :, 1], p[:, :, 2].clamp(min=-7.0)
+
+
+def _logistic_nll(params, x, k):
+    """-log of the discretised logistic mixture's mass at x (256 levels, edge bins open)."""
+    logits, means, log_scales = _logistic_parts(params, k)
+    x = (x * 2.0 - 1.0).unsqueeze(2)
+    centred = x - means
+    inv_s = torch.exp(-log_scales)
+    plus_in = inv_s * (centred + 1.0 / 255.0)
+    min_in = inv_s * (centred - 1.0 / 255.0)
+    log_cdf_plus = plus_in - F.softplus(plus_in)
+    log_one_minus_cdf_min = -F.softplus(min_in)
+    cdf_delta = torch.sigmoid(plus_in) - torch.sigmoid(min_in)
+    mid_in = inv_s * centred
+    log_pdf_mid = mid_in - log_scales - F.softplus(mid_in) * 2.0 - math.log(127.5)
+    log_mass = torch.where(cdf_delta > 1e-5, torch.log(cdf_delta.clamp(min=1e-12)), log_pdf_mid)
+    log_probs = torch.where(
+        x < -0.999, log_cdf_plus, torch.where(x > 0.999, log_one_minus_cdf_min, log_mass)
+    )
+    mixed = torch.logsumexp(log_probs + F.log_softmax(logits, dim=2), dim=2)
+    return -mixed.flatten(1).sum(-1)
+
+
+def likelihood_nll(likelihood, params, x):
+    """-log p(x | params) summed over pixels and channels, one value per image."""
+    kind = likelihood["kind"]
+    if kind == "bernoulli":
+        return bernoulli_nll(params, x)
+    if kind == "continuous-bernoulli":
+        return bernoulli_nll(params, x) - _continuous_bernoulli_log_norm(params).flatten(1).sum(-1)
+    if kind == "logistic":
+        return _logistic_nll(params, x, likelihood["components"])
+    raise ValueError(f"unknown likelihood {kind!r}")
+
+
+def likelihood_mean(likelihood, params):
+    """E[x | params] in [0, 1]."""
+    kind = likelihood["kind"]
+    if kind == "bernoulli":
+        return torch.sigmoid(params)
+    if kind == "continuous-bernoulli":
+        near = params.abs() < 1e-2
+        safe = torch.where(near, torch.ones_like(params), params)
+        exact = 1.0 / (-torch.expm1(-safe)) - 1.0 / safe
+        return torch.where(near, params / 12.0 + 0.5, exact)
+    if kind == "logistic":
+        logits, means, _ = _logistic_parts(params, likelihood["components"])
+        m = (torch.softmax(logits, dim=2) * means.clamp(-1.0, 1.0)).sum(2)
+        return ((m + 1.0) * 0.5).clamp(0.0, 1.0)
+    raise ValueError(f"unknown likelihood {kind!r}")
 
 
 def normal_log_density(z, mu, logvar):
@@ -250,7 +320,7 @@ class Model(nn.Module):
         return self.encoder(x)
 
     def decode(self, z):
-        """The decoder's Bernoulli logits for latents z (with a pixel head: its conditioning)."""
+        """The likelihood's parameters for latents z (with a pixel head: its conditioning)."""
         return self.decoder(z, self.encoder)
 
     def _likelihood_logits(self, x, base):
@@ -259,7 +329,9 @@ class Model(nn.Module):
 
     def _means(self, base):
         head = self.decoder.pixel_head
-        return torch.sigmoid(base) if head is None else head.sample(base)
+        if head is None:
+            return likelihood_mean(self.config["likelihood"], base)
+        return head.sample(base)
 
     def _prior_components(self):
         return self.encode(torch.sigmoid(self.prior.pseudo_inputs))
@@ -279,7 +351,7 @@ class Model(nn.Module):
         if eps is None:
             eps = torch.randn_like(mu)
         z = mu + torch.exp(0.5 * logvar) * eps
-        rec = bernoulli_nll(self._likelihood_logits(x, self.decode(z)), x)
+        rec = likelihood_nll(self.config["likelihood"], self._likelihood_logits(x, self.decode(z)), x)
         if self.prior.kind == "standard":
             kl = (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1) * 0.5
         else:
@@ -300,7 +372,7 @@ class Model(nn.Module):
             z = mu + eps * std
             images = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
             logits = self._likelihood_logits(images, self.decode(z.reshape(s * n, -1)))
-            log_px = -bernoulli_nll(logits, images).view(s, n)
+            log_px = -likelihood_nll(self.config["likelihood"], logits, images).view(s, n)
             log_qz = (eps.pow(2) + logvar + LN_2PI).sum(-1) * -0.5
             weights.append(log_px + self.log_prior(z) - log_qz)
             done += s

@@ -1,6 +1,6 @@
 //! `vae latents`.
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 use tch::{Device, Tensor};
 use vae_data::Split;
 use vae_model::latent::pca2;
@@ -10,8 +10,9 @@ use crate::args::{LatentsArgs, SplitArg};
 use crate::commands::load_split;
 use crate::plot::scatter;
 
-/// The CSV of `latents`: index, label, then each mean and each log-variance.
-fn latents_csv(labels: &[u8], mu: &[f32], logvar: &[f32], d: usize) -> String {
+/// The CSV of `latents`: index, label (empty for an unlabelled set), then each mean and each
+/// log-variance.
+fn latents_csv(labels: Option<&[u8]>, mu: &[f32], logvar: &[f32], d: usize) -> String {
     let mut csv = String::from("index,label");
     for i in 0..d {
         csv.push_str(&format!(",mu_{i}"));
@@ -20,8 +21,11 @@ fn latents_csv(labels: &[u8], mu: &[f32], logvar: &[f32], d: usize) -> String {
         csv.push_str(&format!(",logvar_{i}"));
     }
     csv.push('\n');
-    for (k, label) in labels.iter().enumerate() {
-        csv.push_str(&format!("{k},{label}"));
+    for k in 0..mu.len() / d.max(1) {
+        match labels {
+            Some(l) => csv.push_str(&format!("{k},{}", l[k])),
+            None => csv.push_str(&format!("{k},")),
+        }
         for v in mu[k * d..(k + 1) * d]
             .iter()
             .chain(&logvar[k * d..(k + 1) * d])
@@ -45,12 +49,15 @@ pub fn run(a: LatentsArgs) -> Result<u8> {
     let d = model.latent_dim() as usize;
     let mu_v: Vec<f32> = Vec::try_from(&mu.view([-1]))?;
     let lv_v: Vec<f32> = Vec::try_from(&logvar.view([-1]))?;
-    let labels = ds.labels().to_vec();
+    let labels = ds.labels().map(|l| l.to_vec());
     let out = a
         .out
         .clone()
         .unwrap_or_else(|| a.model.out_dir().join("latents.csv"));
-    vae_data::write_atomic(&out, latents_csv(&labels, &mu_v, &lv_v, d).as_bytes())?;
+    vae_data::write_atomic(
+        &out,
+        latents_csv(labels.as_deref(), &mu_v, &lv_v, d).as_bytes(),
+    )?;
     println!(
         "wrote {} ({} rows, {d} latent dims)",
         out.display(),
@@ -65,6 +72,12 @@ pub fn run(a: LatentsArgs) -> Result<u8> {
         );
     }
     if let Some(p) = &a.plot {
+        let Some(labels) = &labels else {
+            bail!(
+                "--plot colours the points by label, but {} has no label file for the {split_name} images: drop --plot, or add the labels",
+                a.data.display()
+            );
+        };
         let (xy, how) = match d {
             1 => (
                 Tensor::cat(&[mu.shallow_clone(), Tensor::zeros_like(&mu)], 1),

@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod export;
+pub mod import;
 pub mod info;
 pub mod interpolate;
 pub mod latents;
@@ -15,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use tch::Tensor;
-use vae_data::{MnistDataset, Split};
+use vae_data::{ImageDataset, Split};
 use vae_model::Vae;
 use vae_train::{Checkpoint, LoadedModel, files};
 
@@ -59,8 +60,8 @@ impl ModelArgs {
 }
 
 /// Loads a split and checks its images have the model's size.
-pub fn load_split(data: &Path, split: Split, model: &dyn Vae) -> Result<MnistDataset> {
-    let ds = MnistDataset::load(data, split).context("cannot load the data")?;
+pub fn load_split(data: &Path, split: Split, model: &dyn Vae) -> Result<ImageDataset> {
+    let ds = ImageDataset::load(data, split).context("cannot load the data")?;
     let [_, h, w] = model.image_shape();
     if ds.image_size() != (h as usize, w as usize) {
         bail!(

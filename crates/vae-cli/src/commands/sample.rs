@@ -1,7 +1,6 @@
 //! `vae sample`.
 
 use anyhow::{Result, bail};
-use vae_model::Likelihood;
 
 use crate::args::SampleArgs;
 use crate::grid::save_grid;
@@ -19,13 +18,14 @@ pub fn run(a: SampleArgs) -> Result<u8> {
     let loaded = a.model.load()?;
     let model = loaded.model.as_ref();
     tch::manual_seed(a.seed);
-    let means = tch::no_grad(|| model.sample(a.n, a.temperature))?;
-    // Binary pixels drawn from the Bernoulli means, unless the means are asked for.
-    let images = if a.mean || model.likelihood() != Likelihood::Bernoulli {
-        means
-    } else {
-        means.bernoulli()
-    };
+    // The likelihood's means, or with --draw images drawn from it.
+    let images = tch::no_grad(|| {
+        if a.draw {
+            model.draw(a.n, a.temperature)
+        } else {
+            model.sample(a.n, a.temperature)
+        }
+    })?;
     let out = a
         .out
         .unwrap_or_else(|| a.model.out_dir().join("sample.png"));

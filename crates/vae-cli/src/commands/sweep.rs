@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use vae_data::{MnistDataset, Split};
+use vae_data::{ImageDataset, Split};
 use vae_model::ConvVaeConfig;
 use vae_model::latent::active_units;
 use vae_train::{
@@ -38,8 +38,8 @@ pub fn run(a: SweepArgs) -> Result<u8> {
         bail!("--iw-samples and --iw-images must be at least 1");
     }
     let device = a.device.resolve()?;
-    let full = MnistDataset::load(&a.data, Split::Train).context("cannot load the training set")?;
-    let test = MnistDataset::load(&a.data, Split::Test).context("cannot load the test set")?;
+    let full = ImageDataset::load(&a.data, Split::Train).context("cannot load the training set")?;
+    let test = ImageDataset::load(&a.data, Split::Test).context("cannot load the test set")?;
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from("runs").join(format!(
             "sweep-{}",

@@ -6,15 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
 use tch::Device;
-use vae_data::{MnistDataset, Split};
-use vae_model::{PixelHead, Prior};
+use vae_data::{ImageDataset, Split};
+use vae_model::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood, PixelHead, Prior};
 use vae_train::{
     Checkpoint, EpochMetrics, Outcome, RunConfig, TrainConfig, Trainer, device_name, evaluate_elbo,
     files, images_tensor,
 };
 
 use crate::EXIT_INTERRUPTED;
-use crate::args::{PriorKind, RunSettings, TrainArgs};
+use crate::args::{LikelihoodKind, PriorKind, RunSettings, TrainArgs};
 use crate::commands::reconstruct::reconstruction_grid;
 use crate::curves::write_curves;
 use crate::grid::save_grid;
@@ -61,6 +61,25 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
     let Some(m) = run.model.as_conv_mut() else {
         bail!("the model flags describe the conv VAE; set this model kind's keys in --config");
     };
+    match (s.likelihood, s.logistic_components) {
+        (Some(kind), k) => {
+            m.likelihood = match kind {
+                LikelihoodKind::Bernoulli => Likelihood::Bernoulli,
+                LikelihoodKind::ContinuousBernoulli => Likelihood::ContinuousBernoulli,
+                LikelihoodKind::Logistic => Likelihood::Logistic {
+                    components: k.unwrap_or(DEFAULT_LOGISTIC_COMPONENTS),
+                },
+            };
+            if k.is_some() && kind != LikelihoodKind::Logistic {
+                bail!("--logistic-components needs --likelihood logistic");
+            }
+        }
+        (None, Some(k)) => match &mut m.likelihood {
+            Likelihood::Logistic { components } => *components = k,
+            _ => bail!("--logistic-components needs --likelihood logistic"),
+        },
+        (None, None) => {}
+    }
     if let Some(v) = s.latent_dim {
         m.latent_dim = v;
     }
@@ -105,15 +124,48 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
     Ok(())
 }
 
-/// The run a new `vae train` asks for: preset, then `--config`, then flags.
-fn run_config(args: &TrainArgs) -> Result<RunConfig> {
+/// The likelihood a run on `data` (loaded from `folder`) gets when nothing names one: the
+/// Bernoulli for binary images and for MNIST itself (the binarised-MNIST protocol), the
+/// logistic mixture for other grey-level and colour data. With why, for the user.
+fn default_likelihood(folder: &Path, data: &ImageDataset) -> (Likelihood, &'static str) {
+    let mnist = folder.file_name().is_some_and(|n| n == "mnist");
+    if data.is_binary() {
+        (Likelihood::Bernoulli, "the default for binary images")
+    } else if mnist && data.channels() == 1 {
+        (
+            Likelihood::Bernoulli,
+            "the binarised-MNIST protocol, the default for MNIST",
+        )
+    } else if data.channels() == 3 {
+        (Likelihood::logistic(), "the default for colour data")
+    } else {
+        (Likelihood::logistic(), "the default for grey-level data")
+    }
+}
+
+/// The run a new `vae train` asks for: preset, then `--config`, then flags; a likelihood
+/// chosen for the data when none is named (the choice is printed).
+fn run_config(args: &TrainArgs, data: &ImageDataset) -> Result<RunConfig> {
     let mut run = RunConfig::preset(args.settings.preset.unwrap_or_default());
+    let mut named_likelihood = args.settings.likelihood.is_some();
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
         run = run
             .overlay_toml(&text)
             .with_context(|| format!("invalid config {}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text)?;
+        named_likelihood |= table
+            .get("model")
+            .and_then(|m| m.get("likelihood"))
+            .is_some();
+    }
+    if !named_likelihood && let Some(m) = run.model.as_conv_mut() {
+        let (likelihood, why) = default_likelihood(&args.data, data);
+        if likelihood != m.likelihood {
+            m.likelihood = likelihood;
+            eprintln!("likelihood: {likelihood}, {why} (--likelihood chooses another)");
+        }
     }
     apply_settings(&args.settings, &mut run)?;
     if let Some(v) = args.epochs {
@@ -158,7 +210,7 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     trainer.observe(EpochBar::default());
     // Loaded once: the per-epoch test ELBO and the final pictures use it (set_test_set also
     // checks its image size against the model's).
-    let test = MnistDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
+    let test = ImageDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
     trainer.set_test_set(&test)?;
     trainer.set_interrupt_flag(install_interrupt_handler());
     let outcome = match (args.untimed_steps, args.max_steps) {
@@ -234,7 +286,7 @@ fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> 
 /// return: the trainer holds its own on the training device.
 fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
     let data =
-        MnistDataset::load(&args.data, Split::Train).context("cannot load the training set")?;
+        ImageDataset::load(&args.data, Split::Train).context("cannot load the training set")?;
     let trainer = if let Some(dir) = &args.resume {
         Trainer::resume(dir, &data, |c: &mut TrainConfig| {
             if let Some(e) = args.epochs {
@@ -251,7 +303,7 @@ fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
             }
         })?
     } else {
-        let run = run_config(args)?;
+        let run = run_config(args, &data)?;
         let out = args.out.clone().unwrap_or_else(|| {
             PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
         });
@@ -262,7 +314,7 @@ fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
 
 /// After training: pictures and the test ELBO of the best checkpoint, and the curves of the
 /// run's `history`.
-fn finish(dir: &Path, test: &MnistDataset, device: Device, history: &[EpochMetrics]) -> Result<()> {
+fn finish(dir: &Path, test: &ImageDataset, device: Device, history: &[EpochMetrics]) -> Result<()> {
     let best = dir.join(files::BEST);
     let loaded = Checkpoint::load(&best)?.into_model(device)?;
     let (model, ckpt) = (loaded.model.as_ref(), &loaded.checkpoint);
@@ -277,7 +329,8 @@ fn finish(dir: &Path, test: &MnistDataset, device: Device, history: &[EpochMetri
         let n = u.size()[0].min(100);
         save_grid(&dir.join("pseudo_inputs.png"), &u.narrow(0, 0, n), 10)?;
     }
-    let test_elbo = evaluate_elbo(model, &test_x, ckpt.train_config.binarize, 123)?;
+    let binarize = ckpt.train_config.binarizes(model.likelihood());
+    let test_elbo = evaluate_elbo(model, &test_x, binarize, 123)?;
     println!(
         "test ELBO {:.2} nats (KL {:.2}, reconstruction {:.2}; {} images, best checkpoint of epoch {})",
         test_elbo.elbo,
