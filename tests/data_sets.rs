@@ -137,6 +137,37 @@ fn a_colour_set_trains_with_the_logistic_likelihood_and_draws_colour_pictures() 
     );
 }
 
+#[test]
+fn a_grey_level_set_like_fashion_mnist_gets_the_logistic_likelihood_and_bits_per_dim() {
+    // As `cargo xtask download --dataset fashion-mnist` lays it out: grey levels, not binary.
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("fashion-mnist");
+    std::fs::create_dir(&data).unwrap();
+    let make = |n: usize, offset: usize| {
+        let images = ndarray::Array3::from_shape_fn((n, 8, 8), |(k, i, j)| {
+            (((k + offset) * 29 + i * 31 + j * 7) % 256) as u8
+        });
+        let labels = ndarray::Array1::from_iter((0..n).map(|k| (k % 10) as u8));
+        vae_data::ImageDataset::from_arrays(images, labels).unwrap()
+    };
+    make(64, 0).save(&data, vae_data::Split::Train).unwrap();
+    make(16, 500).save(&data, vae_data::Split::Test).unwrap();
+    let run = root.path().join("run");
+    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = vec!["train", "--data", d, "--out", r];
+    args.extend(small("1", "16", &[]));
+    let (_, stderr) = ok(&args);
+    assert!(
+        stderr.contains("likelihood: logistic (5 components), the default for grey-level data"),
+        "{stderr}"
+    );
+    let (stdout, _) = ok(&["eval", "--run", r, "--data", d, "--iw-samples", "10"]);
+    assert!(stdout.contains("bits/dim (importance-weighted"), "{stdout}");
+    // The test images are scored as they are, not binarised: the same figure twice.
+    let (again, _) = ok(&["eval", "--run", r, "--data", d, "--iw-samples", "10"]);
+    assert_eq!(stdout, again);
+}
+
 /// Writes a grey PNG of `w` x `h`.
 fn grey_png(path: &Path, w: u32, h: u32, level: u8) {
     let file = std::fs::File::create(path).unwrap();

@@ -10,13 +10,44 @@ use std::time::{Duration, Instant};
 use common::*;
 use vae_train::Checkpoint;
 
-fn spawn(args: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_vae"))
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+/// A trainer child process, killed when dropped so that a failing assertion leaves no
+/// training process behind.
+struct Trainer(Option<Child>);
+
+impl Trainer {
+    fn id(&self) -> u32 {
+        self.0.as_ref().unwrap().id()
+    }
+
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    /// Waits for it to exit and returns its standard error.
+    fn stderr(mut self) -> String {
+        let out = self.0.take().unwrap().wait_with_output().unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+}
+
+impl Drop for Trainer {
+    fn drop(&mut self) {
+        if let Some(c) = &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(args: &[&str]) -> Trainer {
+    Trainer(Some(
+        Command::new(env!("CARGO_BIN_EXE_vae"))
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    ))
 }
 
 fn wait_for(path: &Path) {
@@ -130,8 +161,8 @@ fn one_process_holds_a_run_directory_and_a_killed_one_lets_go() {
     assert!(out.status.success(), "{}", text(&out).1);
 
     // Killed, it leaves no lock behind: the run resumes with no manual step.
-    first.kill().unwrap();
-    first.wait().unwrap();
+    first.child().kill().unwrap();
+    first.child().wait().unwrap();
     let epochs = Checkpoint::load(run.join("last.safetensors"))
         .unwrap()
         .state
@@ -157,10 +188,10 @@ fn one_process_holds_a_run_directory_and_a_killed_one_lets_go() {
     let (mut a, mut b) = (spawn(&args), spawn(&args));
     let started = Instant::now();
     let refused = loop {
-        if let Some(status) = a.try_wait().unwrap() {
+        if let Some(status) = a.child().try_wait().unwrap() {
             break (a, b, status);
         }
-        if let Some(status) = b.try_wait().unwrap() {
+        if let Some(status) = b.child().try_wait().unwrap() {
             break (b, a, status);
         }
         assert!(
@@ -171,7 +202,7 @@ fn one_process_holds_a_run_directory_and_a_killed_one_lets_go() {
     };
     let (loser, mut winner, status) = refused;
     assert!(!status.success());
-    let stderr = String::from_utf8_lossy(&loser.wait_with_output().unwrap().stderr).into_owned();
+    let stderr = loser.stderr();
     assert_eq!(
         stderr.trim(),
         format!(
@@ -179,9 +210,10 @@ fn one_process_holds_a_run_directory_and_a_killed_one_lets_go() {
             winner.id()
         )
     );
-    assert!(winner.try_wait().unwrap().is_none(), "the winner trains on");
-    winner.kill().unwrap();
-    winner.wait().unwrap();
+    assert!(
+        winner.child().try_wait().unwrap().is_none(),
+        "the winner trains on"
+    );
 }
 
 #[test]
