@@ -67,6 +67,24 @@ pub fn synthetic_colour(dir: &Path, train: usize, test: usize, size: usize) {
     make(test, 1000).save(dir, Split::Test).unwrap();
 }
 
+/// Flags of a quick CPU run: batches of 16 on one thread.
+pub const QUICK: [&str; 6] = ["--batch-size", "16", "--device", "cpu", "--threads", "1"];
+
+/// Flags of a tiny model: a 2-dimensional latent and one conv of 4 channels.
+pub const TINY: [&str; 4] = ["--latent-dim", "2", "--channels", "4"];
+
+/// The arguments of `vae train --data data --out run --epochs epochs`, then `extra`.
+pub fn train_args<'a>(
+    data: &'a str,
+    run: &'a str,
+    epochs: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec!["train", "--data", data, "--out", run, "--epochs", epochs];
+    args.extend_from_slice(extra);
+    args
+}
+
 /// Runs the `vae` binary.
 pub fn vae(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_vae"))

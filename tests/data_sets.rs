@@ -22,24 +22,9 @@ fn small(
     validation: &'static str,
     extra: &[&'static str],
 ) -> Vec<&'static str> {
-    let mut v = vec![
-        "--epochs",
-        epochs,
-        "--batch-size",
-        "16",
-        "--validation-size",
-        validation,
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-        "--latent-dim",
-        "4",
-        "--channels",
-        "8,16",
-    ];
-    v.extend_from_slice(extra);
-    v
+    let model = ["--latent-dim", "4", "--channels", "8,16"];
+    let budget = ["--epochs", epochs, "--validation-size", validation];
+    [&QUICK[..], &model[..], &budget[..], extra].concat()
 }
 
 #[test]

@@ -149,22 +149,12 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
     for (name, extra) in variants {
         let data = if name == "colour" { &colour } else { &grey };
         let run = runs.path().join(name);
-        let mut args = vec![
-            "train",
-            "--data",
+        let args = train_args(
             data.path().to_str().unwrap(),
-            "--out",
             run.to_str().unwrap(),
-            "--epochs",
             "1",
-            "--batch-size",
-            "16",
-            "--device",
-            "cpu",
-            "--threads",
-            "1",
-        ];
-        args.extend(extra);
+            &[&QUICK[..], &extra[..]].concat(),
+        );
         let out = vae(&args);
         assert!(out.status.success(), "{name}: {}", text(&out).1);
         perturb_checkpoint(&run.join("best.safetensors"));

@@ -69,17 +69,12 @@ fn a_six_thousand_image_set_trains_with_the_default_validation_split() {
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("r");
     // The defaults but one epoch: the validation split is a sixth of the set, 1,000 images.
-    let out = vae(&[
-        "train",
-        "--data",
+    let out = vae(&train_args(
         data.path().to_str().unwrap(),
-        "--out",
         run.to_str().unwrap(),
-        "--epochs",
         "1",
-        "--device",
-        "cpu",
-    ]);
+        &["--device", "cpu"],
+    ));
     let (_, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     let ckpt = Checkpoint::load(run.join("last.safetensors")).unwrap();
@@ -110,23 +105,8 @@ fn one_process_holds_a_run_directory_and_a_killed_one_lets_go() {
     let (d, runs) = (data.path().to_str().unwrap(), tempfile::tempdir().unwrap());
     let run = runs.path().join("r");
     let r = run.to_str().unwrap();
-    let small = [
-        "--latent-dim",
-        "2",
-        "--channels",
-        "4",
-        "--batch-size",
-        "16",
-        "--validation-size",
-        "16",
-        "--device",
-        "cpu",
-        "--threads",
-        "1",
-    ];
-    let mut args = vec!["train", "--data", d, "--out", r, "--epochs", "100000"];
-    args.extend(small);
-    let mut first = spawn(&args);
+    let small = [&TINY[..], &QUICK[..], &["--validation-size", "16"][..]].concat();
+    let mut first = spawn(&train_args(d, r, "100000", &small));
     wait_for(&run.join("last.safetensors"));
     let holder = format!(
         "error: {r} is in use by another vae process (pid {}); wait for it to finish, or stop it",
@@ -183,8 +163,7 @@ fn one_process_holds_a_run_directory_and_a_killed_one_lets_go() {
     // Two trainers racing to create one directory: one trains, the other is refused.
     let fresh = runs.path().join("race");
     let f = fresh.to_str().unwrap();
-    let mut args = vec!["train", "--data", d, "--out", f, "--epochs", "100000"];
-    args.extend(small);
+    let args = train_args(d, f, "100000", &small);
     let (mut a, mut b) = (spawn(&args), spawn(&args));
     let started = Instant::now();
     let refused = loop {
@@ -223,23 +202,16 @@ fn a_run_stopped_by_the_step_limit_resumes_to_its_end() {
     let runs = tempfile::tempdir().unwrap();
     let run = runs.path().join("r");
     let (d, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
-    let out = vae(&[
-        "train",
-        "--data",
+    let out = vae(&train_args(
         d,
-        "--out",
         r,
-        "--epochs",
         "2",
-        "--batch-size",
-        "16",
-        "--validation-size",
-        "16",
-        "--device",
-        "cpu",
-        "--max-steps",
-        "1",
-    ]);
+        &[
+            &QUICK[..],
+            &["--validation-size", "16", "--max-steps", "1"][..],
+        ]
+        .concat(),
+    ));
     assert!(out.status.success(), "{}", text(&out).1);
     assert!(text(&out).1.contains("stopped at step 1 (step limit)"));
     // The limit belonged to that invocation: the resumed run trains its two epochs.

@@ -2,6 +2,7 @@
 
 use anyhow::{Result, bail};
 use vae_data::Split;
+use vae_model::Likelihood;
 use vae_train::{evaluate_elbo, evaluate_iw, images_tensor};
 
 use crate::args::EvalArgs;
@@ -86,6 +87,11 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             elbo.images,
             model.likelihood()
         );
+        if model.likelihood() == Likelihood::Bernoulli && !binarize {
+            eprintln!(
+                "note: this run's Bernoulli scores intensities in [0, 1] (--no-binarize), which is not a likelihood of them: these figures are no NLL; train with --likelihood logistic or continuous-bernoulli for one"
+            );
+        }
         if let Some(e) = iw {
             println!(
                 "test NLL {:.2} ± {:.2} nats{} (importance-weighted, k = {}, first {} images)",
