@@ -57,14 +57,16 @@ fn picture_commands_write_images_of_the_right_size() {
     let (w, h, color, _) = read_any_png(&run.join("curves.png"));
     assert_eq!((w, h, color), (1020, 260, png::ColorType::Rgb));
 
-    // 8x8 images with 2-pixel borders: a cell is 10 pixels, plus 2.
-    ok(&["sample", "--run", r, "--seed", "3"]);
+    // 8x8 images with 2-pixel borders: a cell is 10 pixels, plus 2. With --draw, images
+    // drawn from the Bernoulli: binary.
+    ok(&["sample", "--run", r, "--seed", "3", "--draw"]);
     assert_eq!(read_png(&run.join("sample.png")).0, 82);
     let px = read_png(&run.join("sample.png")).2;
     assert!(
         px.iter().all(|&p| p == 0 || p == 255 || p == 40),
         "binary samples on the border colour"
     );
+    // Without it, the likelihood's means.
     let mean = runs.path().join("mean.png");
     ok(&[
         "sample",
@@ -72,7 +74,6 @@ fn picture_commands_write_images_of_the_right_size() {
         r,
         "-n",
         "10",
-        "--mean",
         "--out",
         mean.to_str().unwrap(),
     ]);

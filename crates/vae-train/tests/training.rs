@@ -264,7 +264,12 @@ fn damaged_checkpoints_and_mismatched_data_are_clear_errors() {
     .unwrap();
     assert!(Checkpoint::load(&garbage).is_err());
 
-    // A run directory already holding a run is not overwritten.
+    // While its trainer lives, the directory is held; after, it is a run not to overwrite.
+    let err = start(dir.path(), tiny_model(), tiny_train(1))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("in use by another vae process"), "{err}");
+    drop(t);
     let err = start(dir.path(), tiny_model(), tiny_train(1))
         .unwrap_err()
         .to_string();
