@@ -16,6 +16,7 @@ pub fn images_tensor(data: &ImageDataset, device: Device) -> Tensor {
         .as_slice()
         .expect("datasets are stored contiguously");
     let t = Tensor::from_slice(raw);
+    // One channel: NHWC memory is NCHW memory, so a view suffices (and keeps plain strides).
     let t = if c == 1 {
         t.view([n, 1, h as i64, w as i64])
     } else {

@@ -212,11 +212,6 @@ impl Trainer {
         adjust: impl FnOnce(&mut TrainConfig),
     ) -> Result<Self> {
         let run_dir = run_dir.as_ref().to_path_buf();
-        let lock = if run_dir.is_dir() {
-            Some(RunLock::acquire(&run_dir)?)
-        } else {
-            None
-        };
         let last = run_dir.join(files::LAST);
         if !last.is_file() {
             return Err(TrainError::RunDirectory(format!(
@@ -225,11 +220,16 @@ impl Trainer {
                 files::LAST
             )));
         }
+        // Held before the checkpoint is read: a trainer still writing it stops us here.
+        let lock = RunLock::acquire(&run_dir)?;
         let ckpt = Checkpoint::load(&last)?;
-        let lock = lock.expect("a directory holding a checkpoint");
         let mut config = ckpt.train_config.clone();
         adjust(&mut config);
-        config.validate()?;
+        RunConfig {
+            model: ckpt.model_config.clone(),
+            train: config.clone(),
+        }
+        .validate()?;
         let device = runtime(&config)?;
         let (train, validation) = split(data, &config)?;
         let mut vs = nn::VarStore::new(device);
@@ -292,11 +292,6 @@ impl Trainer {
         train: &ImageDataset,
         validation: &ImageDataset,
     ) -> Result<Self> {
-        RunConfig {
-            model: model_config.clone(),
-            train: config.clone(),
-        }
-        .validate()?;
         if config.precision == Precision::Bf16 {
             model.set_compute_kind(Kind::BFloat16)?;
         }
