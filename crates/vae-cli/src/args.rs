@@ -67,7 +67,8 @@ pub struct TrainArgs {
     /// replace the preset's.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Passes over the training set [default: 36; preset fast 10, best 100].
+    /// Passes over the training set [default: 36; preset fast 10, best 100, ladder 45,
+    /// ladder-gpu 200].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// auto, cpu, cuda or cuda:N [default: auto].
@@ -94,8 +95,11 @@ pub struct RunSettings {
     /// cores: the reference conv VAE with a 100-component VampPrior, Adam 4e-3 peak with 300
     /// warm-up steps and cosine decay to 1e-4, 36 epochs); `fast` (the PyTorch reference's
     /// model and protocol: standard prior, constant Adam 1e-3, 10 epochs); `best` (for longer
-    /// runs or a GPU: VampPrior of 500, a residual block per level, 100 epochs). --config and
-    /// flags override it.
+    /// runs or a GPU: VampPrior of 500, a residual block per level, 100 epochs); `ladder` (a
+    /// hierarchical VAE: latent groups at 7x7 and 14x14 under a vector top, KL warm-up and
+    /// gradient clipping, 45 epochs, ~30 minutes on 2 CPU cores); `ladder-gpu` (a wider,
+    /// deeper one for a GPU). --config and flags override it; the model flags below set the
+    /// conv VAE (a ladder's keys go in --config's [model] table).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Dimension of the latent z [default: 32].
@@ -167,7 +171,8 @@ pub struct RunSettings {
     /// Importance samples of the iwae objective [default: 5].
     #[arg(long)]
     pub iw_k: Option<i64>,
-    /// Free bits: a floor in nats on each latent dimension's batch-mean KL [default: 0, off].
+    /// Free bits: a floor in nats on each latent dimension's batch-mean KL (each group's, for a
+    /// ladder model) [default: 0, off].
     #[arg(long)]
     pub free_bits: Option<f64>,
     /// Learning-rate schedule after the warm-up [default: cosine].

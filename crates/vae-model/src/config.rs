@@ -3,6 +3,7 @@ use serde::{Deserialize, Serialize};
 use tch::nn;
 
 use crate::error::ModelError;
+use crate::ladder::{LadderVae, LadderVaeConfig};
 use crate::likelihood::Likelihood;
 use crate::model::ConvVae;
 use crate::vae::Vae;
@@ -108,12 +109,8 @@ impl ConvVaeConfig {
     /// Checks every size is positive and the image survives the stride-2 convs.
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |msg: String| Err(ModelError::InvalidConfig(msg));
-        if self.input_channels < 1 || self.input_height < 1 || self.input_width < 1 {
-            return bad(format!(
-                "input size must be positive, got {}x{}x{} (C x H x W)",
-                self.input_channels, self.input_height, self.input_width
-            ));
-        }
+        check_input_size([self.input_channels, self.input_height, self.input_width])?;
+        check_prior(self.prior)?;
         if self.latent_dim < 1 {
             return bad(format!(
                 "latent_dim must be at least 1, got {}",
@@ -130,13 +127,6 @@ impl ConvVaeConfig {
             && h < 1
         {
             return bad(format!("hidden_dim must be at least 1, got {h}"));
-        }
-        if let Prior::Vamp { components } = self.prior
-            && !(1..=100_000).contains(&components)
-        {
-            return bad(format!(
-                "the VampPrior needs 1 to 100000 pseudo-inputs, got {components}"
-            ));
         }
         if self.res_blocks > 64 {
             return bad(format!(
@@ -202,6 +192,28 @@ impl ConvVaeConfig {
     }
 }
 
+/// Image sizes must be positive.
+pub(crate) fn check_input_size([c, h, w]: [i64; 3]) -> Result<(), ModelError> {
+    if c < 1 || h < 1 || w < 1 {
+        return Err(ModelError::InvalidConfig(format!(
+            "input size must be positive, got {c}x{h}x{w} (C x H x W)"
+        )));
+    }
+    Ok(())
+}
+
+/// A VampPrior needs a sensible number of pseudo-inputs.
+pub(crate) fn check_prior(prior: Prior) -> Result<(), ModelError> {
+    if let Prior::Vamp { components } = prior
+        && !(1..=100_000).contains(&components)
+    {
+        return Err(ModelError::InvalidConfig(format!(
+            "the VampPrior needs 1 to 100000 pseudo-inputs, got {components}"
+        )));
+    }
+    Ok(())
+}
+
 /// A model of any kind, as stored in checkpoints and config files: `kind = "conv"` and that
 /// kind's own keys (`[model]` in a run's `config.toml`).
 ///
@@ -213,6 +225,8 @@ impl ConvVaeConfig {
 pub enum ModelConfig {
     /// A [`ConvVae`]: conv encoder and decoder with one latent.
     Conv(ConvVaeConfig),
+    /// A [`LadderVae`]: a top-down hierarchy of latent groups.
+    Ladder(LadderVaeConfig),
 }
 
 impl Default for ModelConfig {
@@ -227,11 +241,18 @@ impl From<ConvVaeConfig> for ModelConfig {
     }
 }
 
+impl From<LadderVaeConfig> for ModelConfig {
+    fn from(c: LadderVaeConfig) -> Self {
+        Self::Ladder(c)
+    }
+}
+
 impl ModelConfig {
     /// Builds the model's variables under `p`.
     pub fn build(&self, p: &nn::Path<'_>) -> Result<Box<dyn Vae>, ModelError> {
         match self {
             Self::Conv(c) => Ok(Box::new(ConvVae::new(p, c)?)),
+            Self::Ladder(c) => Ok(Box::new(LadderVae::new(p, c)?)),
         }
     }
 
@@ -239,6 +260,7 @@ impl ModelConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         match self {
             Self::Conv(c) => c.validate(),
+            Self::Ladder(c) => c.validate(),
         }
     }
 
@@ -246,6 +268,7 @@ impl ModelConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             Self::Conv(_) => "conv",
+            Self::Ladder(_) => "ladder",
         }
     }
 
@@ -253,6 +276,7 @@ impl ModelConfig {
     pub fn image_shape(&self) -> [i64; 3] {
         match self {
             Self::Conv(c) => [c.input_channels, c.input_height, c.input_width],
+            Self::Ladder(c) => [c.input_channels, c.input_height, c.input_width],
         }
     }
 
@@ -264,13 +288,20 @@ impl ModelConfig {
                 conv.input_height = h;
                 conv.input_width = w;
             }
+            Self::Ladder(ladder) => {
+                ladder.input_channels = c;
+                ladder.input_height = h;
+                ladder.input_width = w;
+            }
         }
     }
 
-    /// The dimension of z (of all levels together, for a hierarchical model).
+    /// The dimension of the z that [`Vae::encode`] gives and [`Vae::decode`] takes: the top
+    /// group's, for a hierarchical model.
     pub fn latent_dim(&self) -> i64 {
         match self {
             Self::Conv(c) => c.latent_dim,
+            Self::Ladder(c) => c.top_dim,
         }
     }
 
@@ -278,14 +309,25 @@ impl ModelConfig {
     pub fn likelihood(&self) -> Likelihood {
         match self {
             Self::Conv(c) => c.likelihood,
+            Self::Ladder(c) => c.likelihood,
         }
     }
 
-    /// Whether [`Vae::elbo`] gives the per-dimension KL that free bits need (a factorised
-    /// prior).
+    /// Sets the observation model p(x | z).
+    pub fn set_likelihood(&mut self, likelihood: Likelihood) {
+        match self {
+            Self::Conv(c) => c.likelihood = likelihood,
+            Self::Ladder(c) => c.likelihood = likelihood,
+        }
+    }
+
+    /// Whether [`Vae::elbo`] gives the separate KLs that free bits act on
+    /// ([`ElboTerms::kl_dims`](crate::ElboTerms::kl_dims)): each dimension's, for a conv VAE
+    /// with the standard-normal prior; each group's, for a hierarchical model.
     pub fn has_kl_per_dimension(&self) -> bool {
         match self {
             Self::Conv(c) => c.prior == Prior::Standard,
+            Self::Ladder(_) => true,
         }
     }
 
@@ -293,6 +335,7 @@ impl ModelConfig {
     pub fn as_conv(&self) -> Option<&ConvVaeConfig> {
         match self {
             Self::Conv(c) => Some(c),
+            _ => None,
         }
     }
 
@@ -300,6 +343,7 @@ impl ModelConfig {
     pub fn as_conv_mut(&mut self) -> Option<&mut ConvVaeConfig> {
         match self {
             Self::Conv(c) => Some(c),
+            _ => None,
         }
     }
 }

@@ -157,6 +157,7 @@ mod tests {
 
     #[test]
     fn pca_finds_the_direction_of_most_variance_and_active_units_count_varying_means() {
+        let _g = crate::tests::lock();
         tch::manual_seed(0);
         // Variance 100 along (1, 1, 0)/√2, 1 along (1, −1, 0)/√2, none along z.
         let n = 2000;

@@ -7,7 +7,10 @@
 //! reconstructions. A [`ModelConfig`] (serialised with a `kind` tag) builds one on a
 //! `tch::nn::Path`; [`ConvVae`] ([`ConvVaeConfig`]) is the first kind: a stride-2 conv encoder
 //! with μ and log σ² heads, a transposed-conv decoder, a standard-normal or VampPrior
-//! ([`Prior`]) prior, optional residual blocks, tied weights and an autoregressive pixel head.
+//! ([`Prior`]) prior, optional residual blocks, tied weights and an autoregressive pixel head;
+//! [`LadderVae`] ([`LadderVaeConfig`]) the second: a top-down hierarchy of latent groups
+//! (spatial groups under a vector top, as in NVAE), whose per-group KLs
+//! [`ElboTerms::kl_groups`] reports.
 //! [`latent`] holds the maths for exploring a trained model (interpolation, traversals, PCA,
 //! active units); [`loss`] the densities and bounds.
 //!
@@ -32,6 +35,7 @@
 
 mod config;
 mod error;
+mod ladder;
 pub mod latent;
 mod likelihood;
 pub mod loss;
@@ -41,6 +45,7 @@ mod vae;
 
 pub use config::{ConvVaeConfig, ModelConfig, PixelHead, Prior};
 pub use error::ModelError;
+pub use ladder::{LadderVae, LadderVaeConfig};
 pub use likelihood::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood};
 pub use model::{ConvVae, VaeOutput};
 pub use vae::{ElboTerms, IwaeTerms, Posterior, Vae};

@@ -29,6 +29,19 @@ pub fn gaussian_kl_dims(mu: &Tensor, logvar: &Tensor) -> Tensor {
     (mu.square() + logvar.exp() - 1.0 - logvar) * 0.5
 }
 
+/// KL(N(μ_q, σ_q²) ‖ N(μ_p, σ_p²)) of each dimension, elementwise:
+/// ½ (log σ_p² − log σ_q² + (σ_q² + (μ_q − μ_p)²)/σ_p² − 1). The KL of a hierarchical VAE's
+/// group, whose prior is a Gaussian computed from the groups above.
+pub fn gaussian_kl_between(
+    mu_q: &Tensor,
+    logvar_q: &Tensor,
+    mu_p: &Tensor,
+    logvar_p: &Tensor,
+) -> Tensor {
+    ((logvar_q.exp() + (mu_q - mu_p).square()) * (-logvar_p).exp() + logvar_p - logvar_q - 1.0)
+        * 0.5
+}
+
 /// The free-bits KL term (Kingma et al., "Improved Variational Inference with Inverse
 /// Autoregressive Flow", NeurIPS 2016): Σ_j max(λ, E_batch\[KL_j\]), where KL_j is the KL of
 /// latent dimension j. Dimensions already below λ nats get no gradient towards the prior, so

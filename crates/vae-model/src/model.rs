@@ -5,7 +5,9 @@ use crate::config::{ConvVaeConfig, ModelConfig, Prior};
 use crate::error::ModelError;
 use crate::loss;
 use crate::pixel::PixelCnn;
-use crate::vae::{ElboTerms, IwaeTerms, Posterior, Vae, check_samples};
+use crate::vae::{
+    ElboTerms, IwaeTerms, Posterior, Vae, check_compute_kind, check_images, check_samples,
+};
 
 /// PyTorch's default initialisation (kaiming-uniform with a = √5): U(−1/√fan_in, 1/√fan_in)
 /// for weights and biases alike, so a fresh model matches a fresh `torch.nn` one in law.
@@ -17,7 +19,7 @@ pub(crate) fn torch_default(fan_in: i64) -> nn::Init {
     }
 }
 
-fn linear(p: nn::Path<'_>, i: i64, o: i64) -> nn::Linear {
+pub(crate) fn linear(p: nn::Path<'_>, i: i64, o: i64) -> nn::Linear {
     let init = torch_default(i);
     nn::linear(
         p,
@@ -31,7 +33,7 @@ fn linear(p: nn::Path<'_>, i: i64, o: i64) -> nn::Linear {
     )
 }
 
-fn conv(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
+pub(crate) fn conv(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
     let init = torch_default(i * 16);
     let cfg = nn::ConvConfig {
         stride: 2,
@@ -43,7 +45,7 @@ fn conv(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
     nn::conv2d(p, i, o, 4, cfg)
 }
 
-fn deconv(p: nn::Path<'_>, i: i64, o: i64) -> nn::ConvTranspose2D {
+pub(crate) fn deconv(p: nn::Path<'_>, i: i64, o: i64) -> nn::ConvTranspose2D {
     // PyTorch takes a transposed conv's fan-in from weight dim 1: out_channels · k².
     let init = torch_default(o * 16);
     let cfg = nn::ConvTransposeConfig {
@@ -98,7 +100,7 @@ fn conv_in(c: &nn::Conv2D, x: &Tensor, stride: i64, kind: Kind, channels_last: b
 }
 
 /// A dense layer computed in `kind` (see [`conv_in`]).
-fn linear_in(l: &nn::Linear, x: &Tensor, kind: Kind) -> Tensor {
+pub(crate) fn linear_in(l: &nn::Linear, x: &Tensor, kind: Kind) -> Tensor {
     let bias = l.bs.as_ref().map(|b| cast(b, kind));
     x.linear(&cast(&l.ws, kind), bias.as_ref())
 }
@@ -168,13 +170,13 @@ struct Encoder {
 
 /// A stride-2, k4, p1 transposed conv whose weight may be borrowed from an encoder conv.
 #[derive(Debug)]
-struct Deconv {
+pub(crate) struct Deconv {
     weight: Tensor,
     bias: Tensor,
 }
 
 impl Deconv {
-    fn own(p: nn::Path<'_>, i: i64, o: i64) -> Self {
+    pub(crate) fn own(p: nn::Path<'_>, i: i64, o: i64) -> Self {
         let d = deconv(p, i, o);
         Self {
             weight: d.ws,
@@ -193,7 +195,7 @@ impl Deconv {
         }
     }
 
-    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
+    pub(crate) fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
         let (weight, bias) = (cast(&self.weight, kind), cast(&self.bias, kind));
         // On the CPU, libtorch's default (oneDNN) transposed conv is slow for very few output
         // channels (the last layer, to 1 channel; docs/performance.md); its native im2col path
@@ -379,22 +381,7 @@ impl ConvVae {
 
     fn check_images(&self, x: &Tensor) -> Result<(), ModelError> {
         let c = &self.config;
-        let size = x.size();
-        let ok = size.len() == 4
-            && size[1..] == [c.input_channels, c.input_height, c.input_width]
-            && x.is_floating_point();
-        if ok {
-            Ok(())
-        } else {
-            Err(ModelError::Shape {
-                what: "images",
-                expected: format!(
-                    "[N, {}, {}, {}] (floating point)",
-                    c.input_channels, c.input_height, c.input_width
-                ),
-                found: size,
-            })
-        }
+        check_images(x, [c.input_channels, c.input_height, c.input_width])
     }
 
     fn check_latents(&self, z: &Tensor) -> Result<(), ModelError> {
@@ -619,15 +606,8 @@ impl Vae for ConvVae {
     }
 
     fn set_compute_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
-        match kind {
-            Kind::Float | Kind::BFloat16 => {
-                self.compute = kind;
-                Ok(())
-            }
-            other => Err(ModelError::InvalidArgument(format!(
-                "compute kind must be Float or BFloat16, got {other:?}"
-            ))),
-        }
+        self.compute = check_compute_kind(kind)?;
+        Ok(())
     }
 
     fn encode(&self, x: &Tensor) -> Result<Posterior, ModelError> {

@@ -47,8 +47,9 @@ pub struct ElboTerms {
     /// The KL of each latent group, `[N]` each, summing to `kl`: one entry for a model with a
     /// single latent, one per level for a hierarchical one.
     pub kl_groups: Vec<Tensor>,
-    /// The closed-form KL of each latent dimension, `[N, latent]`, where the prior factorises
-    /// (the standard normal); `None` otherwise. Free bits need it.
+    /// The KLs that free bits act on, `[N, units]`, summing to `kl`: the closed-form KL of
+    /// each latent dimension where the prior factorises (a conv VAE with the standard normal),
+    /// each group's KL for a hierarchical model; `None` otherwise.
     pub kl_dims: Option<Tensor>,
 }
 
@@ -100,7 +101,9 @@ pub trait Vae: std::fmt::Debug {
     /// The negative-ELBO terms per example for targets `x`, with one z ~ q(z | x) each.
     fn elbo(&self, x: &Tensor) -> Result<ElboTerms, ModelError>;
 
-    /// The negative-ELBO terms at given standard-normal noise `eps` (`[N, latent]`): z = μ + σ·ε.
+    /// The negative-ELBO terms at given standard-normal noise `eps` (`[N, latent]`; for a
+    /// hierarchical model, the noise of every group, see
+    /// [`LadderVaeConfig::noise_dim`](crate::LadderVaeConfig::noise_dim)): z = μ + σ·ε.
     /// [`Vae::elbo`] is this with fresh noise; fixed noise makes two implementations of a model
     /// comparable term by term (the export test does so with the PyTorch module).
     fn elbo_with_noise(&self, x: &Tensor, eps: &Tensor) -> Result<ElboTerms, ModelError>;
@@ -164,6 +167,33 @@ pub trait Vae: std::fmt::Debug {
             done += s;
         }
         Ok(loss::log_mean_exp(&Tensor::cat(&chunks, 0)))
+    }
+}
+
+/// `x` must be images of shape `[N, C, H, W]` = `[N, shape...]`, floating point.
+pub(crate) fn check_images(x: &Tensor, shape: [i64; 3]) -> Result<(), ModelError> {
+    let size = x.size();
+    if size.len() == 4 && size[1..] == shape && x.is_floating_point() {
+        Ok(())
+    } else {
+        Err(ModelError::Shape {
+            what: "images",
+            expected: format!(
+                "[N, {}, {}, {}] (floating point)",
+                shape[0], shape[1], shape[2]
+            ),
+            found: size,
+        })
+    }
+}
+
+/// The compute kinds a model supports: f32, or bf16 for reduced precision.
+pub(crate) fn check_compute_kind(kind: Kind) -> Result<Kind, ModelError> {
+    match kind {
+        Kind::Float | Kind::BFloat16 => Ok(kind),
+        other => Err(ModelError::InvalidArgument(format!(
+            "compute kind must be Float or BFloat16, got {other:?}"
+        ))),
     }
 }
 

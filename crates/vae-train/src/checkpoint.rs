@@ -39,6 +39,9 @@ pub struct EpochMetrics {
     pub val_kl: f64,
     /// Validation reconstruction term.
     pub val_reconstruction: f64,
+    /// Validation KL of each latent group, for a model with more than one (the top first).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_kl_groups: Vec<f64>,
     /// Test-set ELBO, when the trainer was given a test set ([`Trainer::set_test_set`](crate::Trainer::set_test_set)).
     #[serde(default)]
     pub test_elbo: Option<f64>,

@@ -48,7 +48,8 @@ pub struct TrainConfig {
     pub objective: Objective,
     /// Importance samples per image of the IWAE objective.
     pub iw_k: i64,
-    /// Free bits: a floor, in nats, on each latent dimension's batch-mean KL (0: off; ELBO only).
+    /// Free bits: a floor, in nats, on the batch-mean KL of each latent dimension (of each
+    /// latent group, for a hierarchical model) (0: off; ELBO only).
     pub free_bits: f64,
     /// Learning-rate schedule after the warm-up.
     pub lr_schedule: LrSchedule,
@@ -109,7 +110,7 @@ named!(Precision, "precision", Fp32 => "fp32", Bf16 => "bf16");
 named!(Optimizer, "optimizer", Adam => "adam", Adamw => "adamw", Adamax => "adamax");
 named!(Objective, "objective", Elbo => "elbo", Iwae => "iwae");
 named!(LrSchedule, "learning-rate schedule", Constant => "constant", Cosine => "cosine");
-named!(Preset, "preset", Fast => "fast", Default => "default", Best => "best");
+named!(Preset, "preset", Fast => "fast", Default => "default", Best => "best", Ladder => "ladder", LadderGpu => "ladder-gpu");
 
 /// The arithmetic precision of training.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -353,6 +354,13 @@ pub enum Preset {
     /// A bigger model for a longer run or a GPU: a 500-component VampPrior, a residual block
     /// per level, 100 epochs.
     Best,
+    /// A hierarchical VAE ([`vae_model::LadderVae`]) sized for about 30 minutes of training on
+    /// 2 CPU cores: spatial latent groups at 7×7 and 14×14 under a vector top group, KL
+    /// warm-up and gradient clipping.
+    Ladder,
+    /// The hierarchical VAE, wider and deeper, for about 30 minutes on one GPU.
+    #[serde(rename = "ladder-gpu")]
+    LadderGpu,
 }
 
 /// The default preset's epochs: what fits 10 minutes of training on 2 CPU cores.
@@ -363,6 +371,9 @@ impl RunConfig {
     pub fn preset(preset: Preset) -> Self {
         let mut model = vae_model::ConvVaeConfig::default();
         let mut train = TrainConfig::default();
+        if matches!(preset, Preset::Ladder | Preset::LadderGpu) {
+            return Self::ladder(preset == Preset::LadderGpu);
+        }
         match preset {
             Preset::Fast => {
                 train.lr = 1e-3;
@@ -379,6 +390,31 @@ impl RunConfig {
                 model.res_blocks = 1;
                 train.epochs = 100;
             }
+            Preset::Ladder | Preset::LadderGpu => unreachable!("returned above"),
+        }
+        Self {
+            model: model.into(),
+            train,
+        }
+    }
+
+    /// The ladder presets: the hierarchical VAE, KL warm-up over the first epochs, and
+    /// gradient clipping (what hierarchical VAEs need to train stably; NVAE §3.3, Child 2021).
+    fn ladder(gpu: bool) -> Self {
+        let mut model = vae_model::LadderVaeConfig::default();
+        let mut train = TrainConfig {
+            lr: 2e-3,
+            kl_warmup_steps: 2_000,
+            grad_clip: Some(200.0),
+            epochs: 45,
+            ..TrainConfig::default()
+        };
+        if gpu {
+            model.channels = vec![64, 128];
+            model.group_channels = vec![8, 16];
+            model.cells = vec![2, 2];
+            model.top_prior = vae_model::Prior::Vamp { components: 500 };
+            train.epochs = 200;
         }
         Self {
             model: model.into(),
@@ -505,7 +541,13 @@ mod tests {
         for l in [LrSchedule::Constant, LrSchedule::Cosine] {
             assert_eq!(l.to_string().parse::<LrSchedule>().unwrap(), l);
         }
-        for p in [Preset::Fast, Preset::Default, Preset::Best] {
+        for p in [
+            Preset::Fast,
+            Preset::Default,
+            Preset::Best,
+            Preset::Ladder,
+            Preset::LadderGpu,
+        ] {
             assert_eq!(p.to_string().parse::<Preset>().unwrap(), p);
         }
         assert_eq!(" AdamW ".parse::<Optimizer>().unwrap(), Optimizer::Adamw);

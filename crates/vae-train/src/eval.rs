@@ -42,12 +42,15 @@ pub fn prepare(images_u8: &Tensor, binarize: bool) -> Tensor {
 }
 
 /// Mean ELBO terms over a set of images (nats per image).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ElboSummary {
     /// The ELBO (higher is better).
     pub elbo: f64,
     /// Mean KL(q(z|x) ‖ p(z)).
     pub kl: f64,
+    /// Mean KL of each latent group ([`vae_model::ElboTerms::kl_groups`]: one for a
+    /// single-latent model; the top first, then the lower groups, for a hierarchical one).
+    pub kl_groups: Vec<f64>,
     /// Mean −log p(x|z).
     pub reconstruction: f64,
     /// Images evaluated.
@@ -68,6 +71,7 @@ pub fn evaluate_elbo(
         Tensor::zeros([], (Kind::Double, model.device())),
         Tensor::zeros([], (Kind::Double, model.device())),
     );
+    let mut groups: Vec<Tensor> = Vec::new();
     tch::no_grad(|| -> Result<()> {
         let mut start = 0;
         while start < n {
@@ -79,6 +83,12 @@ pub fn evaluate_elbo(
             let terms = model.elbo(&x)?;
             rec += terms.reconstruction.sum(Kind::Double);
             kl += terms.kl.sum(Kind::Double);
+            groups.resize_with(terms.kl_groups.len(), || {
+                Tensor::zeros([], (Kind::Double, model.device()))
+            });
+            for (sum, g) in groups.iter_mut().zip(&terms.kl_groups) {
+                *sum += g.sum(Kind::Double);
+            }
             start += len;
         }
         Ok(())
@@ -90,6 +100,10 @@ pub fn evaluate_elbo(
     Ok(ElboSummary {
         elbo: -(rec + kl),
         kl,
+        kl_groups: groups
+            .iter()
+            .map(|g| g.double_value(&[]) / n as f64)
+            .collect(),
         reconstruction: rec,
         images: n as usize,
     })

@@ -72,11 +72,21 @@ impl MetricsCsv {
     /// The CSV text of `history`: a header and one row per epoch.
     pub fn render(history: &[EpochMetrics]) -> String {
         let mut csv = String::from(
-            "epoch,step,train_elbo,train_kl,train_reconstruction,val_elbo,val_kl,val_reconstruction,test_elbo,lr,images_per_s,seconds\n",
+            "epoch,step,train_elbo,train_kl,train_reconstruction,val_elbo,val_kl,val_reconstruction,test_elbo,lr,images_per_s,seconds",
         );
+        // A hierarchical model's KL per group: val_kl_group1 (the top), val_kl_group2, ...
+        let groups = history
+            .iter()
+            .map(|m| m.val_kl_groups.len())
+            .max()
+            .unwrap_or(0);
+        for g in 1..=groups {
+            csv.push_str(&format!(",val_kl_group{g}"));
+        }
+        csv.push('\n');
         for m in history {
             csv.push_str(&format!(
-                "{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{:.1},{:.2}\n",
+                "{},{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{},{},{:.1},{:.2}",
                 m.epoch,
                 m.step,
                 m.train_elbo,
@@ -90,6 +100,13 @@ impl MetricsCsv {
                 m.images_per_s,
                 m.seconds
             ));
+            for g in 0..groups {
+                csv.push(',');
+                if let Some(kl) = m.val_kl_groups.get(g) {
+                    csv.push_str(&format!("{kl:.4}"));
+                }
+            }
+            csv.push('\n');
         }
         csv
     }

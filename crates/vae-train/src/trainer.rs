@@ -695,6 +695,11 @@ impl Trainer {
             val_elbo: val.elbo,
             val_kl: val.kl,
             val_reconstruction: val.reconstruction,
+            val_kl_groups: if val.kl_groups.len() > 1 {
+                val.kl_groups.clone()
+            } else {
+                Vec::new()
+            },
             test_elbo,
             lr: self.adam.lr(),
             images_per_s: p.examples as f64 / p.seconds.max(1e-9),

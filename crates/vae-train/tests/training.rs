@@ -62,7 +62,11 @@ fn data() -> (ImageDataset, ImageDataset) {
 
 /// A new run on the 144 bars, the last 16 held out (`tiny_train`'s validation size), as
 /// [`data`] splits them.
-fn start(dir: &std::path::Path, model: ConvVaeConfig, train: TrainConfig) -> Result<Trainer> {
+fn start(
+    dir: &std::path::Path,
+    model: impl Into<vae_model::ModelConfig>,
+    train: TrainConfig,
+) -> Result<Trainer> {
     Trainer::start(
         dir,
         &bars(144),
@@ -190,6 +194,51 @@ fn two_epochs_equal_one_plus_resume_and_an_interrupted_run_resumes_exactly() {
     let mut c = Trainer::resume(cut.path(), &bars(144), |_| {}).unwrap();
     assert_eq!(c.run().unwrap(), Outcome::Completed);
     assert_same_weights(a.var_store(), c.var_store());
+}
+
+/// A two-resolution hierarchy on the 8×8 bars: groups at 4×4 and 2×2 under the top.
+fn tiny_ladder() -> vae_model::LadderVaeConfig {
+    vae_model::LadderVaeConfig {
+        input_height: 8,
+        input_width: 8,
+        channels: vec![8, 8],
+        group_channels: vec![2, 2],
+        top_dim: 4,
+        ..vae_model::LadderVaeConfig::default()
+    }
+}
+
+#[test]
+fn a_ladder_vae_trains_and_resumes_exactly() {
+    let _g = lock();
+    let train = || TrainConfig {
+        kl_warmup_steps: 10,
+        grad_clip: Some(100.0),
+        ..tiny_train(2)
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let mut a = start(straight.path(), tiny_ladder(), train()).unwrap();
+    a.run().unwrap();
+    let h = &a.state().history;
+    assert!(
+        h[1].val_elbo.is_finite() && h[1].val_elbo > h[0].val_elbo,
+        "{h:?}"
+    );
+
+    let cut = tempfile::tempdir().unwrap();
+    let mut b = start(cut.path(), tiny_ladder(), train()).unwrap();
+    let flag = Arc::new(AtomicBool::new(false));
+    b.set_interrupt_flag(Arc::clone(&flag));
+    flag.store(true, Ordering::SeqCst);
+    assert_eq!(b.run().unwrap(), Outcome::Interrupted);
+    drop(b);
+    let mut b = Trainer::resume(cut.path(), &bars(144), |_| {}).unwrap();
+    assert_eq!(b.run().unwrap(), Outcome::Completed);
+    assert_same_weights(a.var_store(), b.var_store());
+    let config = Checkpoint::load(cut.path().join(files::LAST))
+        .unwrap()
+        .model_config;
+    assert_eq!(config.kind(), "ladder");
 }
 
 #[test]

@@ -9,6 +9,10 @@ use crate::args::EvalArgs;
 use crate::commands::load_split;
 use crate::progress::iw_bar;
 
+/// A latent group whose mean KL is below this many nats carries almost nothing about the
+/// image: it is reported as inactive.
+const INACTIVE_NATS: f64 = 0.1;
+
 pub fn run(args: EvalArgs) -> Result<u8> {
     if args.iw_samples < 0 {
         bail!("--iw-samples must be at least 0, got {}", args.iw_samples);
@@ -57,6 +61,7 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             "step": ckpt.state.step,
             "test_elbo": elbo.elbo,
             "test_kl": elbo.kl,
+            "test_kl_groups": elbo.kl_groups,
             "test_reconstruction": elbo.reconstruction,
             "elbo_images": elbo.images,
             "iw_log_likelihood": iw.map(|e| e.log_likelihood),
@@ -87,6 +92,27 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             elbo.images,
             model.likelihood()
         );
+        if elbo.kl_groups.len() > 1 {
+            let groups: Vec<String> = elbo
+                .kl_groups
+                .iter()
+                .enumerate()
+                .map(|(g, kl)| {
+                    let name = if g == 0 {
+                        "top".to_string()
+                    } else {
+                        format!("{}", g + 1)
+                    };
+                    let state = if *kl < INACTIVE_NATS {
+                        ", inactive"
+                    } else {
+                        ""
+                    };
+                    format!("{name} {kl:.2}{state}")
+                })
+                .collect();
+            println!("KL per latent group, top first: {}", groups.join("; "));
+        }
         if model.likelihood() == Likelihood::Bernoulli && !binarize {
             eprintln!(
                 "note: this run's Bernoulli scores intensities in [0, 1] (--no-binarize), which is not a likelihood of them: these figures are no NLL; train with --likelihood logistic or continuous-bernoulli for one"

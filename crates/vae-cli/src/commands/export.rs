@@ -69,6 +69,16 @@ pub fn run(a: ExportArgs) -> Result<u8> {
     let weights = dir.join("model.safetensors");
     let metadata = HashMap::from([("config".to_string(), json.clone())]);
     vae_data::write_atomic(&weights, &safetensors_bytes(&vars, Some(metadata))?)?;
+    if config.as_conv().is_none() {
+        // The PyTorch module covers the conv VAE; other kinds export their weights and config.
+        println!(
+            "wrote {} ({} tensors, the {} model's config in its metadata; no PyTorch module is written for this kind)",
+            weights.display(),
+            vars.len(),
+            config.kind()
+        );
+        return Ok(0);
+    }
     let module = dir.join("model.py");
     vae_data::write_atomic(&module, MODEL_PY.replace("__CONFIG__", &json).as_bytes())?;
     println!(

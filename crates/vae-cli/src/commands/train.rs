@@ -58,28 +58,46 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
     if s.no_binarize {
         t.binarize = false;
     }
-    let Some(m) = run.model.as_conv_mut() else {
-        bail!("the model flags describe the conv VAE; set this model kind's keys in --config");
-    };
     match (s.likelihood, s.logistic_components) {
         (Some(kind), k) => {
-            m.likelihood = match kind {
+            if k.is_some() && kind != LikelihoodKind::Logistic {
+                bail!("--logistic-components needs --likelihood logistic");
+            }
+            run.model.set_likelihood(match kind {
                 LikelihoodKind::Bernoulli => Likelihood::Bernoulli,
                 LikelihoodKind::ContinuousBernoulli => Likelihood::ContinuousBernoulli,
                 LikelihoodKind::Logistic => Likelihood::Logistic {
                     components: k.unwrap_or(DEFAULT_LOGISTIC_COMPONENTS),
                 },
-            };
-            if k.is_some() && kind != LikelihoodKind::Logistic {
-                bail!("--logistic-components needs --likelihood logistic");
-            }
+            });
         }
-        (None, Some(k)) => match &mut m.likelihood {
-            Likelihood::Logistic { components } => *components = k,
+        (None, Some(k)) => match run.model.likelihood() {
+            Likelihood::Logistic { .. } => run
+                .model
+                .set_likelihood(Likelihood::Logistic { components: k }),
             _ => bail!("--logistic-components needs --likelihood logistic"),
         },
         (None, None) => {}
     }
+    let conv_flags = [
+        (s.latent_dim.is_some(), "--latent-dim"),
+        (s.channels.is_some(), "--channels"),
+        (s.hidden_dim.is_some(), "--hidden-dim"),
+        (s.res_blocks.is_some(), "--res-blocks"),
+        (s.pixel_head.is_some(), "--pixel-head"),
+        (s.pixel_head_layers.is_some(), "--pixel-head-layers"),
+        (s.prior.is_some(), "--prior"),
+        (s.pseudo_inputs.is_some(), "--pseudo-inputs"),
+    ];
+    let kind = run.model.kind();
+    let Some(m) = run.model.as_conv_mut() else {
+        if let Some((_, flag)) = conv_flags.iter().find(|(given, _)| *given) {
+            bail!(
+                "{flag} sets the conv VAE, but this run's model is of kind {kind}: set that kind's keys in a --config file's [model] table instead"
+            );
+        }
+        return Ok(());
+    };
     if let Some(v) = s.latent_dim {
         m.latent_dim = v;
     }
@@ -160,10 +178,10 @@ fn run_config(args: &TrainArgs, data: &ImageDataset) -> Result<RunConfig> {
             .and_then(|m| m.get("likelihood"))
             .is_some();
     }
-    if !named_likelihood && let Some(m) = run.model.as_conv_mut() {
+    if !named_likelihood {
         let (likelihood, why) = default_likelihood(&args.data, data);
-        if likelihood != m.likelihood {
-            m.likelihood = likelihood;
+        if likelihood != run.model.likelihood() {
+            run.model.set_likelihood(likelihood);
             eprintln!("likelihood: {likelihood}, {why} (--likelihood chooses another)");
         }
     }

@@ -1,0 +1,1021 @@
+//! A top-down hierarchical VAE: [`LadderVae`] and its [`LadderVaeConfig`].
+//!
+//! The generative model is p(x, z) = p(z_top) Π_l p(z_l | z_>l) p(x | z), the approximate
+//! posterior q(z | x) = q(z_top | x) Π_l q(z_l | x, z_>l), both computed top-down from the
+//! same features (Sønderby et al., "Ladder Variational Autoencoders", NeurIPS 2016; Vahdat &
+//! Kautz, "NVAE: A Deep Hierarchical Variational Autoencoder", NeurIPS 2020, §3). A bottom-up
+//! path of residual cells reads the image once; the top-down path starts from the top group
+//! (a vector), and at each resolution that has a group computes the prior from its own
+//! features and the posterior as a residual correction of it from those features and the
+//! bottom-up ones at that resolution (NVAE §3.2), then adds the drawn z to its features.
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn};
+
+use crate::config::{ModelConfig, Prior, check_input_size, check_prior};
+use crate::error::ModelError;
+use crate::likelihood::Likelihood;
+use crate::loss;
+use crate::model::{Deconv, cast, conv, deconv, linear, linear_in, torch_default};
+use crate::vae::{
+    ElboTerms, IwaeTerms, Posterior, Vae, check_compute_kind, check_images, check_samples,
+};
+
+/// The architecture of a [`LadderVae`].
+///
+/// Resolutions are listed finest first: with `channels = [32, 64]` a 28×28 image is read at
+/// 14×14 with 32 channels and at 7×7 with 64; `group_channels = [4, 8]` puts a 4-channel
+/// latent group at 14×14 and an 8-channel one at 7×7, under the `top_dim`-dimensional top
+/// group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LadderVaeConfig {
+    /// Image channels.
+    pub input_channels: i64,
+    /// Image height; must be divisible by 2^(number of resolutions).
+    pub input_height: i64,
+    /// Image width; must be divisible by 2^(number of resolutions).
+    pub input_width: i64,
+    /// Width of both paths at each resolution, finest (half the image's size) first.
+    pub channels: Vec<i64>,
+    /// Latent channels of the spatial group at each resolution (as `channels`); 0: none there.
+    pub group_channels: Vec<i64>,
+    /// Dimension of the top group, a vector: the z that [`Vae::encode`] gives and
+    /// [`Vae::decode`] takes.
+    pub top_dim: i64,
+    /// Residual cells at each resolution (as `channels`), in each path.
+    pub cells: Vec<usize>,
+    /// The prior of the top group.
+    pub top_prior: Prior,
+    /// The observation model p(x | z).
+    pub likelihood: Likelihood,
+}
+
+impl Default for LadderVaeConfig {
+    fn default() -> Self {
+        Self {
+            input_channels: 1,
+            input_height: 28,
+            input_width: 28,
+            channels: vec![32, 64],
+            group_channels: vec![4, 8],
+            top_dim: 32,
+            cells: vec![1, 1],
+            top_prior: Prior::Standard,
+            likelihood: Likelihood::Bernoulli,
+        }
+    }
+}
+
+impl LadderVaeConfig {
+    /// Checks every size is positive, the lists match, and the image survives the stride-2 steps.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |msg: String| Err(ModelError::InvalidConfig(msg));
+        check_input_size([self.input_channels, self.input_height, self.input_width])?;
+        check_prior(self.top_prior)?;
+        if self.channels.is_empty()
+            || self.channels.len() > 8
+            || self.channels.iter().any(|&c| c < 1)
+        {
+            return bad(format!(
+                "channels must list 1 to 8 positive widths, got {:?}",
+                self.channels
+            ));
+        }
+        if self.group_channels.len() != self.channels.len()
+            || self.group_channels.iter().any(|&c| c < 0)
+        {
+            return bad(format!(
+                "group_channels must give one non-negative width per resolution ({} here), got {:?}",
+                self.channels.len(),
+                self.group_channels
+            ));
+        }
+        if self.top_dim < 1 {
+            return bad(format!("top_dim must be at least 1, got {}", self.top_dim));
+        }
+        if self.cells.len() != self.channels.len() || self.cells.iter().any(|&c| c > 64) {
+            return bad(format!(
+                "cells must give 0 to 64 cells per resolution ({} here), got {:?}",
+                self.channels.len(),
+                self.cells
+            ));
+        }
+        if let Err(m) = self.likelihood.validate() {
+            return bad(m);
+        }
+        let factor = 1i64 << self.channels.len();
+        if self.input_height % factor != 0 || self.input_width % factor != 0 {
+            return bad(format!(
+                "a {}x{} image cannot pass {} stride-2 steps: height and width must be divisible by {factor}",
+                self.input_height,
+                self.input_width,
+                self.channels.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// (height, width) of resolution `level` (0: the finest, half the image's size).
+    fn resolution(&self, level: usize) -> (i64, i64) {
+        let f = 1i64 << (level + 1);
+        (self.input_height / f, self.input_width / f)
+    }
+
+    /// The number of latent dimensions of every group together, the top's first: the width of
+    /// the noise [`Vae::elbo_with_noise`] takes.
+    pub fn noise_dim(&self) -> i64 {
+        self.top_dim
+            + self
+                .group_channels
+                .iter()
+                .enumerate()
+                .map(|(l, &c)| {
+                    let (h, w) = self.resolution(l);
+                    c * h * w
+                })
+                .sum::<i64>()
+    }
+
+    /// Whether the top group's KL has a closed form (the standard-normal prior).
+    pub(crate) fn closed_form_top(&self) -> bool {
+        self.top_prior == Prior::Standard
+    }
+}
+
+/// NVAE's soft clamp, b·tanh(x / b): the identity near 0, bounded by ±b, with a gradient
+/// everywhere (Vahdat & Kautz 2020, in their released code's `soft_clamp5`). Applied to the
+/// means and log standard deviations of the spatial groups, it keeps a few large activations
+/// early in training from sending a KL or a log-density to infinity.
+fn soft_clamp(x: &Tensor, bound: f64) -> Tensor {
+    (x / bound).tanh() * bound
+}
+
+/// A conv computed in `kind` (weights cast per call, as `ConvVae`'s layers).
+fn conv_at(c: &nn::Conv2D, x: &Tensor, stride: i64, padding: i64, kind: Kind) -> Tensor {
+    let bias = c.bs.as_ref().map(|b| cast(b, kind));
+    x.conv2d(
+        &cast(&c.ws, kind),
+        bias.as_ref(),
+        [stride, stride],
+        [padding, padding],
+        [1, 1],
+        1,
+    )
+}
+
+fn conv3(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
+    let init = torch_default(i * 9);
+    let cfg = nn::ConvConfig {
+        padding: 1,
+        ws_init: init,
+        bs_init: init,
+        ..Default::default()
+    };
+    nn::conv2d(p, i, o, 3, cfg)
+}
+
+fn conv1(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
+    let init = torch_default(i);
+    let cfg = nn::ConvConfig {
+        ws_init: init,
+        bs_init: init,
+        ..Default::default()
+    };
+    nn::conv2d(p, i, o, 1, cfg)
+}
+
+/// The nonlinearity of both paths: SiLU (swish), as NVAE's cells.
+fn act(x: &Tensor) -> Tensor {
+    x.silu()
+}
+
+/// x ↦ x + Conv3x3(SiLU(Conv3x3(SiLU(x)))): a pre-activation residual cell keeping width and
+/// resolution (He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016).
+#[derive(Debug)]
+struct Cell {
+    conv1: nn::Conv2D,
+    conv2: nn::Conv2D,
+}
+
+impl Cell {
+    fn new(p: nn::Path<'_>, c: i64) -> Self {
+        Self {
+            conv1: conv3(&p / "conv1", c, c),
+            conv2: conv3(&p / "conv2", c, c),
+        }
+    }
+
+    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
+        let h = conv_at(&self.conv1, &act(x), 1, 1, kind);
+        x + conv_at(&self.conv2, &act(&h), 1, 1, kind)
+    }
+
+    fn stack(p: &nn::Path<'_>, c: i64, n: usize) -> Vec<Self> {
+        (0..n)
+            .map(|j| Self::new(p / format!("cell{}", j + 1), c))
+            .collect()
+    }
+}
+
+fn apply_cells(mut h: Tensor, cells: &[Cell], kind: Kind) -> Tensor {
+    for c in cells {
+        h = c.forward(&h, kind);
+    }
+    h
+}
+
+/// The deterministic bottom-up path: a stride-2 conv from the image, residual cells at each
+/// resolution with a stride-2 conv between them, and the top group's posterior head.
+#[derive(Debug)]
+struct BottomUp {
+    stem: nn::Conv2D,
+    /// Cells at each resolution, finest first.
+    levels: Vec<Vec<Cell>>,
+    /// `down[l]` goes from resolution l to l + 1.
+    down: Vec<nn::Conv2D>,
+    /// q(z_top | x): [μ, log σ²] from the coarsest features.
+    top: nn::Linear,
+}
+
+/// What the bottom-up path gives: the features at each resolution (finest first) and the
+/// top group's posterior.
+struct BottomUpOut {
+    features: Vec<Tensor>,
+    top: Posterior,
+}
+
+impl BottomUp {
+    fn forward(&self, x: &Tensor, kind: Kind) -> BottomUpOut {
+        let mut h = conv_at(&self.stem, &cast(x, kind), 2, 1, kind);
+        let mut features = Vec::with_capacity(self.levels.len());
+        for (l, cells) in self.levels.iter().enumerate() {
+            h = apply_cells(h, cells, kind);
+            features.push(h.shallow_clone());
+            if let Some(down) = self.down.get(l) {
+                h = conv_at(down, &act(&h), 2, 1, kind);
+            }
+        }
+        let stats = cast(
+            &linear_in(&self.top, &act(&h).flatten(1, -1), kind),
+            Kind::Float,
+        );
+        let stats = stats.chunk(2, 1);
+        BottomUpOut {
+            features,
+            top: Posterior {
+                mu: stats[0].shallow_clone(),
+                logvar: stats[1].shallow_clone(),
+            },
+        }
+    }
+}
+
+/// One spatial latent group's layers.
+#[derive(Debug)]
+struct Group {
+    /// p(z_l | z_>l): [μ, log σ] from the top-down features.
+    prior: nn::Conv2D,
+    /// The posterior's correction [Δμ, Δlog σ] from the top-down and bottom-up features.
+    posterior: nn::Conv2D,
+    /// z_l back into the top-down features.
+    inject: nn::Conv2D,
+}
+
+/// A diagonal Gaussian over a spatial group, `[N, c, h, w]` each.
+struct Normal {
+    mu: Tensor,
+    logvar: Tensor,
+}
+
+impl Normal {
+    /// From raw [μ, log σ] channels, soft-clamped.
+    fn from_raw(mu: &Tensor, log_sigma: &Tensor) -> Self {
+        Self {
+            mu: soft_clamp(mu, 5.0),
+            logvar: soft_clamp(log_sigma, 5.0) * 2.0,
+        }
+    }
+}
+
+/// One group's draw in a top-down pass: z, the standard noise it came from, and the prior and
+/// (when the pass reads an image) posterior it came from, `[N, c, h, w]` each.
+struct GroupDraw {
+    z: Tensor,
+    eps: Tensor,
+    prior: Normal,
+    posterior: Option<Normal>,
+}
+
+/// How a top-down pass picks each spatial group's z.
+enum Pick<'a> {
+    /// μ + T·σ·ε with fresh ε (T = 1: a draw).
+    Fresh(f64),
+    /// μ + σ·ε with the given ε, one `[N, c, h, w]` tensor per group (coarsest first).
+    Given(&'a [Tensor]),
+    /// The mean μ.
+    Mean,
+}
+
+/// The top-down path: from the top group through each resolution (coarsest first) to the
+/// likelihood's parameters.
+#[derive(Debug)]
+struct TopDown {
+    /// z_top to the coarsest resolution's features.
+    fc: nn::Linear,
+    /// The group at each resolution (finest first; `None` where there is none).
+    groups: Vec<Option<Group>>,
+    /// Cells at each resolution, finest first (run after that resolution's group).
+    levels: Vec<Vec<Cell>>,
+    /// `up[l]` goes from resolution l + 1 to l.
+    up: Vec<nn::ConvTranspose2D>,
+    /// The finest features to the likelihood's parameters at the image's size.
+    out: Deconv,
+}
+
+/// A top-down hierarchical VAE; see the [module docs](self) for the model and its sources.
+///
+/// Variables live under the `nn::Path` it is built on, named after the fields:
+/// `bottom_up.stem.weight`, `bottom_up.level1.cell1.conv1.weight`, `bottom_up.down1.weight`,
+/// `bottom_up.top.weight`; `top_down.fc.weight`, `top_down.level1.prior.weight`,
+/// `top_down.level1.posterior.weight`, `top_down.level1.inject.weight`,
+/// `top_down.level1.cell1.conv1.weight`, `top_down.up1.weight`, `top_down.out.weight`; a
+/// VampPrior's pseudo-inputs as `prior.pseudo_inputs`. Level 1 is the finest resolution.
+///
+/// Through the [`Vae`] interface, z is the top group: `encode` gives q(z_top | x), `decode`
+/// runs the top-down path from z_top with every lower group at its prior mean, and
+/// `elbo_with_noise` takes the noise of every group (see [`LadderVaeConfig::noise_dim`]).
+/// The KL of each group is reported apart in [`ElboTerms::kl_groups`] (top first, then the
+/// spatial groups coarsest first), and is what free bits act on.
+
+#[derive(Debug)]
+pub struct LadderVae {
+    config: LadderVaeConfig,
+    bottom_up: BottomUp,
+    top_down: TopDown,
+    /// The VampPrior's pseudo-input logits, for a VampPrior over the top group.
+    pseudo_inputs: Option<Tensor>,
+    device: Device,
+    compute: Kind,
+}
+
+impl LadderVae {
+    /// Builds the model's variables under `p`.
+    pub fn new(p: &nn::Path<'_>, config: &LadderVaeConfig) -> Result<Self, ModelError> {
+        config.validate()?;
+        let levels = config.channels.len();
+        let bu = p / "bottom_up";
+        let td = p / "top_down";
+        let stem = conv(&bu / "stem", config.input_channels, config.channels[0]);
+        let mut bu_levels = Vec::new();
+        let mut down = Vec::new();
+        let mut td_levels = Vec::new();
+        let mut groups = Vec::new();
+        let mut up = Vec::new();
+        for (l, (&c, &g)) in config
+            .channels
+            .iter()
+            .zip(&config.group_channels)
+            .enumerate()
+        {
+            let name = format!("level{}", l + 1);
+            bu_levels.push(Cell::stack(&(&bu / &name), c, config.cells[l]));
+            td_levels.push(Cell::stack(&(&td / &name), c, config.cells[l]));
+            groups.push((g > 0).then(|| Group {
+                prior: conv3(&td / &name / "prior", c, 2 * g),
+                posterior: conv3(&td / &name / "posterior", 2 * c, 2 * g),
+                inject: conv1(&td / &name / "inject", g, c),
+            }));
+            if let Some(&next) = config.channels.get(l + 1) {
+                down.push(conv(&bu / format!("down{}", l + 1), c, next));
+                let d = deconv(&td / format!("up{}", l + 1), next, c);
+                up.push(d);
+            }
+        }
+        let (h, w) = config.resolution(levels - 1);
+        let flat = config.channels[levels - 1] * h * w;
+        let top = linear(&bu / "top", flat, 2 * config.top_dim);
+        let fc = linear(&td / "fc", config.top_dim, flat);
+        let out = Deconv::own(
+            &td / "out",
+            config.channels[0],
+            config.input_channels * config.likelihood.params_per_channel(),
+        );
+        let pseudo_inputs = match config.top_prior {
+            Prior::Standard => None,
+            Prior::Vamp { components } => Some((p / "prior").var(
+                "pseudo_inputs",
+                &[
+                    components,
+                    config.input_channels,
+                    config.input_height,
+                    config.input_width,
+                ],
+                nn::Init::Randn {
+                    mean: -2.0,
+                    stdev: 0.5,
+                },
+            )),
+        };
+        Ok(Self {
+            config: config.clone(),
+            bottom_up: BottomUp {
+                stem,
+                levels: bu_levels,
+                down,
+                top,
+            },
+            top_down: TopDown {
+                fc,
+                groups,
+                levels: td_levels,
+                up,
+                out,
+            },
+            pseudo_inputs,
+            device: p.device(),
+            compute: Kind::Float,
+        })
+    }
+
+    /// The configuration it was built from.
+    pub fn ladder_config(&self) -> &LadderVaeConfig {
+        &self.config
+    }
+
+    fn check_images(&self, x: &Tensor) -> Result<(), ModelError> {
+        let c = &self.config;
+        check_images(x, [c.input_channels, c.input_height, c.input_width])
+    }
+
+    fn check_rows(
+        &self,
+        what: &'static str,
+        t: &Tensor,
+        n: Option<i64>,
+        width: i64,
+    ) -> Result<(), ModelError> {
+        let size = t.size();
+        let rows_ok = n.is_none_or(|n| size.first() == Some(&n));
+        if size.len() == 2 && size[1] == width && rows_ok && t.is_floating_point() {
+            Ok(())
+        } else {
+            Err(ModelError::Shape {
+                what,
+                expected: match n {
+                    Some(n) => format!("[{n}, {width}] (floating point)"),
+                    None => format!("[N, {width}] (floating point)"),
+                },
+                found: size,
+            })
+        }
+    }
+
+    /// The top-down pass from `z_top`: each spatial group's z picked by `pick`, from the
+    /// posterior when `features` (the bottom-up path's) are given, else from the prior. Gives
+    /// the likelihood's parameters and each group's draw (coarsest first).
+    fn top_down(
+        &self,
+        z_top: &Tensor,
+        features: Option<&[Tensor]>,
+        pick: Pick<'_>,
+    ) -> (Tensor, Vec<GroupDraw>) {
+        let kind = self.compute;
+        let c = &self.config;
+        let last = c.channels.len() - 1;
+        let (h, w) = c.resolution(last);
+        let td = &self.top_down;
+        let mut d = linear_in(&td.fc, &cast(z_top, kind), kind).view([-1, c.channels[last], h, w]);
+        let mut draws = Vec::new();
+        for l in (0..=last).rev() {
+            if l < last {
+                d = act(&d).conv_transpose2d(
+                    &cast(&td.up[l].ws, kind),
+                    td.up[l].bs.as_ref().map(|b| cast(b, kind)).as_ref(),
+                    [2, 2],
+                    [1, 1],
+                    [0, 0],
+                    1,
+                    [1, 1],
+                );
+            }
+            if let Some(group) = &td.groups[l] {
+                let a = act(&d);
+                let raw = cast(&conv_at(&group.prior, &a, 1, 1, kind), Kind::Float).chunk(2, 1);
+                let prior = Normal::from_raw(&raw[0], &raw[1]);
+                let posterior = features.map(|f| {
+                    let both = Tensor::cat(&[a.shallow_clone(), act(&f[l])], 1);
+                    let delta = cast(&conv_at(&group.posterior, &both, 1, 1, kind), Kind::Float)
+                        .chunk(2, 1);
+                    Normal::from_raw(&(&prior.mu + &delta[0]), &(&prior.logvar * 0.5 + &delta[1]))
+                });
+                let from = posterior.as_ref().unwrap_or(&prior);
+                let index = draws.len();
+                let (eps, z) = match &pick {
+                    Pick::Fresh(t) => {
+                        let eps = from.mu.randn_like();
+                        let z = &from.mu + (&from.logvar * 0.5).exp() * (&eps * *t);
+                        (eps, z)
+                    }
+                    Pick::Given(noise) => {
+                        let eps = noise[index].shallow_clone();
+                        let z = &from.mu + (&from.logvar * 0.5).exp() * &eps;
+                        (eps, z)
+                    }
+                    Pick::Mean => (from.mu.zeros_like(), from.mu.shallow_clone()),
+                };
+                // Out of place: SiLU kept `d` for its backward.
+                d = d.g_add(&conv_at(&group.inject, &cast(&z, kind), 1, 0, kind));
+                draws.push(GroupDraw {
+                    z,
+                    eps,
+                    prior,
+                    posterior,
+                });
+            }
+            d = apply_cells(d, &td.levels[l], kind);
+        }
+        let params = cast(&td.out.forward(&act(&d), kind), Kind::Float);
+        (params, draws)
+    }
+
+    /// The VampPrior's K components over the top group, `[K, top_dim]` each.
+    fn prior_components(&self, logits: &Tensor) -> (Tensor, Tensor) {
+        let q = self.bottom_up.forward(&logits.sigmoid(), self.compute).top;
+        (q.mu, q.logvar)
+    }
+
+    /// log p(z_top) for latents `[..., top_dim]`: `[...]`.
+    fn log_prior_top(&self, z: &Tensor) -> Tensor {
+        match &self.pseudo_inputs {
+            None => loss::standard_normal_log_density(z),
+            Some(logits) => {
+                let (mu, logvar) = self.prior_components(logits);
+                let size = z.size();
+                let flat = z.reshape([-1, self.config.top_dim]);
+                loss::mixture_log_density(&flat, &mu, &logvar).view(&size[..size.len() - 1])
+            }
+        }
+    }
+
+    /// `n` top latents from the prior, with the Gaussian noise scaled by `temperature`.
+    fn sample_top(&self, n: i64, temperature: f64) -> Tensor {
+        let eps = Tensor::randn([n, self.config.top_dim], (Kind::Float, self.device)) * temperature;
+        match &self.pseudo_inputs {
+            None => eps,
+            Some(logits) => {
+                let (mu, logvar) = self.prior_components(logits);
+                let pick = Tensor::randint(logits.size()[0], [n], (Kind::Int64, self.device));
+                mu.index_select(0, &pick) + (logvar.index_select(0, &pick) * 0.5).exp() * eps
+            }
+        }
+    }
+
+    /// The negative-ELBO terms for `x` at top noise `eps_top` and the groups' noise `pick`.
+    fn elbo_at(&self, x: &Tensor, eps_top: &Tensor, pick: Pick<'_>) -> ElboTerms {
+        let bu = self.bottom_up.forward(x, self.compute);
+        let q = &bu.top;
+        let z_top = &q.mu + q.std() * eps_top;
+        let (params, draws) = self.top_down(&z_top, Some(&bu.features), pick);
+        let kl_top = if self.config.closed_form_top() {
+            loss::gaussian_kl(&q.mu, &q.logvar)
+        } else {
+            loss::diagonal_normal_log_density(eps_top, &q.logvar) - self.log_prior_top(&z_top)
+        };
+        let mut kl_groups = vec![kl_top];
+        for d in &draws {
+            let q = d
+                .posterior
+                .as_ref()
+                .expect("a pass over an image has posteriors");
+            kl_groups.push(
+                loss::gaussian_kl_between(&q.mu, &q.logvar, &d.prior.mu, &d.prior.logvar)
+                    .flatten(1, -1)
+                    .sum_dim_intlist(-1, false, Kind::Float),
+            );
+        }
+        let kl_dims = Tensor::stack(&kl_groups, 1);
+        ElboTerms {
+            reconstruction: self.config.likelihood.nll(&params, x),
+            kl: kl_dims.sum_dim_intlist(-1, false, Kind::Float),
+            kl_groups,
+            kl_dims: Some(kl_dims),
+        }
+    }
+
+    /// log p(x, z_i) − log q(z_i | x) for `s` fresh samples per image, `[s, N]`, with the
+    /// first sample's −log p(x | z) and log q(z | x) − log p(z) (`[N]` each).
+    fn weights(&self, x: &Tensor, s: i64) -> (Tensor, Tensor, Tensor) {
+        let n = x.size()[0];
+        let bu = self.bottom_up.forward(x, self.compute);
+        let repeat = |t: &Tensor| {
+            let mut size = t.size();
+            let mut expanded = vec![s];
+            expanded.extend(&size);
+            size[0] *= s;
+            t.unsqueeze(0).expand(&expanded, false).reshape(&size)
+        };
+        let features: Vec<Tensor> = bu.features.iter().map(repeat).collect();
+        let (mu, logvar) = (repeat(&bu.top.mu), repeat(&bu.top.logvar));
+        let eps_top = mu.randn_like();
+        let z_top = &mu + (&logvar * 0.5).exp() * &eps_top;
+        let (params, draws) = self.top_down(&z_top, Some(&features), Pick::Fresh(1.0));
+        let images = repeat(x);
+        let log_px = self
+            .config
+            .likelihood
+            .log_prob(&params, &images)
+            .view([s, n]);
+        // log q(z | x) and log p(z) factorise over the groups: sums of each group's term.
+        let mut log_qz = vec![loss::diagonal_normal_log_density(&eps_top, &logvar)];
+        let mut log_pz = vec![self.log_prior_top(&z_top)];
+        for d in &draws {
+            let q = d
+                .posterior
+                .as_ref()
+                .expect("a pass over an image has posteriors");
+            log_qz.push(loss::diagonal_normal_log_density(
+                &d.eps.flatten(1, -1),
+                &q.logvar.flatten(1, -1),
+            ));
+            log_pz.push(loss::normal_log_density(
+                &d.z.flatten(1, -1),
+                &d.prior.mu.flatten(1, -1),
+                &d.prior.logvar.flatten(1, -1),
+            ));
+        }
+        let total =
+            |terms: &[Tensor]| Tensor::stack(terms, 0).sum_dim_intlist(0, false, Kind::Float);
+        let (log_qz, log_pz) = (total(&log_qz), total(&log_pz));
+        let (log_qz, log_pz) = (log_qz.view([s, n]), log_pz.view([s, n]));
+        let log_w = &log_px + &log_pz - &log_qz;
+        (log_w, -log_px.get(0), log_qz.get(0) - log_pz.get(0))
+    }
+
+    /// Splits noise `[N, noise_dim]` into the top's `[N, top_dim]` and each group's
+    /// `[N, c, h, w]` (coarsest first).
+    fn split_noise(&self, eps: &Tensor) -> (Tensor, Vec<Tensor>) {
+        let c = &self.config;
+        let n = eps.size()[0];
+        let mut sizes = vec![c.top_dim];
+        let mut shapes = Vec::new();
+        for l in (0..c.channels.len()).rev() {
+            let g = c.group_channels[l];
+            if g > 0 {
+                let (h, w) = c.resolution(l);
+                sizes.push(g * h * w);
+                shapes.push([n, g, h, w]);
+            }
+        }
+        let parts = eps.split_with_sizes(&sizes, 1);
+        let groups = parts[1..]
+            .iter()
+            .zip(shapes)
+            .map(|(p, shape)| p.reshape(shape))
+            .collect();
+        (parts[0].shallow_clone(), groups)
+    }
+}
+
+impl Vae for LadderVae {
+    fn config(&self) -> ModelConfig {
+        ModelConfig::Ladder(self.config.clone())
+    }
+
+    fn device(&self) -> Device {
+        self.device
+    }
+
+    fn set_compute_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
+        self.compute = check_compute_kind(kind)?;
+        Ok(())
+    }
+
+    /// q(z_top | x), the top group's posterior.
+    fn encode(&self, x: &Tensor) -> Result<Posterior, ModelError> {
+        self.check_images(x)?;
+        Ok(self.bottom_up.forward(x, self.compute).top)
+    }
+
+    /// The likelihood's parameters with the top group at `z` and every lower group at its
+    /// prior mean given the groups above.
+    fn decode(&self, z: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_rows("latents", z, None, self.config.top_dim)?;
+        Ok(self.top_down(z, None, Pick::Mean).0)
+    }
+
+    fn elbo(&self, x: &Tensor) -> Result<ElboTerms, ModelError> {
+        self.check_images(x)?;
+        let eps_top = Tensor::randn(
+            [x.size()[0], self.config.top_dim],
+            (Kind::Float, x.device()),
+        );
+        Ok(self.elbo_at(x, &eps_top, Pick::Fresh(1.0)))
+    }
+
+    /// `eps` holds every group's noise, `[N, noise_dim]` ([`LadderVaeConfig::noise_dim`]): the
+    /// top group's first, then each spatial group's, coarsest first, each flattened in
+    /// (channel, row, column) order.
+    fn elbo_with_noise(&self, x: &Tensor, eps: &Tensor) -> Result<ElboTerms, ModelError> {
+        self.check_images(x)?;
+        self.check_rows("noise", eps, Some(x.size()[0]), self.config.noise_dim())?;
+        let (top, groups) = self.split_noise(eps);
+        Ok(self.elbo_at(x, &top, Pick::Given(&groups)))
+    }
+
+    fn log_weights(&self, x: &Tensor, k: i64) -> Result<Tensor, ModelError> {
+        self.check_images(x)?;
+        check_samples(k)?;
+        Ok(self.weights(x, k).0)
+    }
+
+    fn iwae_terms(&self, x: &Tensor, k: i64) -> Result<IwaeTerms, ModelError> {
+        self.check_images(x)?;
+        check_samples(k)?;
+        let (log_w, reconstruction, kl) = self.weights(x, k);
+        Ok(IwaeTerms {
+            bound: loss::log_mean_exp(&log_w),
+            reconstruction,
+            kl,
+        })
+    }
+
+    /// Every group's Gaussian noise is scaled by `temperature`, top-down.
+    fn sample(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
+        if n < 1 {
+            return Err(ModelError::InvalidArgument(format!(
+                "cannot sample {n} images"
+            )));
+        }
+        let z = self.sample_top(n, temperature);
+        let (params, _) = self.top_down(&z, None, Pick::Fresh(temperature));
+        Ok(self.config.likelihood.mean(&params))
+    }
+
+    fn draw(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
+        if n < 1 {
+            return Err(ModelError::InvalidArgument(format!(
+                "cannot draw {n} images"
+            )));
+        }
+        let z = self.sample_top(n, temperature);
+        let (params, _) = self.top_down(&z, None, Pick::Fresh(temperature));
+        Ok(self.config.likelihood.sample(&params))
+    }
+
+    /// Through the posterior means of every group, top-down.
+    fn reconstruct(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        self.check_images(x)?;
+        let bu = self.bottom_up.forward(x, self.compute);
+        let (params, _) = self.top_down(&bu.top.mu, Some(&bu.features), Pick::Mean);
+        Ok(self.config.likelihood.mean(&params))
+    }
+
+    fn prior_images(&self) -> Option<Tensor> {
+        self.pseudo_inputs.as_ref().map(Tensor::sigmoid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::lock;
+
+    /// A 2-group toy on 8×8 images: the top (3 dims) over a 2-channel group at 2×2.
+    fn toy(groups: Vec<i64>) -> LadderVaeConfig {
+        LadderVaeConfig {
+            input_height: 8,
+            input_width: 8,
+            channels: vec![4, 6],
+            group_channels: groups,
+            top_dim: 3,
+            ..LadderVaeConfig::default()
+        }
+    }
+
+    fn build(config: &LadderVaeConfig) -> (nn::VarStore, LadderVae) {
+        let vs = nn::VarStore::new(Device::Cpu);
+        let model = LadderVae::new(&vs.root(), config).unwrap();
+        (vs, model)
+    }
+
+    fn images(n: i64) -> Tensor {
+        Tensor::rand([n, 1, 8, 8], (Kind::Float, Device::Cpu)).round()
+    }
+
+    fn value(t: &Tensor) -> f64 {
+        t.double_value(&[])
+    }
+
+    #[test]
+    fn the_elbo_is_the_sum_of_its_parts_computed_by_hand() {
+        let _g = lock();
+        tch::manual_seed(1);
+        let config = toy(vec![0, 2]);
+        let (_vs, model) = build(&config);
+        assert_eq!(config.noise_dim(), 3 + 2 * 2 * 2);
+        let x = images(5);
+        let eps = Tensor::randn([5, config.noise_dim()], (Kind::Float, Device::Cpu));
+        let terms = model.elbo_with_noise(&x, &eps).unwrap();
+
+        // By hand, from the two paths' outputs at the same noise.
+        let bu = model.bottom_up.forward(&x, Kind::Float);
+        let eps_top = eps.narrow(1, 0, 3);
+        let eps_group = eps.narrow(1, 3, 8).reshape([5, 2, 2, 2]);
+        let z_top = &bu.top.mu + (&bu.top.logvar * 0.5).exp() * &eps_top;
+        let (logits, draws) = model.top_down(
+            &z_top,
+            Some(&bu.features),
+            Pick::Given(&[eps_group.shallow_clone()]),
+        );
+        assert_eq!(draws.len(), 1);
+        let (q, p) = (draws[0].posterior.as_ref().unwrap(), &draws[0].prior);
+        let z = &q.mu + (&q.logvar * 0.5).exp() * &eps_group;
+        assert!(
+            value(&(&draws[0].z - &z).abs().max()) < 1e-6,
+            "z = μ_q + σ_q·ε"
+        );
+        let prob = logits.sigmoid();
+        let recon = -(&x * prob.log()
+            + x.ones_like().g_sub(&x) * prob.ones_like().g_sub(&prob).log())
+        .sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Float);
+        let (mu, var) = (&bu.top.mu, bu.top.logvar.exp());
+        let kl_top =
+            (mu.square() + &var - 1.0 - var.log()).sum_dim_intlist(-1, false, Kind::Float) * 0.5;
+        let (var_q, var_p) = (q.logvar.exp(), p.logvar.exp());
+        let kl_group = ((var_p.log() - var_q.log()) + (&var_q + (&q.mu - &p.mu).square()) / &var_p
+            - 1.0)
+            .sum_dim_intlist([1, 2, 3].as_slice(), false, Kind::Float)
+            * 0.5;
+        let close = |a: &Tensor, b: &Tensor, what: &str| {
+            let diff = value(&(a - b).abs().max());
+            assert!(diff < 1e-3, "{what} differs by {diff}");
+        };
+        close(&terms.reconstruction, &recon, "reconstruction");
+        assert_eq!(terms.kl_groups.len(), 2);
+        close(&terms.kl_groups[0], &kl_top, "top KL");
+        close(&terms.kl_groups[1], &kl_group, "group KL");
+        close(&terms.kl, &(&kl_top + &kl_group), "KL");
+        close(
+            terms.kl_dims.as_ref().unwrap(),
+            &Tensor::stack(&[kl_top, kl_group], 1),
+            "kl_dims",
+        );
+    }
+
+    #[test]
+    fn the_iw_bound_with_one_sample_is_the_elbo() {
+        let _g = lock();
+        tch::manual_seed(2);
+        let (_vs, model) = build(&toy(vec![2, 3]));
+        let x = images(4);
+        tch::no_grad(|| {
+            // The same seed draws the same z: the reconstruction terms agree exactly, and the
+            // log-weight's log q − log p is a one-sample estimate of the closed-form KLs.
+            let draws = 1500;
+            let mut kl_one_sample = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+            let mut kl_closed = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+            let mut square = Tensor::zeros([4], (Kind::Float, Device::Cpu));
+            for i in 0..draws {
+                tch::manual_seed(100 + i);
+                let iw = model.iwae_terms(&x, 1).unwrap();
+                tch::manual_seed(100 + i);
+                let elbo = model.elbo(&x).unwrap();
+                let diff = value(&(&iw.reconstruction - &elbo.reconstruction).abs().max());
+                assert!(diff < 1e-4, "reconstructions differ by {diff}");
+                let bound = -(&iw.reconstruction + &iw.kl);
+                assert!(value(&(&bound - &iw.bound).abs().max()) < 1e-3);
+                kl_one_sample += &iw.kl;
+                square += iw.kl.square();
+                kl_closed += &elbo.kl;
+            }
+            let n = draws as f64;
+            let mean = &kl_one_sample / n;
+            let se = ((&square / n - mean.square()) / n).sqrt();
+            let gap = ((&mean - &kl_closed / n).abs() / se).max();
+            assert!(
+                value(&gap) < 4.5,
+                "E[log q − log p] is the KL: {gap} standard errors apart"
+            );
+            // More samples tighten the bound.
+            tch::manual_seed(3);
+            let k1 = model
+                .log_likelihood_iw(&x, 1, 4096)
+                .unwrap()
+                .mean(Kind::Float);
+            let k200 = model
+                .log_likelihood_iw(&x, 200, 4096)
+                .unwrap()
+                .mean(Kind::Float);
+            assert!(value(&k200) > value(&k1));
+        });
+    }
+
+    #[test]
+    fn sampling_runs_the_groups_top_down_with_their_shapes() {
+        let _g = lock();
+        tch::manual_seed(3);
+        let config = LadderVaeConfig {
+            input_height: 16,
+            input_width: 16,
+            channels: vec![4, 4, 4],
+            group_channels: vec![2, 0, 3],
+            cells: vec![1, 0, 2],
+            top_dim: 5,
+            ..LadderVaeConfig::default()
+        };
+        let (_vs, model) = build(&config);
+        let z = model.sample_top(6, 1.0);
+        let (params, draws) = model.top_down(&z, None, Pick::Fresh(1.0));
+        assert_eq!(params.size(), [6, 1, 16, 16]);
+        // Coarsest first: 3 channels at 2×2, then 2 at 8×8; no posterior without an image.
+        let shapes: Vec<_> = draws.iter().map(|d| d.z.size()).collect();
+        assert_eq!(shapes, [vec![6, 3, 2, 2], vec![6, 2, 8, 8]]);
+        assert!(draws.iter().all(|d| d.posterior.is_none()));
+        // Each lower group depends on the one above: another top gives another prior below.
+        let (_, other) = model.top_down(&(&z + 1.0), None, Pick::Fresh(1.0));
+        assert!(value(&(&draws[1].prior.mu - &other[1].prior.mu).abs().max()) > 0.0);
+        let s = model.sample(6, 0.7).unwrap();
+        assert_eq!(s.size(), [6, 1, 16, 16]);
+        assert!(value(&s.min()) >= 0.0 && value(&s.max()) <= 1.0);
+        // Temperature 0 is the deterministic mean path.
+        let a = model.sample(2, 0.0).unwrap();
+        let b = model.sample(2, 0.0).unwrap();
+        assert_eq!(value(&(&a - &b).abs().max()), 0.0);
+        let d = model.draw(3, 1.0).unwrap();
+        assert!(
+            value(&(&d * d.ones_like().g_sub(&d)).abs().max()) == 0.0,
+            "Bernoulli draws are 0 or 1"
+        );
+        assert_eq!(model.decode(&z).unwrap().size(), [6, 1, 16, 16]);
+        assert_eq!(
+            model
+                .encode(&images(2).upsample_nearest2d([16, 16], None, None))
+                .unwrap()
+                .mu
+                .size(),
+            [2, 5]
+        );
+    }
+
+    #[test]
+    fn configs_round_trip_and_bad_ones_are_refused() {
+        let config = ModelConfig::from(toy(vec![2, 3]));
+        let text = toml::to_string(&config).unwrap();
+        assert!(text.contains("kind = \"ladder\""), "{text}");
+        assert_eq!(toml::from_str::<ModelConfig>(&text).unwrap(), config);
+        assert_eq!(config.latent_dim(), 3);
+        for (bad, why) in [
+            (toy(vec![2]), "one non-negative width per resolution"),
+            (
+                LadderVaeConfig {
+                    cells: vec![1],
+                    ..toy(vec![2, 3])
+                },
+                "cells per resolution",
+            ),
+            (
+                LadderVaeConfig {
+                    input_height: 10,
+                    ..toy(vec![2, 3])
+                },
+                "divisible by 4",
+            ),
+            (
+                LadderVaeConfig {
+                    top_dim: 0,
+                    ..toy(vec![2, 3])
+                },
+                "top_dim",
+            ),
+        ] {
+            let err = bad.validate().unwrap_err().to_string();
+            assert!(err.contains(why), "{err}");
+        }
+        let _g = lock();
+        let (_vs, model) = build(&toy(vec![2, 3]));
+        let x = images(2);
+        let wrong = Tensor::zeros([2, 5], (Kind::Float, Device::Cpu));
+        let err = model.elbo_with_noise(&x, &wrong).unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("[2, {}]", toy(vec![2, 3]).noise_dim())),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_vamp_prior_on_the_top_group_gives_a_finite_one_sample_kl() {
+        let _g = lock();
+        tch::manual_seed(4);
+        let config = LadderVaeConfig {
+            top_prior: Prior::Vamp { components: 5 },
+            ..toy(vec![2, 3])
+        };
+        let (vs, model) = build(&config);
+        assert!(vs.variables().contains_key("prior.pseudo_inputs"));
+        let terms = model.elbo(&images(3)).unwrap();
+        assert!(terms.kl.isfinite().all().int64_value(&[]) == 1);
+        assert_eq!(model.prior_images().unwrap().size(), [5, 1, 8, 8]);
+        assert_eq!(model.sample(4, 1.0).unwrap().size(), [4, 1, 8, 8]);
+    }
+}

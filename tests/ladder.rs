@@ -1,0 +1,175 @@
+//! The hierarchical VAE through every command: `vae train --preset ladder` (made tiny by a
+//! `--config` file), resume, eval with the KL of each group, sample at two temperatures,
+//! reconstruct, interpolate, latents, export.
+
+mod common;
+
+use common::*;
+
+/// A two-resolution ladder for 8×8 images: groups at 4×4 and 2×2 under a 3-dimensional top.
+const TINY_LADDER: &str = r#"
+[model]
+kind = "ladder"
+channels = [4, 4]
+group_channels = [1, 2]
+top_dim = 3
+cells = [0, 1]
+
+[train]
+kl_warmup_steps = 5
+"#;
+
+#[test]
+fn a_ladder_vae_trains_resumes_evaluates_and_explores() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("bars");
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_mnist(&data, 96, 32, 8);
+    let config = tmp.path().join("tiny.toml");
+    std::fs::write(&config, TINY_LADDER).unwrap();
+    let run = tmp.path().join("run");
+    let (d, r, c) = (
+        data.to_str().unwrap(),
+        run.to_str().unwrap(),
+        config.to_str().unwrap(),
+    );
+
+    let mut args = train_args(d, r, "1", &QUICK);
+    args.extend([
+        "--preset",
+        "ladder",
+        "--config",
+        c,
+        "--validation-size",
+        "16",
+    ]);
+    let out = vae(&args);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("kind = \"ladder\""), "{saved}");
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.ends_with("val_kl_group1,val_kl_group2,val_kl_group3"),
+        "one KL column per group: {header}"
+    );
+
+    // A conv-only flag says which kind the run has.
+    let other = format!("{r}-flag");
+    let mut args = train_args(d, &other, "1", &QUICK);
+    args.extend(["--preset", "ladder", "--latent-dim", "4"]);
+    let out = vae(&args);
+    assert!(!out.status.success());
+    let (_, err) = text(&out);
+    assert!(
+        err.contains("--latent-dim sets the conv VAE") && err.contains("ladder"),
+        "{err}"
+    );
+
+    let out = vae(&["train", "--resume", r, "--data", d, "--epochs", "2"]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    assert_eq!(
+        std::fs::read_to_string(run.join("metrics.csv"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
+
+    let out = vae(&[
+        "eval",
+        "--run",
+        r,
+        "--data",
+        d,
+        "--iw-samples",
+        "20",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = v["test_kl_groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 3, "{v}");
+    let sum: f64 = groups.iter().map(|g| g.as_f64().unwrap()).sum();
+    assert!((sum - v["test_kl"].as_f64().unwrap()).abs() < 1e-3, "{v}");
+    assert!(v["iw_nll"].as_f64().unwrap() > 0.0);
+    let out = vae(&["eval", "--run", r, "--data", d, "--iw-samples", "0"]);
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("KL per latent group, top first: top "),
+        "{stdout}"
+    );
+
+    for (t, name) in [("1.0", "s1.png"), ("0.7", "s07.png")] {
+        let png = tmp.path().join(name);
+        let out = vae(&[
+            "sample",
+            "--run",
+            r,
+            "-n",
+            "4",
+            "--temperature",
+            t,
+            "--out",
+            png.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{:?}", text(&out));
+        assert!(read_png(&png).0 > 8);
+    }
+    let png = tmp.path().join("recon.png");
+    let out = vae(&[
+        "reconstruct",
+        "--run",
+        r,
+        "--data",
+        d,
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let png = tmp.path().join("interp.png");
+    let out = vae(&[
+        "interpolate",
+        "--run",
+        r,
+        "--data",
+        d,
+        "--from",
+        "0",
+        "--to",
+        "1",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let npy = tmp.path().join("z.npy");
+    let png = tmp.path().join("latents.png");
+    let out = vae(&[
+        "latents",
+        "--run",
+        r,
+        "--data",
+        d,
+        "--npy",
+        npy.to_str().unwrap(),
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (stdout, _) = text(&out);
+    assert!(
+        stdout.contains("3 latent dims"),
+        "the top group's latents: {stdout}"
+    );
+
+    let export = tmp.path().join("export");
+    let out = vae(&["export", "--run", r, "--out", export.to_str().unwrap()]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (stdout, _) = text(&out);
+    assert!(stdout.contains("no PyTorch module"), "{stdout}");
+    let bytes = std::fs::read(export.join("model.safetensors")).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let config = &meta.metadata().as_ref().unwrap()["config"];
+    assert!(config.contains("\"kind\":\"ladder\""), "{config}");
+    assert!(!export.join("model.py").exists());
+}
