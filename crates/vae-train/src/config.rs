@@ -371,9 +371,6 @@ impl RunConfig {
     pub fn preset(preset: Preset) -> Self {
         let mut model = vae_model::ConvVaeConfig::default();
         let mut train = TrainConfig::default();
-        if matches!(preset, Preset::Ladder | Preset::LadderGpu) {
-            return Self::ladder(preset == Preset::LadderGpu);
-        }
         match preset {
             Preset::Fast => {
                 train.lr = 1e-3;
@@ -390,7 +387,8 @@ impl RunConfig {
                 model.res_blocks = 1;
                 train.epochs = 100;
             }
-            Preset::Ladder | Preset::LadderGpu => unreachable!("returned above"),
+            Preset::Ladder => return Self::ladder(false),
+            Preset::LadderGpu => return Self::ladder(true),
         }
         Self {
             model: model.into(),
