@@ -1,8 +1,11 @@
 //! Helpers shared by the whole-flow tests.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
 
 use ndarray::{Array1, Array3};
 use vae_data::{IdxArray, write_idx};
@@ -17,6 +20,7 @@ pub fn root() -> PathBuf {
 
 /// Writes a small MNIST-layout dataset of `size` x `size` bar images into `dir`.
 pub fn synthetic_mnist(dir: &Path, train: usize, test: usize, size: usize) {
+    std::fs::create_dir_all(dir).unwrap();
     let make = |n: usize, offset: usize| {
         let images = Array3::from_shape_fn((n, size, size), |(k, i, j)| {
             let k = k + offset;
@@ -126,4 +130,96 @@ pub fn torch_python() -> PathBuf {
     let text = std::fs::read_to_string(&recorded)
         .unwrap_or_else(|_| panic!("{} missing: run `cargo xtask download`", recorded.display()));
     PathBuf::from(text.trim())
+}
+
+/// A `vae serve` process, stopped when dropped.
+pub struct Server {
+    child: Child,
+    /// `127.0.0.1:port`.
+    pub addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `vae serve` on a free port and waits for its URL line.
+pub fn serve(run: &Path, data: &Path) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vae"))
+        .current_dir(root())
+        .args(["serve", "--run"])
+        .arg(run)
+        .arg("--data")
+        .arg(data)
+        .args(["--port", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut line = Vec::new();
+    let mut byte = [0u8];
+    while stdout.read(&mut byte).unwrap() == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    let line = String::from_utf8(line).unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|s| s.split('/').next())
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_string();
+    assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    Server { child, addr }
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) and returns the status and body.
+pub fn http(addr: &str, request: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    // A server may answer (413) before it has read a huge body: ignore a failed write.
+    let _ = s.write_all(request);
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    let head_end = reply
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP reply: {:?}", String::from_utf8_lossy(&reply)));
+    let head = String::from_utf8_lossy(&reply[..head_end]).into_owned();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, reply[head_end + 4..].to_vec())
+}
+
+pub fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
+    http(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+}
+
+pub fn post(addr: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    http(addr, &req)
+}
+
+/// Trains the tiny model `vae serve` tests explore: 2 epochs on 28×28 bars.
+pub fn tiny_run(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data");
+    let run = dir.join("run");
+    synthetic_mnist(&data, 96, 40, 28);
+    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = train_args(d, r, "2", &QUICK);
+    args.extend_from_slice(&TINY);
+    args.extend_from_slice(&["--validation-size", "16"]);
+    let out = vae(&args);
+    assert!(out.status.success(), "{}", text(&out).1);
+    (run, data)
 }

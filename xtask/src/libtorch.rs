@@ -151,6 +151,67 @@ fn symlink(target: &Path, link: &Path) -> std::io::Result<()> {
     std::os::windows::fs::symlink_dir(target, link)
 }
 
+/// The project's virtual environment's Python (`<root>/.venv`), created if missing.
+pub fn venv_python(root: &Path) -> Result<PathBuf> {
+    let venv = root.join(".venv");
+    let python = venv.join("bin/python");
+    if !python.exists() {
+        eprintln!(
+            "creating a Python virtual environment in {}",
+            venv.display()
+        );
+        let base = ["python3", "python"]
+            .into_iter()
+            .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
+            .context("no python3 on PATH: install Python 3 (with venv and pip), or set LIBTORCH to an unpacked libtorch 2.11")?;
+        let status = Command::new(base)
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()?;
+        if !status.success() {
+            bail!(
+                "`{base} -m venv {}` failed (on Debian/Ubuntu: apt-get install python3-venv)",
+                venv.display()
+            );
+        }
+    }
+    Ok(python)
+}
+
+/// The `tensorboard` package the tests read event files back with.
+pub const TENSORBOARD: &str = "tensorboard==2.21.0";
+
+/// Installs [`TENSORBOARD`] into the project's venv unless it is there; returns the venv's
+/// Python.
+pub fn ensure_tensorboard(root: &Path) -> Result<PathBuf> {
+    let python = venv_python(root)?;
+    let has = Command::new(&python)
+        .args(["-c", "import tensorboard"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        eprintln!(
+            "installing {TENSORBOARD} from PyPI into {} (for the tests)",
+            python.display()
+        );
+        let status = Command::new(&python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--disable-pip-version-check",
+                "--quiet",
+                TENSORBOARD,
+            ])
+            .status()
+            .with_context(|| format!("cannot run {}", python.display()))?;
+        if !status.success() {
+            bail!("pip could not install {TENSORBOARD} (see its output above)");
+        }
+    }
+    Ok(python)
+}
+
 /// Makes libtorch available and returns it. `force` reinstalls into `.venv` even when one is
 /// found.
 pub fn ensure(root: &Path, force: bool) -> Result<Libtorch> {
@@ -200,27 +261,7 @@ pub fn ensure(root: &Path, force: bool) -> Result<Libtorch> {
 
     // 3. Install into the project's venv.
     let venv = root.join(".venv");
-    let python = venv.join("bin/python");
-    if !python.exists() {
-        eprintln!(
-            "creating a Python virtual environment in {}",
-            venv.display()
-        );
-        let base = ["python3", "python"]
-            .into_iter()
-            .find(|p| Command::new(p).arg("--version").output().is_ok_and(|o| o.status.success()))
-            .context("no python3 on PATH: install Python 3 (with venv and pip), or set LIBTORCH to an unpacked libtorch 2.11")?;
-        let status = Command::new(base)
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()?;
-        if !status.success() {
-            bail!(
-                "`{base} -m venv {}` failed (on Debian/Ubuntu: apt-get install python3-venv)",
-                venv.display()
-            );
-        }
-    }
+    let python = venv_python(root)?;
     eprintln!(
         "installing torch=={TORCH_VERSION} from PyPI into {} (about 4.6 GB; pip shows its progress)",
         venv.display()

@@ -197,6 +197,13 @@ fn download(
                 " (CPU only)"
             }
         );
+        // The TensorBoard round-trip test reads event files back with the real package.
+        match libtorch::ensure_tensorboard(&root) {
+            Ok(python) => println!("tensorboard: in {}", python.display()),
+            Err(e) => eprintln!(
+                "warning: {e:#}; the TensorBoard read-back test (tests/watch.rs) will fail until it is installed"
+            ),
+        }
     }
     if only != Some(Only::Libtorch) {
         // Relative local mirrors are relative to where the user ran the command.

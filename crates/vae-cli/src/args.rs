@@ -47,6 +47,10 @@ pub enum Command {
     /// Turn a folder of PNGs (grey or RGB, one size; sub-folders become classes) into a data
     /// set of IDX files that `vae train --data` reads.
     Import(ImportArgs),
+    /// Explore a model in the browser: a local page with the run's curves (live while it
+    /// trains), samples by temperature, sliders along the latent space, interpolations, and a
+    /// canvas to draw on.
+    Serve(ServeArgs),
 }
 
 /// Options of `vae train`. Precedence: the preset (`default` unless named), then the keys
@@ -67,7 +71,7 @@ pub struct TrainArgs {
     /// replace the preset's.
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// Passes over the training set [default: 36; preset fast 10, best 100, ladder 45,
+    /// Passes over the training set [default: 36; preset fast 10, best 100, ladder 50,
     /// ladder-gpu 200].
     #[arg(long)]
     pub epochs: Option<usize>,
@@ -84,6 +88,10 @@ pub struct TrainArgs {
     /// the timed steps' images/s as a JSON line (as the PyTorch peer skips its warm-up steps).
     #[arg(long, hide = true, requires = "max_steps", conflicts_with = "resume")]
     pub untimed_steps: Option<u64>,
+    /// Do not write TensorBoard event files (`events.out.tfevents.*`) into the run directory
+    /// [default: write them: `tensorboard --logdir runs` shows every run]
+    #[arg(long)]
+    pub no_tensorboard: bool,
     #[command(flatten)]
     pub settings: RunSettings,
 }
@@ -96,10 +104,10 @@ pub struct RunSettings {
     /// warm-up steps and cosine decay to 1e-4, 36 epochs); `fast` (the PyTorch reference's
     /// model and protocol: standard prior, constant Adam 1e-3, 10 epochs); `best` (for longer
     /// runs or a GPU: VampPrior of 500, a residual block per level, 100 epochs); `ladder` (a
-    /// hierarchical VAE: latent groups at 7x7 and 14x14 under a vector top, KL warm-up and
-    /// gradient clipping, 45 epochs, ~30 minutes on 2 CPU cores); `ladder-gpu` (a wider,
-    /// deeper one for a GPU). --config and flags override it; the model flags below set the
-    /// conv VAE (a ladder's keys go in --config's [model] table).
+    /// hierarchical VAE: latent groups at 7x7 and 14x14 under a vector top with a VampPrior of
+    /// 100, KL warm-up and gradient clipping, 50 epochs, ~35 minutes on 2 CPU cores);
+    /// `ladder-gpu` (a wider, deeper one for a GPU). --config and flags override it; the model
+    /// flags below set the conv VAE (a ladder's keys go in --config's [model] table).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Dimension of the latent z [default: 32].
@@ -471,4 +479,43 @@ pub struct ImportArgs {
     /// Seed of the split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+}
+
+/// Options of `vae serve`.
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Run directory made by `vae train` (it may still be training), or a checkpoint file.
+    #[arg(long)]
+    pub run: PathBuf,
+    /// Which checkpoint of a run directory.
+    #[arg(long, value_enum, default_value_t = Which::Best)]
+    pub checkpoint: Which,
+    /// Where the model runs: cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value_t = Device::Cpu)]
+    pub device: Device,
+    /// Folder with the test set the page shows and encodes (the run's data).
+    #[arg(long, default_value = "data/mnist")]
+    pub data: PathBuf,
+    /// Address to listen on. The default answers this machine only; another address makes the
+    /// page (which has no authentication) reachable from the network.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: std::net::IpAddr,
+    /// Port to listen on (0: any free port; the URL is printed).
+    #[arg(long, default_value_t = 8080)]
+    pub port: u16,
+    /// Sliders: the latent's principal directions over the test set, or its dimensions when
+    /// it has at most this many.
+    #[arg(long, default_value_t = 8)]
+    pub directions: i64,
+}
+
+impl ServeArgs {
+    /// The model to load, as the other commands name it.
+    pub fn model(&self) -> ModelArgs {
+        ModelArgs {
+            run: self.run.clone(),
+            checkpoint: self.checkpoint,
+            device: self.device,
+        }
+    }
 }

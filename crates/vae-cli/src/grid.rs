@@ -5,10 +5,45 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use tch::{Device, Kind, Tensor};
 
+/// A PNG file in memory.
+#[derive(Debug, Clone)]
+pub struct Png {
+    /// The file's bytes.
+    pub bytes: Vec<u8>,
+    /// Width in pixels.
+    pub width: u32,
+    /// Height in pixels.
+    pub height: u32,
+    /// 1 (grey) or 3 (RGB).
+    pub channels: u8,
+}
+
 /// Tiles `images` (`[N, C, H, W]` with C = 1 or 3, values in [0, 1]) into a grid of `cols`
 /// columns with a 2-pixel dark border, and writes it to `path` as an 8-bit grey or RGB PNG
 /// (atomically). Returns the PNG's (width, height).
 pub fn save_grid(path: &Path, images: &Tensor, cols: usize) -> Result<(u32, u32)> {
+    let png = grid_png(images, cols)?;
+    vae_data::write_atomic(path, &png.bytes)?;
+    Ok((png.width, png.height))
+}
+
+/// The grid of [`save_grid`], as a PNG in memory.
+pub fn grid_png(images: &Tensor, cols: usize) -> Result<Png> {
+    tile_png(images, cols, 2)
+}
+
+/// One image (`[1, C, H, W]` or `[C, H, W]`, values in [0, 1]) as a PNG, without a border.
+pub fn image_png(image: &Tensor) -> Result<Png> {
+    let size = image.size();
+    let image = if size.len() == 3 {
+        image.unsqueeze(0)
+    } else {
+        image.shallow_clone()
+    };
+    tile_png(&image, 1, 0)
+}
+
+fn tile_png(images: &Tensor, cols: usize, pad: usize) -> Result<Png> {
     let size = images.size();
     if size.len() != 4 || !matches!(size[1], 1 | 3) {
         bail!("cannot tile images of shape {size:?}: expected [N, 1 or 3, H, W]");
@@ -23,7 +58,6 @@ pub fn save_grid(path: &Path, images: &Tensor, cols: usize) -> Result<(u32, u32)
         bail!("nothing to draw");
     }
     let rows = n.div_ceil(cols);
-    let pad = 2;
     let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
     // Channels last, as PNG stores them.
     let pixels: Vec<f32> = Vec::try_from(
@@ -60,6 +94,10 @@ pub fn save_grid(path: &Path, images: &Tensor, cols: usize) -> Result<(u32, u32)
         let mut writer = enc.write_header()?;
         writer.write_image_data(&canvas)?;
     }
-    vae_data::write_atomic(path, &bytes)?;
-    Ok((gw as u32, gh as u32))
+    Ok(Png {
+        bytes,
+        width: gw as u32,
+        height: gh as u32,
+        channels: c as u8,
+    })
 }

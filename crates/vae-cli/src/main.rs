@@ -42,6 +42,7 @@ fn main() -> ExitCode {
         Command::Export(args) => commands::export::run(args),
         Command::Info(args) => commands::info::run(args),
         Command::Import(args) => commands::import::run(args),
+        Command::Serve(args) => commands::serve::run(args),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -64,15 +64,27 @@ pub fn quantile_grid(n: i64) -> Tensor {
     Tensor::stack(&[z1, z2], 2).reshape([-1, 2])
 }
 
+/// The first `k` principal directions of the rows of `x` (`[N, d]`, k clamped to 1..=d), most
+/// variance first: `(directions [k, d]` (unit rows), `standard deviations [k])`.
+pub fn principal_directions(x: &Tensor, k: i64) -> (Tensor, Tensor) {
+    let x = x.to_kind(Kind::Float);
+    let centred = &x - x.mean_dim(0, true, Kind::Float);
+    let cov = centred.transpose(0, 1).matmul(&centred) / (x.size()[0].max(2) - 1) as f64;
+    let (values, vectors) = cov.linalg_eigh("L");
+    // eigh sorts eigenvalues ascending: the last k columns span the most variance.
+    let d = vectors.size()[1];
+    let k = k.clamp(1, d);
+    let directions = vectors.narrow(1, d - k, k).flip([1]).transpose(0, 1);
+    let std = values.narrow(0, d - k, k).flip([0]).clamp_min(0.0).sqrt();
+    (directions.contiguous(), std)
+}
+
 /// The projections of the rows of `x` (`[N, d]`, d ≥ 2) on their first two principal
 /// components, `[N, 2]`.
 pub fn pca2(x: &Tensor) -> Tensor {
+    let (directions, _) = principal_directions(x, 2);
     let centred = x - x.mean_dim(0, true, Kind::Float);
-    let cov = centred.transpose(0, 1).matmul(&centred) / (x.size()[0].max(2) - 1) as f64;
-    let (_, vectors) = cov.linalg_eigh("L");
-    // eigh sorts eigenvalues ascending: the last two columns span the most variance.
-    let d = vectors.size()[1];
-    centred.matmul(&vectors.narrow(1, d - 2, 2).flip([1]))
+    centred.matmul(&directions.transpose(0, 1))
 }
 
 /// Active units: latent dimensions whose posterior mean varies across inputs,
@@ -175,6 +187,16 @@ mod tests {
             (var[0] - 100.0).abs() < 10.0 && (var[1] - 1.0).abs() < 0.2,
             "{var:?}"
         );
+        let (dirs, std) = principal_directions(&x, 3);
+        assert_eq!(dirs.size(), [3, 3]);
+        let std: Vec<f64> = Vec::try_from(std.to_kind(Kind::Double)).unwrap();
+        assert!(
+            (std[0] - 10.0).abs() < 0.5 && (std[1] - 1.0).abs() < 0.1 && std[2] < 1e-2,
+            "{std:?}"
+        );
+        // The first direction is ±(1, 1, 0)/√2.
+        let first = dirs.get(0).abs() - Tensor::from_slice(&[s as f32, s as f32, 0.0]);
+        assert!(first.abs().max().double_value(&[]) < 0.02);
         assert_eq!(active_units(&x), 2);
         // Variances 1, 0.04 and 0.0025: the last is under the 0.01 threshold.
         let scales = Tensor::from_slice(&[1.0f32, 0.2, 0.05]);

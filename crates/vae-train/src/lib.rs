@@ -13,7 +13,7 @@
 //! command lines (that is `vae-cli`).
 //!
 //! [`evaluate_elbo`] and [`evaluate_iw`] score a model on a test set; [`Checkpoint`] reads a
-//! checkpoint back into a model.
+//! checkpoint back into a model; [`TensorBoard`] logs a run as TensorBoard event files.
 //!
 //! ```no_run
 //! use vae_data::{ImageDataset, Split};
@@ -38,6 +38,7 @@ mod eval;
 mod fused;
 mod lock;
 mod observe;
+mod tensorboard;
 mod trainer;
 
 pub use adam::Adam;
@@ -49,6 +50,10 @@ pub use device::{Device, device_name, libtorch_has_cuda};
 pub use error::{Result, TrainError};
 pub use eval::{ElboSummary, IwEstimate, encode_images, evaluate_elbo, evaluate_iw, images_tensor};
 pub use observe::{MetricsCsv, Observer, StepProgress};
+pub use tensorboard::{
+    EventWriter, ImageMaker, Images, LoggedEvent, LoggedValue, TensorBoard, read_event_file,
+    truncate_event_files,
+};
 pub use trainer::{Outcome, Trainer, files};
 
 /// Pieces for the workspace's benchmarks and tools, not part of the stable API.

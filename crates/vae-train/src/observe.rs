@@ -8,6 +8,7 @@ use crate::error::Result;
 
 /// Where training stands after a step; see [`Observer::step`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub struct StepProgress {
     /// The epoch, 1-based.
     pub epoch: usize,
@@ -24,6 +25,14 @@ pub struct StepProgress {
     pub elbo: Option<f64>,
     /// Training images per second over this call's steps of the epoch, with `elbo`.
     pub images_per_s: Option<f64>,
+    /// The mean training ELBO (nats) over the steps since the last read-back, with `elbo`.
+    pub interval_elbo: Option<f64>,
+    /// The mean KL term over those steps, with `elbo`.
+    pub interval_kl: Option<f64>,
+    /// The mean reconstruction term (−log p(x|z)) over those steps, with `elbo`.
+    pub interval_reconstruction: Option<f64>,
+    /// The learning rate of this step.
+    pub lr: f64,
 }
 
 /// Receives a run's progress and results; attach one with
@@ -51,6 +60,14 @@ pub trait Observer {
     /// last. Called before `last.safetensors` is written; an error stops the run.
     fn epoch_finished(&mut self, history: &[EpochMetrics]) -> Result<()> {
         let _ = history;
+        Ok(())
+    }
+
+    /// The model as the epoch was evaluated (the weight average, with an EMA), for observers
+    /// that draw from it; called before [`Observer::epoch_finished`]. Draws from the global
+    /// libtorch RNG do not change training: every step and epoch reseeds it.
+    fn epoch_model(&mut self, metrics: &EpochMetrics, model: &dyn vae_model::Vae) -> Result<()> {
+        let _ = (metrics, model);
         Ok(())
     }
 }

@@ -521,6 +521,8 @@ impl Trainer {
             let (mut rec_sum, mut kl_sum) = (zero(), zero());
             let mut pending: Vec<Tensor> = Vec::with_capacity(LOG_EVERY);
             let mut steps_this_call = 0u64;
+            // The sums at the last read-back, for the interval means.
+            let (mut rec_seen, mut kl_seen, mut steps_seen) = (0.0, 0.0, 0u64);
             let mut interrupted = false;
 
             for b in offset..spe {
@@ -531,8 +533,8 @@ impl Trainer {
                 let idx = perm.narrow(0, b as i64 * batch, batch);
                 let x = prepare(&self.train_x.index_select(0, &idx), self.binarize());
                 let (loss, rec, kl) = self.loss(&x)?;
-                self.adam
-                    .set_lr(self.config.lr_at(self.state.step, schedule_total));
+                let lr = self.config.lr_at(self.state.step, schedule_total);
+                self.adam.set_lr(lr);
                 self.adam.backward_step(&loss, self.config.grad_clip);
                 self.state.step += 1;
                 self.update_ema();
@@ -550,6 +552,10 @@ impl Trainer {
                     step: self.state.step,
                     elbo: None,
                     images_per_s: None,
+                    interval_elbo: None,
+                    interval_kl: None,
+                    interval_reconstruction: None,
+                    lr,
                 };
                 if pending.len() == LOG_EVERY || end_of_epoch {
                     let losses: Vec<f32> = Vec::try_from(&Tensor::stack(&pending, 0))?;
@@ -563,11 +569,18 @@ impl Trainer {
                         });
                     }
                     let seen = (examples_before + steps_this_call * batch as u64) as f64;
-                    let running = -(rec_sum.double_value(&[])
-                        + kl_sum.double_value(&[])
+                    let (rec_now, kl_now) = (rec_sum.double_value(&[]), kl_sum.double_value(&[]));
+                    let running = -(rec_now
+                        + kl_now
                         + self.state.partial.reconstruction
                         + self.state.partial.kl)
                         / seen;
+                    let n = ((steps_this_call - steps_seen) * batch as u64).max(1) as f64;
+                    let (rec, kl) = ((rec_now - rec_seen) / n, (kl_now - kl_seen) / n);
+                    progress.interval_reconstruction = Some(rec);
+                    progress.interval_kl = Some(kl);
+                    progress.interval_elbo = Some(-(rec + kl));
+                    (rec_seen, kl_seen, steps_seen) = (rec_now, kl_now, steps_this_call);
                     let rate =
                         (steps_this_call * batch as u64) as f64 / started.elapsed().as_secs_f64();
                     progress.elbo = Some(running);
@@ -726,8 +739,17 @@ impl Trainer {
         }
         self.state.history.push(metrics);
         let saved = if improved { self.save_best() } else { Ok(()) };
+        let drawn = saved.and_then(|()| {
+            let (model, metrics) = (
+                self.model.as_ref(),
+                &self.state.history[self.state.history.len() - 1],
+            );
+            self.observers
+                .iter_mut()
+                .try_for_each(|o| o.epoch_model(metrics, model))
+        });
         self.swap_ema();
-        saved?;
+        drawn?;
         for o in &mut self.observers {
             o.epoch_finished(&self.state.history)?;
         }

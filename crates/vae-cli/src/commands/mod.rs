@@ -9,6 +9,7 @@ pub mod latents;
 pub mod manifold;
 pub mod reconstruct;
 pub mod sample;
+pub mod serve;
 pub mod sweep;
 pub mod train;
 

@@ -19,6 +19,12 @@ pub fn reconstruction_grid(
     n: i64,
     out: &Path,
 ) -> Result<(u32, u32)> {
+    save_grid(out, &reconstruction_rows(model, test_x, n)?, 8)
+}
+
+/// The first `n` images of `test_x` (bytes) in rows of 8, each row above its reconstructions,
+/// as `[2n, C, H, W]` in [0, 1].
+pub fn reconstruction_rows(model: &dyn Vae, test_x: &Tensor, n: i64) -> Result<Tensor> {
     let n = n.min(test_x.size()[0]);
     let originals = test_x
         .narrow(0, 0, n)
@@ -32,7 +38,7 @@ pub fn reconstruction_grid(
         rows.push(originals.narrow(0, start, len));
         rows.push(recon.narrow(0, start, len));
     }
-    save_grid(out, &as_images(&Tensor::cat(&rows, 0), model), 8)
+    Ok(as_images(&Tensor::cat(&rows, 0), model))
 }
 
 pub fn run(a: ReconstructArgs) -> Result<u8> {

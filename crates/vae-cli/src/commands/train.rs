@@ -7,17 +7,18 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use tch::Device;
 use vae_data::{ImageDataset, Split};
+use vae_model::Vae;
 use vae_model::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood, PixelHead, Prior};
 use vae_train::{
-    Checkpoint, EpochMetrics, Outcome, RunConfig, TrainConfig, Trainer, device_name, evaluate_elbo,
-    files, images_tensor,
+    Checkpoint, EpochMetrics, ImageMaker, Images, Outcome, RunConfig, TensorBoard, TrainConfig,
+    Trainer, device_name, evaluate_elbo, files, images_tensor,
 };
 
 use crate::EXIT_INTERRUPTED;
 use crate::args::{LikelihoodKind, PriorKind, RunSettings, TrainArgs};
-use crate::commands::reconstruct::reconstruction_grid;
+use crate::commands::reconstruct::{reconstruction_grid, reconstruction_rows};
 use crate::curves::write_curves;
-use crate::grid::save_grid;
+use crate::grid::{grid_png, save_grid};
 use crate::progress::EpochBar;
 
 /// The VampPrior's pseudo-inputs when `--prior vamp` names no count.
@@ -230,6 +231,11 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     // checks its image size against the model's).
     let test = ImageDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
     trainer.set_test_set(&test)?;
+    if !args.no_tensorboard {
+        let board = TensorBoard::new(&dir, trainer.state().step)?
+            .with_images(epoch_pictures(&test, trainer.config().seed));
+        trainer.observe(board);
+    }
     trainer.set_interrupt_flag(install_interrupt_handler());
     let outcome = match (args.untimed_steps, args.max_steps) {
         (Some(warmup), Some(timed)) => run_timed(&mut trainer, warmup, timed)?,
@@ -268,6 +274,35 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     drop(trainer);
     finish(&dir, &test, device, &history)?;
     Ok(0)
+}
+
+/// The TensorBoard image summaries of an epoch: 64 samples at temperature 1 (the same noise
+/// every epoch, so the grids show the model change) and the first 16 test images above their
+/// reconstructions.
+fn epoch_pictures(test: &ImageDataset, seed: u64) -> ImageMaker {
+    let n = test.len().min(16);
+    let first = images_tensor(test, Device::Cpu).narrow(0, 0, n as i64);
+    Box::new(move |model: &dyn Vae| {
+        let draw = || -> Result<Images> {
+            tch::manual_seed(seed as i64);
+            let samples = tch::no_grad(|| model.sample(64, 1.0))?;
+            let mut grids = vec![("samples", grid_png(&samples, 8)?)];
+            if n > 0 {
+                let recon = reconstruction_rows(model, &first, n as i64)?;
+                grids.push(("reconstructions", grid_png(&recon, 8)?));
+            }
+            let mut out = Vec::new();
+            for (tag, png) in grids {
+                out.push((
+                    tag.to_string(),
+                    png.bytes,
+                    (png.width, png.height, png.channels),
+                ));
+            }
+            Ok(out)
+        };
+        draw().map_err(Into::into)
+    })
 }
 
 /// `warmup` untimed steps, then `timed` steps whose images/s it prints on stdout as JSON

@@ -1,0 +1,481 @@
+//! `vae serve`: a page on 127.0.0.1 to explore a trained model — the run's curves (live while
+//! it trains), samples with a temperature slider, sliders along the latent's main directions,
+//! interpolations, and a canvas whose drawing is encoded and reconstructed.
+//!
+//! axum on a small tokio runtime answers HTTP; one worker thread owns the model
+//! ([`explorer::Explorer`]) and runs the jobs the handlers send it, one at a time, so
+//! concurrent requests are safe. The page, its script and its style are compiled into the
+//! binary; no path from a request reaches the file system (the run's `metrics.csv` is the one
+//! file read, at a path fixed at start-up).
+
+mod explorer;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use base64::Engine;
+use serde::Deserialize;
+use vae_model::latent;
+
+use crate::args::ServeArgs;
+use crate::grid::Png;
+use explorer::{Explorer, RELOAD_CHECK};
+
+/// The largest request body accepted (a drawn 28×28 image as JSON is about 6 KiB; a 64×64
+/// colour one under 100 KiB).
+const MAX_BODY: usize = 256 * 1024;
+
+/// Samples' temperature range.
+const TEMPERATURE: (f64, f64) = (0.0, 2.0);
+/// How far a slider moves, in standard deviations.
+const MAX_COORD: f64 = 5.0;
+/// Interpolation steps allowed.
+const STEPS: (i64, i64) = (2, 32);
+/// Nearest test images returned for a drawing.
+const NEAREST: usize = 6;
+
+const INDEX_HTML: &str = include_str!("page/index.html");
+const APP_JS: &str = include_str!("page/app.js");
+const STYLE_CSS: &str = include_str!("page/style.css");
+
+/// An answer with a status and a one-sentence message, as JSON `{"error": …}`.
+#[derive(Debug)]
+struct ApiError(StatusCode, String);
+
+impl ApiError {
+    fn bad(message: impl Into<String>) -> Self {
+        Self(StatusCode::BAD_REQUEST, message.into())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        Self(r.status(), r.body_text())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        Self(r.status(), r.body_text())
+    }
+}
+
+type Job = Box<dyn FnOnce(&mut Explorer) + Send>;
+
+/// What the handlers share: the worker's queue, the run's name and its `metrics.csv`.
+#[derive(Clone)]
+struct AppState {
+    jobs: mpsc::Sender<Job>,
+    run: String,
+    metrics: PathBuf,
+}
+
+impl AppState {
+    /// Runs `f` on the model's thread and returns its answer.
+    async fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Explorer) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |e| {
+            let _ = tx.send(f(e));
+        });
+        let stopped = || {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the model's worker thread has stopped".into(),
+            )
+        };
+        self.jobs.send(job).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+/// A model failure: the server's fault, not the request's.
+fn internal(e: anyhow::Error) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+}
+
+/// A PNG answer, with the model's time in a `Server-Timing` header.
+fn png(result: (Png, f64)) -> Response {
+    let (png, ms) = result;
+    (
+        [
+            (header::CONTENT_TYPE, "image/png".to_string()),
+            (header::CACHE_CONTROL, "no-store".to_string()),
+            (
+                header::HeaderName::from_static("server-timing"),
+                format!("model;dur={ms:.1}"),
+            ),
+        ],
+        png.bytes,
+    )
+        .into_response()
+}
+
+/// Runs `f` and measures it in milliseconds.
+fn timed<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64), ApiError> {
+    let start = Instant::now();
+    let out = f().map_err(internal)?;
+    Ok((out, start.elapsed().as_secs_f64() * 1e3))
+}
+
+fn check_index(e: &Explorer, name: &str, index: usize) -> Result<(), ApiError> {
+    if index >= e.test_len() {
+        return Err(ApiError::bad(format!(
+            "{name} = {index} is out of range: the test set has {} images (0 to {})",
+            e.test_len(),
+            e.test_len() - 1
+        )));
+    }
+    Ok(())
+}
+
+fn check_range(name: &str, v: f64, (lo, hi): (f64, f64)) -> Result<(), ApiError> {
+    if !(v.is_finite() && (lo..=hi).contains(&v)) {
+        return Err(ApiError::bad(format!(
+            "{name} = {v} is out of range: it must be a number from {lo} to {hi}"
+        )));
+    }
+    Ok(())
+}
+
+async fn index() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX_HTML,
+    )
+}
+
+async fn app_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        APP_JS,
+    )
+}
+
+async fn style_css() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE_CSS,
+    )
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such page".into())
+}
+
+async fn info(State(s): State<AppState>) -> Result<Json<explorer::Info>, ApiError> {
+    let run = s.run.clone();
+    Ok(Json(s.call(move |e| Ok(e.info(&run))).await?))
+}
+
+/// The run's `metrics.csv` as rows of numbers (null where a cell is empty): read on every
+/// request, so the page follows a run that is still training.
+async fn metrics(State(s): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let text = match tokio::fs::read_to_string(&s.metrics).await {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(internal(anyhow::anyhow!("cannot read metrics.csv: {e}"))),
+    };
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let rows: Vec<serde_json::Value> = lines
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let row: serde_json::Map<String, serde_json::Value> = header
+                .iter()
+                .zip(line.split(','))
+                .map(|(k, v)| {
+                    let v = v.parse::<f64>().ok().filter(|x| x.is_finite());
+                    (k.to_string(), serde_json::json!(v))
+                })
+                .collect();
+            serde_json::Value::Object(row)
+        })
+        .collect();
+    Ok(Json(serde_json::json!({ "epochs": rows })))
+}
+
+#[derive(Deserialize)]
+struct SampleQuery {
+    temperature: Option<f64>,
+    seed: Option<u64>,
+}
+
+async fn samples(
+    State(s): State<AppState>,
+    q: Result<Query<SampleQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let t = q.temperature.unwrap_or(1.0);
+    check_range("temperature", t, TEMPERATURE)?;
+    let seed = q.seed.unwrap_or(0);
+    Ok(png(s.call(move |e| timed(|| e.samples(t, seed))).await?))
+}
+
+#[derive(Deserialize)]
+struct ImageQuery {
+    index: usize,
+}
+
+async fn test_image(
+    State(s): State<AppState>,
+    q: Result<Query<ImageQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    Ok(png(s
+        .call(move |e| {
+            check_index(e, "index", q.index)?;
+            timed(|| e.test_png(q.index))
+        })
+        .await?))
+}
+
+#[derive(Deserialize)]
+struct ExploreQuery {
+    index: usize,
+    /// Comma-separated slider positions, in standard deviations.
+    #[serde(default)]
+    coords: String,
+}
+
+async fn explore(
+    State(s): State<AppState>,
+    q: Result<Query<ExploreQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let coords = q
+        .coords
+        .split(',')
+        .filter(|c| !c.trim().is_empty())
+        .map(|c| {
+            let v: f64 = c.trim().parse().map_err(|_| {
+                ApiError::bad(format!(
+                    "coords: {c:?} is not a number (expected e.g. coords=0.5,-1,0)"
+                ))
+            })?;
+            check_range("a coordinate", v, (-MAX_COORD, MAX_COORD))?;
+            Ok(v)
+        })
+        .collect::<Result<Vec<f64>, ApiError>>()?;
+    Ok(png(s
+        .call(move |e| {
+            check_index(e, "index", q.index)?;
+            if coords.len() > e.direction_count() {
+                return Err(ApiError::bad(format!(
+                    "coords has {} values, but the model has {} slider directions",
+                    coords.len(),
+                    e.direction_count()
+                )));
+            }
+            timed(|| e.explore(q.index, &coords))
+        })
+        .await?))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum PathMode {
+    Linear,
+    Spherical,
+}
+
+#[derive(Deserialize)]
+struct InterpolateQuery {
+    a: usize,
+    b: usize,
+    steps: Option<i64>,
+    mode: Option<PathMode>,
+}
+
+async fn interpolate(
+    State(s): State<AppState>,
+    q: Result<Query<InterpolateQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q?;
+    let steps = q.steps.unwrap_or(8);
+    if !(STEPS.0..=STEPS.1).contains(&steps) {
+        return Err(ApiError::bad(format!(
+            "steps = {steps} is out of range: it must be from {} to {}",
+            STEPS.0, STEPS.1
+        )));
+    }
+    let path = match q.mode.unwrap_or(PathMode::Linear) {
+        PathMode::Linear => latent::Path::Linear,
+        PathMode::Spherical => latent::Path::Spherical,
+    };
+    Ok(png(s
+        .call(move |e| {
+            check_index(e, "a", q.a)?;
+            check_index(e, "b", q.b)?;
+            timed(|| e.interpolate(q.a, q.b, steps, path))
+        })
+        .await?))
+}
+
+#[derive(Deserialize)]
+struct EncodeBody {
+    /// Row-major values in [0, 1]: H·W (grey) or C·H·W.
+    pixels: Vec<f32>,
+}
+
+async fn encode(
+    State(s): State<AppState>,
+    body: Result<Json<EncodeBody>, JsonRejection>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let Json(body) = body?;
+    if let Some(v) = body
+        .pixels
+        .iter()
+        .find(|v| !(v.is_finite() && (0.0..=1.0).contains(*v)))
+    {
+        return Err(ApiError::bad(format!(
+            "pixels: {v} is out of range: every value must be from 0 to 1"
+        )));
+    }
+    let ((png, nearest), ms) = s
+        .call(move |e| {
+            let [c, h, w] = e.info("").image;
+            let n = body.pixels.len() as i64;
+            if n != h * w && n != c * h * w {
+                return Err(ApiError::bad(format!(
+                    "pixels has {n} values, but the model's images are {c}x{h}x{w}: send {} (grey) or {} values",
+                    h * w,
+                    c * h * w
+                )));
+            }
+            timed(|| e.encode(&body.pixels, NEAREST))
+        })
+        .await?;
+    let data = base64::engine::general_purpose::STANDARD.encode(&png.bytes);
+    let nearest: Vec<serde_json::Value> = nearest
+        .into_iter()
+        .map(|(index, distance)| serde_json::json!({ "index": index, "distance": distance }))
+        .collect();
+    Ok(Json(serde_json::json!({
+        "reconstruction": format!("data:image/png;base64,{data}"),
+        "nearest": nearest,
+        "model_ms": ms,
+    })))
+}
+
+/// The routes; every other path is a 404, bodies over [`MAX_BODY`] a 413.
+fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/app.js", get(app_js))
+        .route("/style.css", get(style_css))
+        .route("/api/info", get(info))
+        .route("/api/metrics", get(metrics))
+        .route("/api/samples.png", get(samples))
+        .route("/api/test.png", get(test_image))
+        .route("/api/explore.png", get(explore))
+        .route("/api/interpolate.png", get(interpolate))
+        .route("/api/encode", post(encode))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .with_state(state)
+}
+
+/// Starts the model's thread: loads the model and encodes the test set, then answers jobs
+/// until the server goes; between jobs it reloads a checkpoint that changed.
+fn spawn_worker(a: &ServeArgs) -> Result<mpsc::Sender<Job>> {
+    let checkpoint = a.model().path()?;
+    let device = a.device.resolve()?;
+    let (data, directions) = (a.data.clone(), a.directions);
+    let (jobs, queue) = mpsc::channel::<Job>();
+    let (ready_tx, ready) = mpsc::channel::<Result<()>>();
+    std::thread::Builder::new()
+        .name("vae-serve-model".into())
+        .spawn(move || {
+            let mut explorer = match Explorer::load(&checkpoint, &data, device, directions) {
+                Ok(e) => {
+                    let _ = ready_tx.send(Ok(()));
+                    e
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
+            };
+            loop {
+                match queue.recv_timeout(RELOAD_CHECK) {
+                    Ok(job) => job(&mut explorer),
+                    Err(mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                match explorer.reload_if_changed() {
+                    Ok(true) => tracing::info!("reloaded the changed checkpoint"),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("{e:#}"),
+                }
+            }
+        })
+        .context("cannot start the model's thread")?;
+    ready
+        .recv()
+        .context("the model's thread stopped while loading")??;
+    Ok(jobs)
+}
+
+pub fn run(a: ServeArgs) -> Result<u8> {
+    if a.directions < 1 {
+        bail!("--directions must be at least 1, got {}", a.directions);
+    }
+    let started = Instant::now();
+    let jobs = spawn_worker(&a)?;
+    let state = AppState {
+        jobs,
+        run: a.run.display().to_string(),
+        metrics: a.model().out_dir().join(vae_train::files::METRICS),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the HTTP runtime")?;
+    runtime.block_on(async move {
+        let addr = SocketAddr::new(a.host, a.port);
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+            format!("cannot listen on {addr}: is the port in use? (pass --port N, or --port 0 for any free port)")
+        })?;
+        let addr = listener.local_addr()?;
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: listening on {}, reachable from other machines: the page has no authentication",
+                addr.ip()
+            );
+        }
+        println!(
+            "serving {} at http://{addr}/ (model loaded in {:.1} s; Ctrl-C to stop)",
+            a.run.display(),
+            started.elapsed().as_secs_f64()
+        );
+        use std::io::Write as _;
+        std::io::stdout().flush()?;
+        axum::serve(listener, app(state))
+            .with_graceful_shutdown(async {
+                let _ = tokio::signal::ctrl_c().await;
+            })
+            .await
+            .context("the HTTP server failed")
+    })?;
+    Ok(0)
+}

@@ -1,0 +1,622 @@
+//! TensorBoard event files: [`EventWriter`] writes scalars and images in TensorFlow's event
+//! format, and [`TensorBoard`] is the [`Observer`] that logs a run into its directory.
+//!
+//! The format (TensorFlow's `tensorflow/core/util/event.proto` and `summary.proto`, framed as
+//! TFRecords): each record is its length as a little-endian u64, the masked CRC-32C of those
+//! 8 bytes, the serialised `Event`, and the masked CRC-32C of the event. The first event of a
+//! file carries `file_version = "brain.Event:2"`. Scalars are `Summary.Value.simple_value`,
+//! images `Summary.Value.image` (a PNG), which TensorBoard reads as its scalar and image
+//! plugins' data. No maintained Rust crate writes the format for current dependencies (the
+//! `tensorboard-rs` family is archived and pins protobuf 2), so this module is a small writer
+//! over `prost`'s derived messages, with a reader for its own files (resume truncates them).
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prost::Message;
+use vae_model::Vae;
+
+use crate::checkpoint::EpochMetrics;
+use crate::error::{Result, TrainError};
+use crate::observe::{Observer, StepProgress};
+
+/// The protobuf messages, field numbers as in TensorFlow's `.proto` files.
+mod proto {
+    /// `tensorflow.Event` (the fields used here).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Event {
+        /// Seconds since the Unix epoch.
+        #[prost(double, tag = "1")]
+        pub wall_time: f64,
+        /// The global step.
+        #[prost(int64, tag = "2")]
+        pub step: i64,
+        /// What the event holds.
+        #[prost(oneof = "What", tags = "3, 5")]
+        pub what: Option<What>,
+    }
+
+    /// `Event.what`.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum What {
+        /// The format's version, in a file's first event.
+        #[prost(string, tag = "3")]
+        FileVersion(String),
+        /// Summaries.
+        #[prost(message, tag = "5")]
+        Summary(Summary),
+    }
+
+    /// `tensorflow.Summary`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Summary {
+        /// Tagged values.
+        #[prost(message, repeated, tag = "1")]
+        pub value: Vec<Value>,
+    }
+
+    /// `tensorflow.Summary.Value` (the fields used here).
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Value {
+        /// The series' name.
+        #[prost(string, tag = "1")]
+        pub tag: String,
+        /// The value.
+        #[prost(oneof = "Kind", tags = "2, 4")]
+        pub value: Option<Kind>,
+    }
+
+    /// `Summary.Value.value`.
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Kind {
+        /// A scalar.
+        #[prost(float, tag = "2")]
+        SimpleValue(f32),
+        /// An encoded image.
+        #[prost(message, tag = "4")]
+        Image(Image),
+    }
+
+    /// `tensorflow.Summary.Image`.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Image {
+        /// Height in pixels.
+        #[prost(int32, tag = "1")]
+        pub height: i32,
+        /// Width in pixels.
+        #[prost(int32, tag = "2")]
+        pub width: i32,
+        /// 1 grey, 3 RGB, 4 RGBA.
+        #[prost(int32, tag = "3")]
+        pub colorspace: i32,
+        /// The PNG file.
+        #[prost(bytes = "vec", tag = "4")]
+        pub encoded_image_string: Vec<u8>,
+    }
+}
+
+/// CRC-32C (Castagnoli), as TFRecord framing uses it.
+fn crc32c(data: &[u8]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut k = 0;
+            while k < 8 {
+                c = if c & 1 != 0 {
+                    0x82F6_3B78 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                k += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut crc = !0u32;
+    for &b in data {
+        crc = TABLE[((crc ^ u32::from(b)) & 0xFF) as usize] ^ (crc >> 8);
+    }
+    !crc
+}
+
+/// TFRecord's masked CRC: rotated right by 15 bits, plus a constant.
+fn masked_crc(data: &[u8]) -> u32 {
+    let crc = crc32c(data);
+    crc.rotate_right(15).wrapping_add(0xA282_EAD8)
+}
+
+/// One TFRecord around `payload`.
+fn frame(payload: &[u8]) -> Vec<u8> {
+    let len = (payload.len() as u64).to_le_bytes();
+    let mut record = Vec::with_capacity(payload.len() + 16);
+    record.extend_from_slice(&len);
+    record.extend_from_slice(&masked_crc(&len).to_le_bytes());
+    record.extend_from_slice(payload);
+    record.extend_from_slice(&masked_crc(payload).to_le_bytes());
+    record
+}
+
+/// The records of an event file's bytes that are whole and pass their checksums, in order; a
+/// damaged or cut-off tail (a process killed mid-write) ends the list.
+fn records(bytes: &[u8]) -> Vec<&[u8]> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while bytes.len() - at >= 12 {
+        let len_bytes = &bytes[at..at + 8];
+        let len_crc = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap());
+        if masked_crc(len_bytes) != len_crc {
+            break;
+        }
+        let len = u64::from_le_bytes(len_bytes.try_into().unwrap());
+        let Some(end) = usize::try_from(len)
+            .ok()
+            .and_then(|l| (at + 12).checked_add(l))
+            .filter(|&e| e + 4 <= bytes.len())
+        else {
+            break;
+        };
+        let payload = &bytes[at + 12..end];
+        let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap());
+        if masked_crc(payload) != crc {
+            break;
+        }
+        out.push(payload);
+        at = end + 4;
+    }
+    out
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TrainError {
+    let path = path.to_path_buf();
+    move |cause| TrainError::Io {
+        action,
+        path,
+        cause,
+    }
+}
+
+/// Whether `path`'s file name is a TensorBoard event file's.
+fn is_event_file(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("events.out.tfevents."))
+}
+
+/// What an event file holds, as [`read_event_file`] returns it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LoggedValue {
+    /// A scalar.
+    Scalar(f32),
+    /// A PNG image of (width, height).
+    Image {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+        /// The PNG file's bytes.
+        png: Vec<u8>,
+    },
+}
+
+/// One summary value read back: its step, tag and value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedEvent {
+    /// The global step.
+    pub step: u64,
+    /// The series' name.
+    pub tag: String,
+    /// The value.
+    pub value: LoggedValue,
+}
+
+/// The summary values in the event file at `path`, in order (for tests and tools; TensorBoard
+/// itself is the reader users want). Records after a damaged one are not read.
+pub fn read_event_file(path: impl AsRef<Path>) -> Result<Vec<LoggedEvent>> {
+    let path = path.as_ref();
+    let bytes = std::fs::read(path).map_err(io("read", path))?;
+    let mut out = Vec::new();
+    for record in records(&bytes) {
+        let Ok(event) = proto::Event::decode(record) else {
+            break;
+        };
+        if let Some(proto::What::Summary(s)) = event.what {
+            for v in s.value {
+                let value = match v.value {
+                    Some(proto::Kind::SimpleValue(x)) => LoggedValue::Scalar(x),
+                    Some(proto::Kind::Image(i)) => LoggedValue::Image {
+                        width: i.width.max(0) as u32,
+                        height: i.height.max(0) as u32,
+                        png: i.encoded_image_string,
+                    },
+                    None => continue,
+                };
+                out.push(LoggedEvent {
+                    step: event.step.max(0) as u64,
+                    tag: v.tag,
+                    value,
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Writes one TensorBoard event file (`events.out.tfevents.<seconds>.<host>.<pid>.vae`) in a
+/// folder. Writes are buffered; [`EventWriter::flush`] makes them visible to a TensorBoard
+/// watching the folder.
+#[derive(Debug)]
+pub struct EventWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+}
+
+impl EventWriter {
+    /// Creates a new event file in `dir` (which must exist) and writes its version record.
+    pub fn create(dir: impl AsRef<Path>) -> Result<Self> {
+        let dir = dir.as_ref();
+        let host = std::fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or_else(|| "localhost".to_string());
+        let secs = now() as u64;
+        let mut n = 0;
+        let path = loop {
+            let suffix = if n == 0 {
+                String::new()
+            } else {
+                format!(".{n}")
+            };
+            let p = dir.join(format!(
+                "events.out.tfevents.{secs:010}.{host}.{}.vae{suffix}",
+                std::process::id()
+            ));
+            if !p.exists() {
+                break p;
+            }
+            n += 1;
+        };
+        let file = File::create(&path).map_err(io("create", &path))?;
+        let mut writer = Self {
+            path,
+            file: BufWriter::new(file),
+        };
+        writer.write(proto::Event {
+            wall_time: now(),
+            step: 0,
+            what: Some(proto::What::FileVersion("brain.Event:2".into())),
+        })?;
+        writer.flush()?;
+        Ok(writer)
+    }
+
+    /// The file written.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn write(&mut self, event: proto::Event) -> Result<()> {
+        self.file
+            .write_all(&frame(&event.encode_to_vec()))
+            .map_err(io("write", &self.path))
+    }
+
+    fn summary(&mut self, step: u64, values: Vec<proto::Value>) -> Result<()> {
+        self.write(proto::Event {
+            wall_time: now(),
+            step: step as i64,
+            what: Some(proto::What::Summary(proto::Summary { value: values })),
+        })
+    }
+
+    /// Logs `(tag, value)` pairs at `step`, as one event.
+    pub fn scalars(&mut self, step: u64, values: &[(&str, f64)]) -> Result<()> {
+        let values = values
+            .iter()
+            .map(|&(tag, v)| proto::Value {
+                tag: tag.to_string(),
+                value: Some(proto::Kind::SimpleValue(v as f32)),
+            })
+            .collect();
+        self.summary(step, values)
+    }
+
+    /// Logs a PNG image (`channels` 1 grey, 3 RGB or 4 RGBA) under `tag` at `step`.
+    pub fn image(
+        &mut self,
+        step: u64,
+        tag: &str,
+        png: &[u8],
+        (width, height, channels): (u32, u32, u8),
+    ) -> Result<()> {
+        let image = proto::Image {
+            height: height as i32,
+            width: width as i32,
+            colorspace: i32::from(channels),
+            encoded_image_string: png.to_vec(),
+        };
+        self.summary(
+            step,
+            vec![proto::Value {
+                tag: tag.to_string(),
+                value: Some(proto::Kind::Image(image)),
+            }],
+        )
+    }
+
+    /// Writes what is buffered to the file.
+    pub fn flush(&mut self) -> Result<()> {
+        self.file.flush().map_err(io("write", &self.path))
+    }
+}
+
+/// Rewrites every event file in `dir` without the events after `step` (and without a damaged
+/// tail), atomically: what a resumed run does before it logs the steps again, so that no step
+/// appears twice.
+pub fn truncate_event_files(dir: impl AsRef<Path>, step: u64) -> Result<()> {
+    let dir = dir.as_ref();
+    let entries = std::fs::read_dir(dir).map_err(io("read", dir))?;
+    for entry in entries {
+        let path = entry.map_err(io("read", dir))?.path();
+        if !is_event_file(&path) || !path.is_file() {
+            continue;
+        }
+        let mut bytes = Vec::new();
+        File::open(&path)
+            .and_then(|mut f| f.read_to_end(&mut bytes))
+            .map_err(io("read", &path))?;
+        let mut kept = Vec::with_capacity(bytes.len());
+        let mut changed = false;
+        let whole = records(&bytes);
+        let whole_len: usize = whole.iter().map(|r| r.len() + 16).sum();
+        changed |= whole_len != bytes.len();
+        for record in whole {
+            let keep = match proto::Event::decode(record) {
+                Ok(e) => {
+                    e.step <= step as i64 || matches!(e.what, Some(proto::What::FileVersion(_)))
+                }
+                Err(_) => false,
+            };
+            if keep {
+                kept.extend_from_slice(&frame(record));
+            } else {
+                changed = true;
+            }
+        }
+        if changed {
+            vae_data::write_atomic(&path, &kept)?;
+        }
+    }
+    Ok(())
+}
+
+/// What an [`ImageMaker`] returns: `(tag, png, (width, height, channels))` per image.
+pub type Images = Vec<(String, Vec<u8>, (u32, u32, u8))>;
+
+/// Draws each epoch's image summaries from the model. The trainer's crate draws no pictures;
+/// `vae train` passes one that draws its sample and reconstruction grids.
+pub type ImageMaker = Box<
+    dyn FnMut(&dyn Vae) -> std::result::Result<Images, Box<dyn std::error::Error + Send + Sync>>,
+>;
+
+/// The [`Observer`] that logs a run for TensorBoard into the run directory: at each step
+/// interval the training ELBO, KL and reconstruction of the interval, the learning rate and
+/// images/s (`step/…`); after each epoch the train, validation and test ELBO, their KL and
+/// reconstruction terms, the KL of each latent group where a model has several, the learning
+/// rate and images/s (`epoch/…`); and the images an [`ImageMaker`] draws. A resumed run's
+/// [`TensorBoard::new`] first drops the events logged after the checkpoint's step.
+///
+/// The event file is a view of the run, not its record (`metrics.csv` and the checkpoints
+/// are): a failure to write it or to draw its images is logged as a warning and training goes
+/// on.
+pub struct TensorBoard {
+    writer: EventWriter,
+    images: Option<ImageMaker>,
+}
+
+impl std::fmt::Debug for TensorBoard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TensorBoard")
+            .field("writer", &self.writer)
+            .field("images", &self.images.is_some())
+            .finish()
+    }
+}
+
+impl TensorBoard {
+    /// Logs into `run_dir`, a run at `step` (0 for a new run, the checkpoint's step for a
+    /// resumed one): events already there after `step` are dropped, then a new file is begun.
+    pub fn new(run_dir: impl AsRef<Path>, step: u64) -> Result<Self> {
+        let dir = run_dir.as_ref();
+        truncate_event_files(dir, step)?;
+        Ok(Self {
+            writer: EventWriter::create(dir)?,
+            images: None,
+        })
+    }
+
+    /// Also logs the images `maker` draws after each epoch.
+    pub fn with_images(mut self, maker: ImageMaker) -> Self {
+        self.images = Some(maker);
+        self
+    }
+
+    /// The event file written.
+    pub fn path(&self) -> &Path {
+        self.writer.path()
+    }
+
+    fn warn_on_error(&self, what: &str, result: std::result::Result<(), impl std::fmt::Display>) {
+        if let Err(e) = result {
+            tracing::warn!(
+                "TensorBoard {what} not written to {}: {e}",
+                self.path().display()
+            );
+        }
+    }
+}
+
+impl Observer for TensorBoard {
+    fn step(&mut self, p: &StepProgress) {
+        let (Some(elbo), Some(kl), Some(rec)) =
+            (p.interval_elbo, p.interval_kl, p.interval_reconstruction)
+        else {
+            return;
+        };
+        let mut values = vec![
+            ("step/elbo", elbo),
+            ("step/kl", kl),
+            ("step/reconstruction", rec),
+            ("step/lr", p.lr),
+        ];
+        if let Some(rate) = p.images_per_s {
+            values.push(("step/images_per_s", rate));
+        }
+        let written = self
+            .writer
+            .scalars(p.step, &values)
+            .and_then(|()| self.writer.flush());
+        self.warn_on_error("scalars", written);
+    }
+
+    fn epoch_finished(&mut self, history: &[EpochMetrics]) -> Result<()> {
+        let Some(m) = history.last() else {
+            return Ok(());
+        };
+        let mut values = vec![
+            ("epoch/train_elbo", m.train_elbo),
+            ("epoch/train_kl", m.train_kl),
+            ("epoch/train_reconstruction", m.train_reconstruction),
+            ("epoch/val_elbo", m.val_elbo),
+            ("epoch/val_kl", m.val_kl),
+            ("epoch/val_reconstruction", m.val_reconstruction),
+            ("epoch/images_per_s", m.images_per_s),
+            ("epoch/lr", m.lr),
+            ("epoch/epoch", m.epoch as f64),
+        ];
+        if let Some(t) = m.test_elbo {
+            values.push(("epoch/test_elbo", t));
+        }
+        let group_tags: Vec<String> = (1..=m.val_kl_groups.len())
+            .map(|g| format!("epoch/val_kl_group{g}"))
+            .collect();
+        for (tag, kl) in group_tags.iter().zip(&m.val_kl_groups) {
+            values.push((tag, *kl));
+        }
+        let written = self
+            .writer
+            .scalars(m.step, &values)
+            .and_then(|()| self.writer.flush());
+        self.warn_on_error("epoch scalars", written);
+        Ok(())
+    }
+
+    fn epoch_model(&mut self, metrics: &EpochMetrics, model: &dyn Vae) -> Result<()> {
+        let Some(maker) = self.images.as_mut() else {
+            return Ok(());
+        };
+        let images = match maker(model) {
+            Ok(images) => images,
+            Err(e) => {
+                self.warn_on_error("images", Err(e));
+                return Ok(());
+            }
+        };
+        let mut written = Ok(());
+        for (tag, png, size) in images {
+            written = self.writer.image(metrics.step, &tag, &png, size);
+            if written.is_err() {
+                break;
+            }
+        }
+        let written = written.and_then(|()| self.writer.flush());
+        self.warn_on_error("images", written);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_matches_the_standard_check_value() {
+        // The CRC-32C catalogue's check value of "123456789".
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(b""), 0);
+    }
+
+    #[test]
+    fn records_round_trip_and_stop_at_a_damaged_one() {
+        let mut bytes = frame(b"first");
+        bytes.extend(frame(b"second"));
+        assert_eq!(records(&bytes), vec![&b"first"[..], &b"second"[..]]);
+        // Cut the second record short: only the first is whole.
+        let cut = &bytes[..bytes.len() - 3];
+        assert_eq!(records(cut), vec![&b"first"[..]]);
+        // Flip a byte in the first payload: nothing is trusted.
+        let mut bad = bytes.clone();
+        bad[13] ^= 1;
+        assert!(records(&bad).is_empty());
+    }
+
+    #[test]
+    fn scalars_and_images_read_back_and_truncate_by_step() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = {
+            let mut w = EventWriter::create(dir.path()).unwrap();
+            for step in 1..=5u64 {
+                w.scalars(step * 10, &[("loss", step as f64), ("lr", 0.5)])
+                    .unwrap();
+            }
+            w.image(50, "samples", &[1, 2, 3], (4, 2, 1)).unwrap();
+            w.flush().unwrap();
+            w.path().to_path_buf()
+        };
+        assert!(is_event_file(&path));
+        let events = read_event_file(&path).unwrap();
+        assert_eq!(events.len(), 11);
+        assert_eq!(events[0].step, 10);
+        assert_eq!(events[0].tag, "loss");
+        assert_eq!(events[0].value, LoggedValue::Scalar(1.0));
+        assert_eq!(
+            events[10].value,
+            LoggedValue::Image {
+                width: 4,
+                height: 2,
+                png: vec![1, 2, 3]
+            }
+        );
+
+        // Append half a record, as a killed process would leave it, then truncate after 30.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(&frame(b"xxxxxxxx")[..10]).unwrap();
+        drop(f);
+        truncate_event_files(dir.path(), 30).unwrap();
+        let events = read_event_file(&path).unwrap();
+        let steps: Vec<u64> = events.iter().map(|e| e.step).collect();
+        assert_eq!(steps, vec![10, 10, 20, 20, 30, 30]);
+        // The version record is kept: the file still opens as an event file.
+        let bytes = std::fs::read(&path).unwrap();
+        let first = proto::Event::decode(records(&bytes)[0]).unwrap();
+        assert_eq!(
+            first.what,
+            Some(proto::What::FileVersion("brain.Event:2".into()))
+        );
+    }
+}
