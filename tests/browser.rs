@@ -91,6 +91,8 @@ async fn connect(driver: &Driver) -> Client {
                      "--window-size=1400,1300", "--hide-scrollbars"],
         }),
     );
+    // The browser's console, for `console_errors`.
+    caps.insert("goog:loggingPrefs".into(), json!({ "browser": "ALL" }));
     let connector = hyper_util::client::legacy::connect::HttpConnector::new();
     ClientBuilder::new(connector)
         .capabilities(caps)
@@ -115,6 +117,41 @@ async fn wait_until(client: &Client, what: &str, js: &str) {
     }
 }
 
+/// ChromeDriver's command for the browser's console log (`POST /session/{id}/se/log`), which
+/// fantoccini does not wrap.
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(
+        &self,
+        base: &url::Url,
+        session: Option<&str>,
+    ) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (
+            http::Method::POST,
+            Some(json!({ "type": "browser" }).to_string()),
+        )
+    }
+}
+
+/// The console's messages at level SEVERE since the last call (errors, failed loads).
+async fn console_errors(client: &Client) -> Vec<String> {
+    let log = client.issue_cmd(BrowserLog).await.unwrap();
+    log.as_array()
+        .expect("a list of log entries")
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].to_string())
+        .collect()
+}
+
+/// What the page itself caught (uncaught errors, rejected promises, failed loads) and what its
+/// status line says.
 async fn page_errors(client: &Client) -> Vec<String> {
     let v = client
         .execute(
@@ -207,6 +244,7 @@ fn the_page_works_in_a_real_browser() {
         client.goto(&url).await.unwrap();
         wait_until(&client, "the page to start", "return document.body.dataset.ready === 'true'").await;
         assert_eq!(page_errors(&client).await, Vec::<String>::new());
+        assert_eq!(console_errors(&client).await, Vec::<String>::new());
 
         // The curves show the run's two epochs, one point per series and epoch.
         let points = client.find_all(Locator::Css("#curves circle.val")).await.unwrap();
@@ -292,8 +330,16 @@ fn the_page_works_in_a_real_browser() {
         shot(&client, "draw-view", &shots).await;
 
         assert_eq!(page_errors(&client).await, Vec::<String>::new());
+        assert_eq!(console_errors(&client).await, Vec::<String>::new());
         std::fs::write(shots.join("page.png"), client.screenshot().await.unwrap()).unwrap();
         eprintln!("screenshots in {}", shots.display());
+        // The console check sees errors: a request the server refuses is one.
+        client
+            .execute("return fetch('/no-such-page').then(r => r.status)", vec![])
+            .await
+            .unwrap();
+        let errors = console_errors(&client).await;
+        assert!(errors.iter().any(|m| m.contains("404")), "{errors:?}");
         client.close().await.unwrap();
     });
 }
