@@ -148,6 +148,11 @@ impl Explorer {
         }
     }
 
+    /// The model's images, `[C, H, W]`.
+    pub fn image_shape(&self) -> [i64; 3] {
+        self.model().image_shape()
+    }
+
     /// Test images available.
     pub fn test_len(&self) -> usize {
         self.test.size()[0] as usize

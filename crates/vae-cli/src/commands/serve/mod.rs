@@ -352,7 +352,7 @@ async fn encode(
     }
     let ((png, nearest), ms) = s
         .call(move |e| {
-            let [c, h, w] = e.info("").image;
+            let [c, h, w] = e.image_shape();
             let n = body.pixels.len() as i64;
             if n != h * w && n != c * h * w {
                 return Err(ApiError::bad(format!(
