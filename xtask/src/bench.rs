@@ -1,7 +1,10 @@
 //! `cargo xtask bench`: our `vae train` against the PyTorch peer
 //! (`../shared/bench/ref_pytorch_vae.py`), same data, model, batch, threads and steps,
 //! alternating runs, with training images/s, peak RSS and (with `--quality`) test ELBO,
-//! IW NLL and the time to reach the peer's test ELBO.
+//! IW NLL and the time to reach the peer's test ELBO. Besides the peer as its users run it
+//! (fp32, eager), the same model runs in the configurations a PyTorch user tuning for speed
+//! would try (`peer_variants.py`: bf16 autocast with channels-last, `torch.compile`), and
+//! the output names the CPU and its bf16 features.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -29,6 +32,8 @@ pub struct BenchArgs {
     pub python: Option<PathBuf>,
     pub peer_allocator: Option<PathBuf>,
     pub precision: Option<String>,
+    /// The peer configurations timed in each pair, in this order.
+    pub peers: Vec<PeerConfig>,
 }
 
 /// The allocator setting `vae` applies to itself (mimalloc keeping freed memory committed,
@@ -111,6 +116,8 @@ struct Tools {
     vae: PathBuf,
     python: PathBuf,
     peer: PathBuf,
+    /// `peer_variants.py`: the peer's model run with autocast, channels-last or torch.compile.
+    variants: PathBuf,
     /// mimalloc as a shared library, preloaded into the peer's "with our allocator" runs
     /// (the timing pairs only).
     mimalloc: Option<PathBuf>,
@@ -133,9 +140,11 @@ fn ours_train(t: &Tools, a: &BenchArgs, out: &Path, extra: &[String]) -> Command
     c
 }
 
-fn peer_cmd(t: &Tools, a: &BenchArgs, extra: &[String], tuned: bool) -> Command {
+/// Python running `script` (with its own leading arguments) on the bench's data, threads,
+/// batch and device.
+fn python_cmd(t: &Tools, a: &BenchArgs, script: &[&std::ffi::OsStr]) -> Command {
     let mut c = Command::new(&t.python);
-    c.arg(&t.peer).arg("--data").arg(&t.data);
+    c.args(script).arg("--data").arg(&t.data);
     c.args([
         "--threads",
         &a.threads.to_string(),
@@ -144,8 +153,13 @@ fn peer_cmd(t: &Tools, a: &BenchArgs, extra: &[String], tuned: bool) -> Command 
         "--device",
         &a.device,
     ]);
-    c.args(extra);
     c.env("PYTHONWARNINGS", "ignore");
+    c
+}
+
+fn peer_cmd(t: &Tools, a: &BenchArgs, extra: &[String], tuned: bool) -> Command {
+    let mut c = python_cmd(t, a, &[t.peer.as_os_str()]);
+    c.args(extra);
     if let (true, Some(lib)) = (tuned, &t.mimalloc) {
         c.env("LD_PRELOAD", lib);
         c.env(PEER_MIMALLOC_ENV.0, PEER_MIMALLOC_ENV.1);
@@ -164,11 +178,132 @@ fn last_json_line(m: &Measured) -> Result<Value> {
     Ok(serde_json::from_str(line)?)
 }
 
+/// One configuration of the peer: the reference script as users run it, or a faster way of
+/// running the same model (`peer_variants.py`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerConfig {
+    /// The reference script itself: fp32, eager, NCHW (the ratio's denominator).
+    Eager,
+    /// The reference script with mimalloc preloaded, set as `vae` sets it.
+    EagerMalloc,
+    /// bf16 autocast with the model and batches channels-last.
+    Bf16ChannelsLast,
+    /// `torch.compile` (inductor), fp32.
+    Compile,
+    /// `torch.compile` with bf16 autocast and channels-last.
+    CompileBf16ChannelsLast,
+}
+
+impl PeerConfig {
+    pub const ALL: [Self; 5] = [
+        Self::Eager,
+        Self::EagerMalloc,
+        Self::Bf16ChannelsLast,
+        Self::Compile,
+        Self::CompileBf16ChannelsLast,
+    ];
+
+    /// Its name on the command line and in the JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Eager => "eager",
+            Self::EagerMalloc => "eager-mimalloc",
+            Self::Bf16ChannelsLast => "bf16-channels-last",
+            Self::Compile => "compile",
+            Self::CompileBf16ChannelsLast => "compile-bf16-channels-last",
+        }
+    }
+
+    /// `peer_variants.py`'s flags for it; None: the reference script itself.
+    fn variant_flags(self) -> Option<&'static [&'static str]> {
+        match self {
+            Self::Eager | Self::EagerMalloc => None,
+            Self::Bf16ChannelsLast => Some(&["--autocast", "bf16", "--channels-last"]),
+            Self::Compile => Some(&["--compile"]),
+            Self::CompileBf16ChannelsLast => {
+                Some(&["--compile", "--autocast", "bf16", "--channels-last"])
+            }
+        }
+    }
+}
+
+impl std::str::FromStr for PeerConfig {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.name() == s.trim())
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|c| c.name()).collect();
+                format!("unknown peer configuration {s:?}: use {}", names.join(", "))
+            })
+    }
+}
+
+/// A peer configuration's command for `steps` timed steps.
+fn peer_speed_cmd(t: &Tools, a: &BenchArgs, config: PeerConfig) -> Command {
+    let steps = ["--steps".to_string(), a.steps.to_string()];
+    match config.variant_flags() {
+        None => peer_cmd(t, a, &steps, config == PeerConfig::EagerMalloc),
+        Some(flags) => {
+            let script = [
+                t.variants.as_os_str(),
+                "--peer".as_ref(),
+                t.peer.as_os_str(),
+            ];
+            let mut c = python_cmd(t, a, &script);
+            c.args(steps).args(flags);
+            c
+        }
+    }
+}
+
+/// What one peer configuration did in one pair; `error` when it could not run here.
+struct PeerRun {
+    images_per_s: f64,
+    peak_rss_mb: f64,
+    compile_s: Option<f64>,
+    error: Option<String>,
+}
+
+fn run_peer(t: &Tools, a: &BenchArgs, config: PeerConfig) -> PeerRun {
+    let result = measure(peer_speed_cmd(t, a, config)).and_then(|m| {
+        let j = last_json_line(&m)?;
+        Ok(PeerRun {
+            images_per_s: j["train_images_per_s"].as_f64().unwrap_or(f64::NAN),
+            peak_rss_mb: m.peak_rss_mb,
+            compile_s: j["compile_s"].as_f64(),
+            error: None,
+        })
+    });
+    result.unwrap_or_else(|e| {
+        // The last line of the error says why (a torch.compile without a C++ compiler, say).
+        let why = format!("{e:#}");
+        let last = why
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        PeerRun {
+            images_per_s: f64::NAN,
+            peak_rss_mb: f64::NAN,
+            compile_s: None,
+            error: Some(last.trim().to_string()),
+        }
+    })
+}
+
 fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
     let mut runs = Vec::new();
-    let (mut ours_ips, mut peer_ips, mut tuned_ips) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ours_rss, mut peer_rss, mut tuned_rss) = (Vec::new(), Vec::new(), Vec::new());
-    let (mut ratio, mut ratio_tuned) = (Vec::new(), Vec::new());
+    let mut ours_ips = Vec::new();
+    let mut ours_rss = Vec::new();
+    let mut ratio = Vec::new();
+    let mut ratio_best = Vec::new();
+    let mut per_peer: Vec<(PeerConfig, Vec<f64>, Vec<f64>)> = a
+        .peers
+        .iter()
+        .map(|&c| (c, Vec::new(), Vec::new()))
+        .collect();
     for pair in 0..a.pairs {
         let out = t.scratch.path().join(format!("speed-{pair}"));
         // The peer's model (the fast preset: reference architecture, standard prior).
@@ -183,68 +318,134 @@ fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
             "--batch-size".into(),
             a.batch.to_string(),
         ];
-        let ours = measure(ours_train(t, a, &out, &extra))?;
+        // Counterbalanced against the machine's drift: odd pairs run ours first and then the
+        // peer's configurations, even pairs the configurations in reverse and ours last, so
+        // the reference (eager) always runs next to ours.
+        let forward = pair % 2 == 0;
+        let mut ours = None;
+        if forward {
+            ours = Some(measure(ours_train(t, a, &out, &extra))?);
+        }
+        let mut results: Vec<Option<PeerRun>> = per_peer.iter().map(|_| None).collect();
+        let order: Vec<usize> = if forward {
+            (0..per_peer.len()).collect()
+        } else {
+            (0..per_peer.len()).rev().collect()
+        };
+        for i in order {
+            results[i] = Some(run_peer(t, a, per_peer[i].0));
+        }
+        let ours = match ours {
+            Some(o) => o,
+            None => measure(ours_train(t, a, &out, &extra))?,
+        };
         let ips = last_json_line(&ours)?["train_images_per_s"]
             .as_f64()
             .unwrap_or(f64::NAN);
-        let peer_extra = vec!["--steps".into(), a.steps.to_string()];
-        let peer = measure(peer_cmd(t, a, &peer_extra, false))?;
-        let pj = last_json_line(&peer)?;
-        let tuned = measure(peer_cmd(t, a, &peer_extra, true))?;
-        let tj = last_json_line(&tuned)?;
-        let (p_ips, t_ips) = (
-            pj["train_images_per_s"].as_f64().unwrap_or(f64::NAN),
-            tj["train_images_per_s"].as_f64().unwrap_or(f64::NAN),
+        let mut line = format!(
+            "pair {}: ours {ips:6.0} img/s {:5.0} MB",
+            pair + 1,
+            ours.peak_rss_mb
         );
-        if !a.json {
-            println!(
-                "pair {}: ours {:7.0} img/s {:6.0} MB | peer {:7.0} img/s {:6.0} MB | peer+mimalloc {:7.0} img/s {:6.0} MB | ours/peer {:.2} ours/peer+mimalloc {:.2}",
-                pair + 1,
-                ips,
-                ours.peak_rss_mb,
-                p_ips,
-                peer.peak_rss_mb,
-                t_ips,
-                tuned.peak_rss_mb,
-                ips / p_ips,
-                ips / t_ips
+        let mut peers = serde_json::Map::new();
+        let mut best: Option<(PeerConfig, f64)> = None;
+        for ((config, ips_list, rss_list), r) in per_peer.iter_mut().zip(results) {
+            let r = r.expect("every configuration ran");
+            match &r.error {
+                None => {
+                    line += &format!(
+                        " | {} {:6.0} {:5.0} MB",
+                        config.name(),
+                        r.images_per_s,
+                        r.peak_rss_mb
+                    );
+                    if let Some(c) = r.compile_s {
+                        line += &format!(" (compile {c:.0} s)");
+                    }
+                    ips_list.push(r.images_per_s);
+                    rss_list.push(r.peak_rss_mb);
+                    if best.is_none_or(|(_, b)| r.images_per_s > b) {
+                        best = Some((*config, r.images_per_s));
+                    }
+                }
+                Some(e) => line += &format!(" | {} did not run ({e})", config.name()),
+            }
+            peers.insert(
+                config.name().into(),
+                json!({"images_per_s": r.images_per_s, "peak_rss_mb": r.peak_rss_mb,
+                       "compile_s": r.compile_s, "error": r.error}),
             );
         }
-        runs.push(json!({"pair": pair + 1, "ours_images_per_s": ips, "ours_peak_rss_mb": ours.peak_rss_mb, "ours_wall_s": ours.wall,
-            "peer_images_per_s": p_ips, "peer_peak_rss_mb": peer.peak_rss_mb, "peer_wall_s": peer.wall,
-            "peer_malloc_images_per_s": t_ips, "peer_malloc_peak_rss_mb": tuned.peak_rss_mb}));
-        ratio.push(ips / p_ips);
-        ratio_tuned.push(ips / t_ips);
+        let eager = peers
+            .get(PeerConfig::Eager.name())
+            .and_then(|p| p["images_per_s"].as_f64())
+            .unwrap_or(f64::NAN);
+        let (r, rb) = (ips / eager, best.map_or(f64::NAN, |(_, b)| ips / b));
+        line += &format!(
+            " | ours/peer {r:.2}, ours/best peer {rb:.2} ({})",
+            best.map_or("none", |(c, _)| c.name())
+        );
+        if !a.json {
+            println!("{line}");
+        }
+        runs.push(
+            json!({"pair": pair + 1, "ours_images_per_s": ips, "ours_peak_rss_mb": ours.peak_rss_mb,
+            "ours_wall_s": ours.wall, "peers": peers, "ratio_ours_over_peer": r,
+            "ratio_ours_over_best_peer": rb, "best_peer": best.map(|(c, _)| c.name())}),
+        );
+        ratio.push(r);
+        ratio_best.push(rb);
         ours_ips.push(ips);
-        peer_ips.push(p_ips);
-        tuned_ips.push(t_ips);
         ours_rss.push(ours.peak_rss_mb);
-        peer_rss.push(peer.peak_rss_mb);
-        tuned_rss.push(tuned.peak_rss_mb);
         let _ = std::fs::remove_dir_all(&out);
     }
+    let mut peer_medians = serde_json::Map::new();
+    for (config, ips_list, rss_list) in &mut per_peer {
+        peer_medians.insert(
+            config.name().into(),
+            json!({"images_per_s": median(ips_list), "peak_rss_mb": median(rss_list), "runs": ips_list.len()}),
+        );
+    }
+    let list = |v: &[f64]| {
+        v.iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let (pairs_text, best_text) = (list(&ratio), list(&ratio_best));
     let summary = json!({
-        "ours_images_per_s": median(&mut ours_ips), "peer_images_per_s": median(&mut peer_ips), "peer_malloc_images_per_s": median(&mut tuned_ips),
-        "ratio_ours_over_peer": median(&mut ratio), "ratio_ours_over_peer_malloc": median(&mut ratio_tuned),
-        "ours_peak_rss_mb": median(&mut ours_rss), "peer_peak_rss_mb": median(&mut peer_rss), "peer_malloc_peak_rss_mb": median(&mut tuned_rss),
+        "ours_images_per_s": median(&mut ours_ips), "ours_peak_rss_mb": median(&mut ours_rss),
+        "peers": peer_medians,
+        "ratio_ours_over_peer": median(&mut ratio), "ratio_ours_over_best_peer": median(&mut ratio_best),
     });
     if !a.json {
+        let num = |v: &Value| v.as_f64().unwrap_or(f64::NAN);
+        let peers: Vec<String> = a
+            .peers
+            .iter()
+            .map(|c| {
+                let v = &summary["peers"][c.name()];
+                format!(
+                    "{} {:.0} img/s {:.0} MB",
+                    c.name(),
+                    num(&v["images_per_s"]),
+                    num(&v["peak_rss_mb"])
+                )
+            })
+            .collect();
         println!(
-            "median: ours {:.0} img/s, peer {:.0} (with our allocator {:.0}); ours/peer {:.2} ({:.2}); peak RSS ours {:.0} MB, peer {:.0} MB ({:.0} MB)",
-            summary["ours_images_per_s"].as_f64().unwrap_or(f64::NAN),
-            summary["peer_images_per_s"].as_f64().unwrap_or(f64::NAN),
-            summary["peer_malloc_images_per_s"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-            summary["ratio_ours_over_peer"].as_f64().unwrap_or(f64::NAN),
-            summary["ratio_ours_over_peer_malloc"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
-            summary["ours_peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-            summary["peer_peak_rss_mb"].as_f64().unwrap_or(f64::NAN),
-            summary["peer_malloc_peak_rss_mb"]
-                .as_f64()
-                .unwrap_or(f64::NAN),
+            "median: ours {:.0} img/s {:.0} MB; {}",
+            num(&summary["ours_images_per_s"]),
+            num(&summary["ours_peak_rss_mb"]),
+            peers.join("; ")
+        );
+        println!(
+            "ours / peer (fp32 eager, as users run it): {pairs_text} -> median {:.2}",
+            num(&summary["ratio_ours_over_peer"])
+        );
+        println!(
+            "ours / the best peer configuration of each pair: {best_text} -> median {:.2}",
+            num(&summary["ratio_ours_over_best_peer"])
         );
     }
     Ok(json!({"runs": runs, "median": summary}))
@@ -353,6 +554,39 @@ fn quality(t: &Tools, a: &BenchArgs) -> Result<Value> {
     Ok(result)
 }
 
+/// The machine a bench runs on as `vae info --json` sees it (CPU model and bf16 features),
+/// the precision ours trains in there and why, and the peer's torch version.
+fn machine(t: &Tools, a: &BenchArgs) -> Result<Value> {
+    let out = Command::new(&t.vae)
+        .args(["info", "--json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {} info", t.vae.display()))?;
+    if !out.status.success() {
+        bail!("{} info --json failed", t.vae.display());
+    }
+    let info: Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("{} info --json printed no JSON", t.vae.display()))?;
+    let auto = &info["auto_precision"];
+    let (precision, reason) = match a.precision.as_deref() {
+        Some(p) if p != "auto" => (json!(p), json!("asked for with --precision")),
+        _ if a.device == "cpu" => (auto["cpu"].clone(), auto["cpu_reason"].clone()),
+        _ => (
+            auto["auto_device"].clone(),
+            auto["auto_device_reason"].clone(),
+        ),
+    };
+    let torch = Command::new(&t.python)
+        .args(["-c", "import torch; print(torch.__version__)"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    Ok(
+        json!({"cpu": info["cpu"], "ours_precision": precision, "ours_precision_reason": reason, "torch": torch}),
+    )
+}
+
 /// `data/mnist`, checked to hold MNIST.
 pub fn mnist_dir(root: &Path) -> Result<PathBuf> {
     let data = root.join("data/mnist");
@@ -458,8 +692,9 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         },
         python,
         peer,
+        variants: root.join("xtask/peer_variants.py"),
         mimalloc: match &a.peer_allocator {
-            _ if a.pairs == 0 => None,
+            _ if a.pairs == 0 || !a.peers.contains(&PeerConfig::EagerMalloc) => None,
             Some(p) if p.is_file() => Some(p.clone()),
             Some(p) => bail!("--peer-allocator {}: no such file", p.display()),
             None => Some(build_mimalloc(root, cargo)?),
@@ -467,18 +702,37 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         data,
         scratch: tempfile::tempdir()?,
     };
+    let machine = machine(&tools, a)?;
+    let precision = a.precision.as_deref().unwrap_or("auto");
     if !a.json {
+        let names: Vec<&str> = a.peers.iter().map(|c| c.name()).collect();
         println!(
-            "bench: {} steps x batch {} on {}, {} threads, {} pairs (ours, peer, peer with our allocator: mimalloc preloaded); ours in {}",
+            "bench: {} steps x batch {} on {}, {} threads, {} pairs; ours with --precision {precision} ({}); peer configurations: {}",
             a.steps,
             a.batch,
             a.device,
             a.threads,
             a.pairs,
-            a.precision.as_deref().unwrap_or("fp32")
+            machine["ours_precision"].as_str().unwrap_or("?"),
+            names.join(", ")
+        );
+        println!(
+            "machine: {} ({}), torch {}",
+            machine["cpu"]["model"].as_str().unwrap_or("?"),
+            machine["cpu"]["flags"]
+                .as_array()
+                .map(|f| f
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .filter(|f| !f.is_empty())
+                .unwrap_or_else(|| "no AVX-512, AVX-512-BF16 or AMX-BF16".into()),
+            machine["torch"].as_str().unwrap_or("?"),
         );
     }
-    let mut report = json!({"device": a.device, "threads": a.threads, "batch": a.batch, "steps": a.steps, "pairs": a.pairs, "precision": a.precision.as_deref().unwrap_or("fp32")});
+    let mut report = json!({"device": a.device, "threads": a.threads, "batch": a.batch, "steps": a.steps, "pairs": a.pairs,
+        "precision": precision, "machine": machine});
     if a.pairs > 0 {
         report["speed"] = speed(&tools, a)?;
     }
@@ -489,4 +743,55 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         println!("{report}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_configurations_parse_by_name() {
+        for c in PeerConfig::ALL {
+            assert_eq!(c.name().parse::<PeerConfig>().unwrap(), c);
+        }
+        let err = "fastest".parse::<PeerConfig>().unwrap_err();
+        assert!(err.contains("eager, eager-mimalloc"), "{err}");
+    }
+
+    /// `peer_variants.py` runs the peer's own model with bf16 autocast and channels-last and
+    /// prints the JSON line the bench reads.
+    #[test]
+    fn the_peer_runs_with_bf16_autocast_and_channels_last() {
+        let root = crate::root();
+        let python = crate::libtorch::current(&root)
+            .and_then(|lt| lt.python)
+            .expect("no Python with torch: run `cargo xtask download` first");
+        let peer = root.join("../shared/bench/ref_pytorch_vae.py");
+        let data = mnist_dir(&root).unwrap();
+        let out = Command::new(python)
+            .arg(root.join("xtask/peer_variants.py"))
+            .arg("--peer")
+            .arg(&peer)
+            .arg("--data")
+            .arg(&data)
+            .args(["--threads", "1", "--batch", "16", "--steps", "3"])
+            .args(["--autocast", "bf16", "--channels-last"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let m = Measured {
+            wall: 0.0,
+            peak_rss_mb: 0.0,
+            stdout: stdout.to_string(),
+        };
+        let j = last_json_line(&m).unwrap();
+        assert_eq!(j["impl"], "pytorch-eager-bf16-channels-last");
+        assert_eq!(j["steps"], 3);
+        assert!(j["train_images_per_s"].as_f64().unwrap() > 0.0, "{j}");
+    }
 }

@@ -60,9 +60,9 @@ enum Task {
         /// Training steps per timed run.
         #[arg(long, default_value_t = 300)]
         steps: u64,
-        /// Alternating rounds of (ours, peer, peer with our allocator); 0 skips timing.
-        /// The machines here are noisy (single pairs range ~1.0-1.5): 5 keeps the median
-        /// steady.
+        /// Rounds of ours and each peer configuration, in alternating order; 0 skips timing.
+        /// The machines here are noisy (single pairs range ~1.0-1.8): 5 keeps the median
+        /// steadier.
         #[arg(long, default_value_t = 5)]
         pairs: usize,
         /// CPU threads for both.
@@ -108,10 +108,15 @@ enum Task {
         /// Print one JSON object instead of text.
         #[arg(long)]
         json: bool,
-        /// Our side's arithmetic (`vae train --precision`): fp32 or bf16 (opt-in, reported
-        /// separately; the peer stays fp32).
+        /// Our side's arithmetic (`vae train --precision`): auto, fp32 or bf16 [default: vae
+        /// train's, auto].
         #[arg(long)]
         precision: Option<String>,
+        /// The peer configurations timed in each pair, comma-separated: eager (the reference
+        /// script as users run it, the ratio's denominator), eager-mimalloc, bf16-channels-last,
+        /// compile, compile-bf16-channels-last [default: all].
+        #[arg(long, value_delimiter = ',')]
+        peers: Option<Vec<bench::PeerConfig>>,
     },
     /// Train with the release binary on the GPU if there is one (after making sure libtorch
     /// and data are present); arguments after `--` go to `vae train`.
@@ -155,7 +160,6 @@ fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())
 }
 
-/// The workspace root: the folder above this crate's manifest.
 /// The workspace root: where this xtask was built from, or, for a prebuilt xtask binary
 /// copied to another machine (a lent GPU machine without Rust), the current directory.
 fn root() -> PathBuf {
@@ -262,7 +266,13 @@ fn main() -> ExitCode {
             peer_allocator,
             json,
             precision,
+            peers,
         } => {
+            let mut peers = peers.unwrap_or_else(|| bench::PeerConfig::ALL.to_vec());
+            if !peers.contains(&bench::PeerConfig::Eager) {
+                // Every ratio is against the reference script as users run it.
+                peers.insert(0, bench::PeerConfig::Eager);
+            }
             let args = bench::BenchArgs {
                 steps,
                 pairs,
@@ -280,6 +290,7 @@ fn main() -> ExitCode {
                 python,
                 peer_allocator,
                 precision,
+                peers,
             };
             bench::run(&root(), &cargo(), &args)
         }

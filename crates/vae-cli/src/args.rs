@@ -205,8 +205,9 @@ pub struct RunSettings {
     /// (e.g. 0.999) [default: off].
     #[arg(long)]
     pub ema_decay: Option<f64>,
-    /// Arithmetic: fp32, or bf16 (opt-in: bf16 convs and dense layers, f32 weights and losses;
-    /// the final test ELBO is always measured in fp32) [default: fp32].
+    /// Arithmetic: auto, fp32 or bf16 (bf16 convs and dense layers; weights, losses and every
+    /// evaluation stay f32). auto picks bf16 on CPUs with AMX-BF16 or AVX-512-BF16, fp32
+    /// elsewhere and on CUDA; `vae info` says what it picks here [default: auto].
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
 }

@@ -200,12 +200,25 @@ impl Deconv {
         // On the CPU, libtorch's default (oneDNN) transposed conv is slow for very few output
         // channels (the last layer, to 1 channel; docs/performance.md); its native im2col path
         // is faster there in f32 (oneDNN keeps bf16). Both compute the same function.
-        if x.device() == Device::Cpu && self.weight.size()[1] <= 4 && kind == Kind::Float {
+        let cpu = x.device() == Device::Cpu;
+        if cpu && self.weight.size()[1] <= 4 && kind == Kind::Float {
             x.slow_conv_transpose2d(&weight, [4, 4], Some(&bias), [2, 2], [1, 1], [0, 0], [1, 1])
+        } else if cpu && kind == Kind::BFloat16 {
+            bias_added_apart(
+                &x.conv_transpose2d(&weight, None::<&Tensor>, [2, 2], [1, 1], [0, 0], 1, [1, 1]),
+                &bias,
+            )
         } else {
             x.conv_transpose2d(&weight, Some(&bias), [2, 2], [1, 1], [0, 0], 1, [1, 1])
         }
     }
+}
+
+/// `y + bias` per channel, for a bf16 transposed conv on the CPU computed without its bias:
+/// oneDNN computes that bias's gradient with its scalar reference code, libtorch's autograd sums
+/// it with vector code (docs/performance.md). The same function.
+fn bias_added_apart(y: &Tensor, bias: &Tensor) -> Tensor {
+    y + bias.view([1, -1, 1, 1])
 }
 
 /// p(x | z): an optional dense layer, a dense layer to the conv grid, stride-2 transposed convs.

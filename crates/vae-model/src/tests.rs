@@ -365,6 +365,58 @@ fn the_nhwc_encoder_matches_plain_nchw_convolutions() {
 }
 
 #[test]
+fn the_bf16_decoder_matches_transposed_convs_with_their_biases() {
+    let _g = lock();
+    // In bf16 on the CPU the transposed convs add their biases apart; the decoder must still be
+    // fc, ReLU, deconv1 (with bias), ReLU, deconv2 (with bias), and the biases' gradients the
+    // same as through libtorch's own biased transposed conv.
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = ConvVaeConfig::default();
+    let mut vae = ConvVae::new(&vs.root(), &cfg).unwrap();
+    vae.set_compute_kind(Kind::BFloat16).unwrap();
+    let v = vs.variables();
+    let bf = |name: &str| v[name].to_kind(Kind::BFloat16);
+    let z = Tensor::randn([8, cfg.latent_dim], (Kind::Float, Device::Cpu));
+    let deconv = |h: &Tensor, name: &str| {
+        h.conv_transpose2d(
+            &bf(&format!("decoder.{name}.weight")),
+            Some(&bf(&format!("decoder.{name}.bias"))),
+            [2, 2],
+            [1, 1],
+            [0, 0],
+            1,
+            [1, 1],
+        )
+    };
+    let reference = || {
+        let h = z
+            .to_kind(Kind::BFloat16)
+            .linear(&bf("decoder.fc.weight"), Some(&bf("decoder.fc.bias")))
+            .relu()
+            .view([-1, 64, 7, 7]);
+        deconv(&deconv(&h, "deconv1").relu(), "deconv2").to_kind(Kind::Float)
+    };
+    let want = reference();
+    let ours = vae.decode(&z).unwrap();
+    let scale = want.abs().max().double_value(&[]);
+    let diff = (&ours - &want).abs().max().double_value(&[]);
+    assert!(
+        diff <= 1e-2 * scale,
+        "max abs difference {diff} (scale {scale})"
+    );
+
+    let biases = [&v["decoder.deconv1.bias"], &v["decoder.deconv2.bias"]];
+    let grads =
+        |out: Tensor| Tensor::run_backward(&[out.square().sum(Kind::Float)], &biases, false, false);
+    let theirs = grads(reference());
+    let mine = grads(vae.decode(&z).unwrap());
+    for (a, b) in mine.iter().zip(&theirs) {
+        let rel = ((a - b).abs().max() / b.abs().max()).double_value(&[]);
+        assert!(rel < 2e-2, "bias gradients differ by {rel} (relative)");
+    }
+}
+
+#[test]
 fn the_encoder_with_residual_blocks_matches_a_plain_composition() {
     let _g = lock();
     // Each level: ReLU(conv) then ReLU(x + conv3x3(ReLU(conv3x3(x)))), plain NCHW ops; the

@@ -32,12 +32,14 @@ mod adam;
 mod alloc;
 mod checkpoint;
 mod config;
+mod cpu;
 mod device;
 mod error;
 mod eval;
 mod fused;
 mod lock;
 mod observe;
+mod precision;
 mod tensorboard;
 mod trainer;
 
@@ -46,10 +48,12 @@ pub use checkpoint::{Checkpoint, EpochMetrics, LoadedModel, TrainState};
 pub use config::{
     DEFAULT_EPOCHS, LrSchedule, Objective, Optimizer, Precision, Preset, RunConfig, TrainConfig,
 };
+pub use cpu::CpuFeatures;
 pub use device::{Device, device_name, libtorch_has_cuda};
 pub use error::{Result, TrainError};
 pub use eval::{ElboSummary, IwEstimate, encode_images, evaluate_elbo, evaluate_iw, images_tensor};
 pub use observe::{MetricsCsv, Observer, StepProgress};
+pub use precision::PrecisionChoice;
 pub use tensorboard::{
     EventWriter, ImageMaker, Images, LoggedEvent, LoggedValue, TensorBoard, read_event_file,
     truncate_event_files,

@@ -285,16 +285,17 @@ impl Trainer {
         config: TrainConfig,
         device: Device,
         vs: nn::VarStore,
-        mut model: Box<dyn Vae>,
+        model: Box<dyn Vae>,
         adam: Adam,
         ema: Option<Vec<Tensor>>,
         state: TrainState,
         train: &ImageDataset,
         validation: &ImageDataset,
     ) -> Result<Self> {
-        if config.precision == Precision::Bf16 {
-            model.set_compute_kind(Kind::BFloat16)?;
-        }
+        let mut config = config;
+        let choice = config.precision.resolve(device);
+        tracing::info!("training in {} because {}", choice.precision, choice.reason);
+        config.precision = choice.precision;
         let stale = vae_data::remove_stale_temporaries(&run_dir);
         if stale > 0 {
             tracing::info!(
@@ -441,8 +442,21 @@ impl Trainer {
         )
     }
 
+    /// Enters (`true`) or leaves evaluation: validation, test, the observers' pictures and
+    /// `best.safetensors` see the moving average of the weights (when there is one), computed
+    /// in f32 whatever the training precision.
+    fn evaluation_mode(&mut self, on: bool) -> Result<()> {
+        self.swap_ema();
+        let kind = if on {
+            Kind::Float
+        } else {
+            compute_kind(self.config.precision)
+        };
+        Ok(self.model.set_compute_kind(kind)?)
+    }
+
     /// Exchanges the live weights with their moving average (a no-op without one): called in
-    /// pairs around evaluation, so validation, test and `best.safetensors` use the average.
+    /// pairs around evaluation.
     fn swap_ema(&mut self) {
         let Some(ema) = &mut self.ema else { return };
         tch::no_grad(|| {
@@ -491,7 +505,18 @@ impl Trainer {
     /// After each epoch: validation ELBO, `metrics.csv`, `last.safetensors`, and
     /// `best.safetensors` when validation improved. A non-finite loss stops with
     /// [`TrainError::NonFinite`] before anything is written, so the last checkpoint stays good.
+    ///
+    /// The steps compute in the run's precision; outside `run` (and in every evaluation) the
+    /// model computes in f32.
     pub fn run(&mut self) -> Result<Outcome> {
+        self.model
+            .set_compute_kind(compute_kind(self.config.precision))?;
+        let outcome = self.train();
+        self.model.set_compute_kind(Kind::Float)?;
+        outcome
+    }
+
+    fn train(&mut self) -> Result<Outcome> {
         let spe = self.steps_per_epoch();
         let mut total = spe * self.config.epochs as u64;
         if let Some(max) = self.config.max_steps {
@@ -687,13 +712,12 @@ impl Trainer {
     }
 
     fn finish_epoch(&mut self, epoch: usize) -> Result<()> {
-        // With an EMA, the average is what gets evaluated and saved as best.
-        self.swap_ema();
+        self.evaluation_mode(true)?;
         let evaluated = self.evaluate();
         let (val, test_elbo) = match evaluated {
             Ok(v) => v,
             Err(e) => {
-                self.swap_ema();
+                self.evaluation_mode(false)?;
                 return Err(e);
             }
         };
@@ -719,7 +743,7 @@ impl Trainer {
             seconds: p.seconds,
         };
         if !val.elbo.is_finite() {
-            self.swap_ema();
+            self.evaluation_mode(false)?;
             return Err(TrainError::NonFinite {
                 epoch: epoch + 1,
                 step: self.state.step,
@@ -748,7 +772,7 @@ impl Trainer {
                 .iter_mut()
                 .try_for_each(|o| o.epoch_model(metrics, model))
         });
-        self.swap_ema();
+        self.evaluation_mode(false)?;
         drawn?;
         for o in &mut self.observers {
             o.epoch_finished(&self.state.history)?;
@@ -771,6 +795,14 @@ impl Trainer {
             None => None,
         };
         Ok((val, test_elbo))
+    }
+}
+
+/// The kind a model's convs and dense layers compute in at a resolved precision.
+fn compute_kind(precision: Precision) -> Kind {
+    match precision {
+        Precision::Bf16 => Kind::BFloat16,
+        Precision::Fp32 | Precision::Auto => Kind::Float,
     }
 }
 

@@ -52,6 +52,8 @@ fn tiny_train(epochs: usize) -> TrainConfig {
         threads: Some(1),
         validation_size: Some(16),
         seed: 7,
+        // The same arithmetic on every machine (`auto` follows the CPU).
+        precision: Precision::Fp32,
         ..TrainConfig::default()
     }
 }
@@ -700,4 +702,64 @@ fn ema_is_evaluated_saved_as_best_and_resumed_exactly() {
     for (x, y) in ema.iter().zip(&ema_b) {
         assert_eq!((x - y).abs().max().double_value(&[]), 0.0);
     }
+}
+
+/// bf16 training: evaluation is f32 (the reported validation ELBO is a fresh f32 model's), the
+/// steps after an evaluation are bf16 again (an interrupted run resumes exactly), and `auto`
+/// is stored as the precision it resolved to.
+#[test]
+fn bf16_trains_evaluates_in_f32_and_resumes_exactly() {
+    let _g = lock();
+    let (_, val) = data();
+    let cfg = |epochs| TrainConfig {
+        precision: Precision::Bf16,
+        ..tiny_train(epochs)
+    };
+    let straight = tempfile::tempdir().unwrap();
+    let mut a = start(straight.path(), tiny_model(), cfg(2)).unwrap();
+    a.run().unwrap();
+    let best = Checkpoint::load(straight.path().join(files::BEST)).unwrap();
+    assert_eq!(best.train_config.precision, Precision::Bf16);
+    let epoch_of_best = best.state.history.len();
+    let model = best.into_model(Device::Cpu).unwrap().model;
+    let val_x = images_tensor(&val, Device::Cpu);
+    let want = a.state().history[epoch_of_best - 1].val_elbo;
+    let again = evaluate_elbo(model.as_ref(), &val_x, true, 0x5EED_0F7A_1100).unwrap();
+    assert!((again.elbo - want).abs() < 1e-6, "{} vs {want}", again.elbo);
+
+    let split = tempfile::tempdir().unwrap();
+    let mut b = start(split.path(), tiny_model(), cfg(1)).unwrap();
+    b.run().unwrap();
+    drop(b);
+    let mut b = Trainer::resume(split.path(), &bars(144), |c| c.epochs = 2).unwrap();
+    b.run().unwrap();
+    assert_same_weights(a.var_store(), b.var_store());
+    // bf16 steps differ from f32 ones.
+    let f32_dir = tempfile::tempdir().unwrap();
+    let mut c = start(f32_dir.path(), tiny_model(), tiny_train(2)).unwrap();
+    c.run().unwrap();
+    let diff: f64 = weights(a.var_store())
+        .iter()
+        .zip(weights(c.var_store()).iter())
+        .map(|((_, x), (_, y))| (x - y).abs().max().double_value(&[]))
+        .sum();
+    assert!(diff > 0.0, "bf16 and f32 runs gave identical weights");
+
+    let auto = tempfile::tempdir().unwrap();
+    let t = start(
+        auto.path(),
+        tiny_model(),
+        TrainConfig {
+            precision: Precision::Auto,
+            ..tiny_train(1)
+        },
+    )
+    .unwrap();
+    let picked = Precision::Auto.resolve(tch::Device::Cpu).precision;
+    assert_eq!(t.config().precision, picked);
+    let text = std::fs::read_to_string(auto.path().join(files::CONFIG)).unwrap();
+    assert!(
+        text.contains(&format!("precision = \"{picked}\"")),
+        "{text}"
+    );
 }

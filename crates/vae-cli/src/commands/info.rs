@@ -2,6 +2,8 @@
 
 use anyhow::Result;
 
+use vae_train::Precision;
+
 use crate::args::InfoArgs;
 
 pub fn run(a: InfoArgs) -> Result<u8> {
@@ -11,7 +13,11 @@ pub fn run(a: InfoArgs) -> Result<u8> {
     } else {
         0
     };
-    let auto = vae_train::device_name(vae_train::Device::Auto.resolve()?);
+    let auto_device = vae_train::Device::Auto.resolve()?;
+    let auto = vae_train::device_name(auto_device);
+    let cpu = vae_train::CpuFeatures::detect();
+    let on_cpu = Precision::Auto.resolve_on(tch::Device::Cpu, &cpu);
+    let on_auto = Precision::Auto.resolve_on(auto_device, &cpu);
     if a.json {
         let v = serde_json::json!({
             "libtorch_has_cuda": has_cuda,
@@ -21,6 +27,9 @@ pub fn run(a: InfoArgs) -> Result<u8> {
             "openmp": tch::utils::has_openmp(),
             "threads": tch::get_num_threads(),
             "auto_device": auto,
+            "cpu": {"model": cpu.model, "flags": cpu.flags()},
+            "auto_precision": {"cpu": on_cpu.precision.name(), "cpu_reason": on_cpu.reason,
+                               "auto_device": on_auto.precision.name(), "auto_device_reason": on_auto.reason},
         });
         println!("{v}");
     } else {
@@ -32,7 +41,27 @@ pub fn run(a: InfoArgs) -> Result<u8> {
             tch::utils::has_openmp()
         );
         println!("CPU threads: {}", tch::get_num_threads());
+        let flags = cpu.flags();
+        println!(
+            "CPU: {} ({})",
+            cpu.model,
+            if flags.is_empty() {
+                "no AVX-512, AVX-512-BF16 or AMX-BF16".to_string()
+            } else {
+                flags.join(", ")
+            }
+        );
         println!("--device auto picks: {auto}");
+        println!(
+            "--precision auto picks {} on the CPU, because {}",
+            on_cpu.precision, on_cpu.reason
+        );
+        if auto_device != tch::Device::Cpu {
+            println!(
+                "--precision auto picks {} on {auto}, because {}",
+                on_auto.precision, on_auto.reason
+            );
+        }
     }
     Ok(0)
 }

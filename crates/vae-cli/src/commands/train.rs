@@ -221,9 +221,10 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     let mut trainer = make_trainer(&args)?;
     let dir = trainer.run_dir().to_path_buf();
     eprintln!(
-        "training on {} ({} threads), run directory {}",
+        "training on {} ({} threads, {}), run directory {}",
         device_name(trainer.device()),
         tch::get_num_threads(),
+        trainer.config().precision,
         dir.display()
     );
     trainer.observe(EpochBar::default());
