@@ -414,9 +414,6 @@ impl RunConfig {
             kl_warmup_steps: 2_000,
             grad_clip: Some(200.0),
             epochs: 50,
-            // The preset's test NLL was measured in fp32; bf16 steps are faster on CPUs with
-            // bf16 hardware, but its quality there is not measured yet (docs/performance.md).
-            precision: Precision::Fp32,
             ..TrainConfig::default()
         };
         if gpu {
@@ -501,11 +498,6 @@ mod tests {
         );
         assert_eq!(default.train.epochs, DEFAULT_EPOCHS);
         assert_eq!(default.train.precision, Precision::Auto);
-        // The ladder keeps the arithmetic its figures were measured in.
-        assert_eq!(
-            RunConfig::preset(Preset::Ladder).train.precision,
-            Precision::Fp32
-        );
         assert_eq!("best".parse::<Preset>().unwrap(), Preset::Best);
         assert!("huge".parse::<Preset>().is_err());
         // A file naming two keys changes those two only.
