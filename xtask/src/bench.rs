@@ -322,22 +322,19 @@ fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
         // peer's configurations, even pairs the configurations in reverse and ours last, so
         // the reference (eager) always runs next to ours.
         let forward = pair % 2 == 0;
-        let mut ours = None;
-        if forward {
-            ours = Some(measure(ours_train(t, a, &out, &extra))?);
-        }
-        let mut results: Vec<Option<PeerRun>> = per_peer.iter().map(|_| None).collect();
-        let order: Vec<usize> = if forward {
-            (0..per_peer.len()).collect()
+        let run_ours = || measure(ours_train(t, a, &out, &extra));
+        let ours_first = if forward { Some(run_ours()?) } else { None };
+        let mut results: Vec<PeerRun> = if forward {
+            per_peer.iter().map(|p| run_peer(t, a, p.0)).collect()
         } else {
-            (0..per_peer.len()).rev().collect()
+            per_peer.iter().rev().map(|p| run_peer(t, a, p.0)).collect()
         };
-        for i in order {
-            results[i] = Some(run_peer(t, a, per_peer[i].0));
+        if !forward {
+            results.reverse();
         }
-        let ours = match ours {
+        let ours = match ours_first {
             Some(o) => o,
-            None => measure(ours_train(t, a, &out, &extra))?,
+            None => run_ours()?,
         };
         let ips = last_json_line(&ours)?["train_images_per_s"]
             .as_f64()
@@ -349,8 +346,11 @@ fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
         );
         let mut peers = serde_json::Map::new();
         let mut best: Option<(PeerConfig, f64)> = None;
+        let mut eager = f64::NAN;
         for ((config, ips_list, rss_list), r) in per_peer.iter_mut().zip(results) {
-            let r = r.expect("every configuration ran");
+            if *config == PeerConfig::Eager {
+                eager = r.images_per_s;
+            }
             match &r.error {
                 None => {
                     line += &format!(
@@ -376,10 +376,6 @@ fn speed(t: &Tools, a: &BenchArgs) -> Result<Value> {
                        "compile_s": r.compile_s, "error": r.error}),
             );
         }
-        let eager = peers
-            .get(PeerConfig::Eager.name())
-            .and_then(|p| p["images_per_s"].as_f64())
-            .unwrap_or(f64::NAN);
         let (r, rb) = (ips / eager, best.map_or(f64::NAN, |(_, b)| ips / b));
         line += &format!(
             " | ours/peer {r:.2}, ours/best peer {rb:.2} ({})",

@@ -1,10 +1,8 @@
 //! What the CPU offers for bf16 arithmetic, detected at run time with `cpuid`.
 
-use serde::Serialize;
-
 /// The CPU's model name and the instruction-set features that decide
 /// [`Precision::Auto`](crate::Precision::Auto).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CpuFeatures {
     /// The model name the CPU reports (its `cpuid` brand string), or "unknown".

@@ -93,6 +93,17 @@ fn assert_same_weights(a: &tch::nn::VarStore, b: &tch::nn::VarStore) {
     }
 }
 
+/// One epoch of `train` in `dir`, the trainer dropped, then the run resumed there for a
+/// second: what an uninterrupted two-epoch run must equal.
+fn one_epoch_then_resumed(dir: &std::path::Path, train: TrainConfig) -> Trainer {
+    let mut b = start(dir, tiny_model(), TrainConfig { epochs: 1, ..train }).unwrap();
+    b.run().unwrap();
+    drop(b);
+    let mut b = Trainer::resume(dir, &bars(144), |c| c.epochs = 2).unwrap();
+    assert_eq!(b.run().unwrap(), Outcome::Completed);
+    b
+}
+
 #[test]
 fn a_tiny_model_learns_and_writes_its_run_directory() {
     let _g = lock();
@@ -171,11 +182,7 @@ fn two_epochs_equal_one_plus_resume_and_an_interrupted_run_resumes_exactly() {
     a.run().unwrap();
 
     let split = tempfile::tempdir().unwrap();
-    let mut b = start(split.path(), tiny_model(), tiny_train(1)).unwrap();
-    b.run().unwrap();
-    drop(b);
-    let mut b = Trainer::resume(split.path(), &bars(144), |c| c.epochs = 2).unwrap();
-    assert_eq!(b.run().unwrap(), Outcome::Completed);
+    let b = one_epoch_then_resumed(split.path(), tiny_train(1));
     assert_same_weights(a.var_store(), b.var_store());
     assert_eq!(a.state().history.len(), b.state().history.len());
     assert_eq!(a.state().history[1].val_elbo, b.state().history[1].val_elbo);
@@ -689,11 +696,7 @@ fn ema_is_evaluated_saved_as_best_and_resumed_exactly() {
 
     // One epoch, resume, one more: identical live weights and average.
     let split = tempfile::tempdir().unwrap();
-    let mut b = start(split.path(), tiny_model(), cfg(1)).unwrap();
-    b.run().unwrap();
-    drop(b);
-    let mut b = Trainer::resume(split.path(), &bars(144), |c| c.epochs = 2).unwrap();
-    b.run().unwrap();
+    let b = one_epoch_then_resumed(split.path(), cfg(1));
     assert_same_weights(a.var_store(), b.var_store());
     let ema_b = Checkpoint::load(split.path().join(files::LAST))
         .unwrap()
@@ -728,11 +731,7 @@ fn bf16_trains_evaluates_in_f32_and_resumes_exactly() {
     assert!((again.elbo - want).abs() < 1e-6, "{} vs {want}", again.elbo);
 
     let split = tempfile::tempdir().unwrap();
-    let mut b = start(split.path(), tiny_model(), cfg(1)).unwrap();
-    b.run().unwrap();
-    drop(b);
-    let mut b = Trainer::resume(split.path(), &bars(144), |c| c.epochs = 2).unwrap();
-    b.run().unwrap();
+    let b = one_epoch_then_resumed(split.path(), cfg(1));
     assert_same_weights(a.var_store(), b.var_store());
     // bf16 steps differ from f32 ones.
     let f32_dir = tempfile::tempdir().unwrap();
