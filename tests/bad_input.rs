@@ -108,6 +108,7 @@ fn every_bad_input_is_a_clear_error() {
     let r = run.to_str().unwrap();
     let o = t.join("out").display().to_string();
     let o = o.as_str();
+    let model_file = t.join("model.safetensors").display().to_string();
     let v16 = "16";
     let train = |extra: &[&str]| -> Vec<String> {
         let mut a = vec!["train", "--data", g, "--out", o, "--validation-size", v16];
@@ -285,6 +286,11 @@ fn every_bad_input_is_a_clear_error() {
             "--reference-names needs the reference architecture (that of --preset fast), but this model has 1x8x8 images",
         ),
         case(
+            "a .safetensors file as the export folder",
+            &["export", "--run", r, "--out", &model_file],
+            "without --reference-names --out is the folder that receives model.safetensors and model.py",
+        ),
+        case(
             "sweep of size 0",
             &["sweep", "--latent-dims", "0,2", "--data", g],
             "positive sizes",
@@ -438,6 +444,10 @@ fn every_bad_input_is_a_clear_error() {
         failures.len(),
         cases.len(),
         failures.join("\n")
+    );
+    assert!(
+        !Path::new(&model_file).exists(),
+        "a refused export made {model_file}"
     );
     println!("{} bad CLI inputs rejected cleanly", cases.len());
 }

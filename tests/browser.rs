@@ -340,6 +340,33 @@ fn the_page_works_in_a_real_browser() {
             .unwrap();
         let errors = console_errors(&client).await;
         assert!(errors.iter().any(|m| m.contains("404")), "{errors:?}");
+        // The page ran under its Content-Security-Policy, and the console check sees its
+        // violations: an inline script is refused.
+        let policy = client
+            .execute(
+                "return fetch('/').then(r => r.headers.get('content-security-policy'))",
+                vec![],
+            )
+            .await
+            .unwrap();
+        assert!(
+            policy.as_str().is_some_and(|p| p.contains("script-src 'self'")),
+            "{policy:?}"
+        );
+        client
+            .execute(
+                "const s = document.createElement('script'); s.textContent = 'window.inlineRan = true'; document.head.appendChild(s); return window.inlineRan === true",
+                vec![],
+            )
+            .await
+            .unwrap();
+        let ran = client.execute("return window.inlineRan === true", vec![]).await.unwrap();
+        assert_eq!(ran, serde_json::Value::Bool(false), "an inline script ran");
+        let errors = console_errors(&client).await;
+        assert!(
+            errors.iter().any(|m| m.contains("Content Security Policy")),
+            "{errors:?}"
+        );
         client.close().await.unwrap();
     });
 }

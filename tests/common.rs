@@ -137,6 +137,15 @@ pub struct Server {
     child: Child,
     /// `127.0.0.1:port`.
     pub addr: String,
+    /// The line it printed with its URL.
+    pub line: String,
+}
+
+impl Server {
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
 }
 
 impl Drop for Server {
@@ -148,6 +157,12 @@ impl Drop for Server {
 
 /// Starts `vae serve` on a free port and waits for its URL line.
 pub fn serve(run: &Path, data: &Path) -> Server {
+    serve_with(run, data, &[])
+}
+
+/// Starts `vae serve` on a free port with `extra` arguments and waits for its URL line; the
+/// address is on 127.0.0.1 whatever it listens on.
+pub fn serve_with(run: &Path, data: &Path, extra: &[&str]) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_vae"))
         .current_dir(root())
         .args(["serve", "--run"])
@@ -155,6 +170,7 @@ pub fn serve(run: &Path, data: &Path) -> Server {
         .arg("--data")
         .arg(data)
         .args(["--port", "0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -172,12 +188,31 @@ pub fn serve(run: &Path, data: &Path) -> Server {
         .and_then(|s| s.split('/').next())
         .unwrap_or_else(|| panic!("no URL in {line:?}"))
         .to_string();
-    assert!(addr.starts_with("127.0.0.1:"), "{line}");
-    Server { child, addr }
+    let port = addr.rsplit(':').next().unwrap();
+    if extra.is_empty() {
+        assert!(addr.starts_with("127.0.0.1:"), "{line}");
+    }
+    Server {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+        line,
+    }
 }
 
-/// Sends `request` (a whole HTTP/1.1 request) and returns the status and body.
-pub fn http(addr: &str, request: &[u8]) -> (u16, Vec<u8>) {
+/// Resident memory of process `pid` now (`VmRSS`), in bytes.
+pub fn resident_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+/// Sends `request` and returns the status, the head (lower-cased) and the body.
+pub fn http_full(addr: &str, request: &[u8]) -> (u16, String, Vec<u8>) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
     // A server may answer (413) before it has read a huge body: ignore a failed write.
@@ -188,9 +223,15 @@ pub fn http(addr: &str, request: &[u8]) -> (u16, Vec<u8>) {
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .unwrap_or_else(|| panic!("no HTTP reply: {:?}", String::from_utf8_lossy(&reply)));
-    let head = String::from_utf8_lossy(&reply[..head_end]).into_owned();
+    let head = String::from_utf8_lossy(&reply[..head_end]).to_lowercase();
     let status = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, reply[head_end + 4..].to_vec())
+    (status, head, reply[head_end + 4..].to_vec())
+}
+
+/// Sends `request` (a whole HTTP/1.1 request) and returns the status and body.
+pub fn http(addr: &str, request: &[u8]) -> (u16, Vec<u8>) {
+    let (status, _, body) = http_full(addr, request);
+    (status, body)
 }
 
 pub fn get(addr: &str, path: &str) -> (u16, Vec<u8>) {
@@ -222,4 +263,54 @@ pub fn tiny_run(dir: &Path) -> (PathBuf, PathBuf) {
     let out = vae(&args);
     assert!(out.status.success(), "{}", text(&out).1);
     (run, data)
+}
+
+/// What [`vae_measured`] saw of a `vae` process: its output, its peak resident memory and how
+/// long it ran.
+pub struct Measured {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+    /// The process's peak resident set (`ru_maxrss` from `wait4`), in bytes.
+    pub peak_rss: u64,
+    pub seconds: f64,
+}
+
+/// Runs `vae` with `args` and measures its own peak memory: `wait4` gives the resource use of
+/// that one child (the `RUSAGE_CHILDREN` totals would mix in every earlier child's).
+#[allow(unsafe_code, clippy::zombie_processes)] // waited for with `wait4`, below
+pub fn vae_measured(args: &[&str]) -> Measured {
+    use std::os::unix::process::ExitStatusExt;
+    let started = std::time::Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vae"))
+        .current_dir(root())
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let mut stderr = String::new();
+    let _ = err.read_to_string(&mut stderr);
+    let stdout = reader.join().unwrap();
+    let mut status = 0;
+    // SAFETY: `wait4` writes the status and the usage of the child `pid`, which this process
+    // spawned and has not waited for; both pointers are to live locals of the right types.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
+    Measured {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout,
+        stderr,
+        // Linux reports kilobytes.
+        peak_rss: usage.ru_maxrss as u64 * 1024,
+        seconds: started.elapsed().as_secs_f64(),
+    }
 }

@@ -7,6 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use sha2::Digest;
 use vae_data::{IdxArray, write_idx};
 
 fn ok(args: &[&str]) -> (String, String) {
@@ -192,6 +193,33 @@ fn a_folder_of_pngs_imports_and_trains() {
             .contains("imported 32 training and 8 test images (8x8 grey; 2 classes: 0 = a, 1 = b)"),
         "{stdout}"
     );
+    // Guard: the files are byte for byte those that the import wrote before it checked
+    // headers, composited alpha and kept palette grey (SHA-256s taken from that version).
+    for (name, sha) in [
+        (
+            "train-images-idx3-ubyte.gz",
+            "8b11db36439738e3850254a18f0d652b2cec8b3d20ae19d4519acc91eb0a02dd",
+        ),
+        (
+            "train-labels-idx1-ubyte.gz",
+            "3a195c8a392377b7a5e2ee0de42d520a1fadec923f3fc871c85da5a4e1d335e5",
+        ),
+        (
+            "t10k-images-idx3-ubyte.gz",
+            "54fd9437941876a370e5e6f9dd7172b13bab1c50b5dd5a649ae238cf84e36d2b",
+        ),
+        (
+            "t10k-labels-idx1-ubyte.gz",
+            "5eed50462be62fbd2875099261ccc4766646324187501aaaaa3801cb8b8c012a",
+        ),
+    ] {
+        let bytes = std::fs::read(data.join(name)).unwrap();
+        let hex: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(hex, sha, "{name}");
+    }
     let run = out.path().join("run");
     let mut args = vec![
         "train",
@@ -204,6 +232,142 @@ fn a_folder_of_pngs_imports_and_trains() {
     let (_, stderr) = ok(&args);
     assert!(stderr.contains("likelihood: logistic"), "{stderr}");
     assert!(run.join("samples.png").is_file());
+}
+
+/// A PNG whose header claims `w` x `h` grey pixels, followed by a little pixel data.
+fn claimed_png(path: &Path, w: u32, h: u32) {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8], data: &[u8]) {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(kind);
+        out.extend_from_slice(data);
+        out.extend_from_slice(&crc.sum().to_be_bytes());
+    }
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
+    // A zlib stream of 64 KiB of zero rows: what a real file of that size would start with.
+    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut z, &vec![0u8; 1 << 16]).unwrap();
+    let idat = z.finish().unwrap();
+    let mut bytes = b"\x89PNG\r\n\x1a\n".to_vec();
+    chunk(&mut bytes, b"IHDR", &ihdr);
+    chunk(&mut bytes, b"IDAT", &idat);
+    chunk(&mut bytes, b"IEND", &[]);
+    std::fs::write(path, bytes).unwrap();
+}
+
+#[test]
+fn hostile_pngs_are_refused_from_their_headers_quickly_in_little_memory() {
+    let root = tempfile::tempdir().unwrap();
+    // Three files claiming 60,000 x 60,000 grey pixels (3.6 GB each).
+    let huge = root.path().join("huge");
+    std::fs::create_dir(&huge).unwrap();
+    for k in 0..3 {
+        claimed_png(&huge.join(format!("{k}.png")), 60_000, 60_000);
+    }
+    // 40 real images of 64 x 64 (4 KiB each, 160 KiB together), over a set limit of 100K.
+    let many = root.path().join("many");
+    std::fs::create_dir(&many).unwrap();
+    for k in 0..40u8 {
+        grey_png(&many.join(format!("{k:02}.png")), 64, 64, k);
+    }
+    let out = root.path().join("out");
+    let (h, m, o) = (
+        huge.to_str().unwrap(),
+        many.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    for (args, needle) in [
+        (
+            vec!["import", h, "--out", o],
+            "0.png: its header says 60000x60000 pixels (3600000000), over the limit of 16777216 per image",
+        ),
+        (
+            vec!["import", m, "--out", o, "--max-set-size", "100K"],
+            "the 40 images in",
+        ),
+    ] {
+        let run = vae_measured(&args);
+        let stderr = run.stderr.trim();
+        assert!(!run.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "one sentence: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        println!(
+            "{args:?}: refused in {:.2} s, peak RSS {:.1} MB",
+            run.seconds,
+            run.peak_rss as f64 / 1e6
+        );
+        assert!(run.seconds < 5.0, "{args:?} took {:.1} s", run.seconds);
+        assert!(
+            run.peak_rss < 500_000_000,
+            "{args:?}: peak RSS {} bytes",
+            run.peak_rss
+        );
+        assert!(!out.exists(), "a refused import wrote {o}");
+    }
+    // The set's limit is its decoded size: 163,840 bytes fit under 160K.
+    let run = vae_measured(&["import", m, "--out", o, "--max-set-size", "160K"]);
+    assert!(run.status.success(), "{}", run.stderr);
+}
+
+#[test]
+fn importing_into_a_used_folder_needs_force_and_leaves_no_stale_files() {
+    let root = tempfile::tempdir().unwrap();
+    let (grey, colour) = (root.path().join("grey"), root.path().join("colour"));
+    std::fs::create_dir(&grey).unwrap();
+    std::fs::create_dir(&colour).unwrap();
+    for k in 0..10u8 {
+        grey_png(&grey.join(format!("{k}.png")), 8, 8, k * 20);
+        let file = std::fs::File::create(colour.join(format!("{k}.png"))).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(file), 8, 8);
+        enc.set_color(png::ColorType::Rgb);
+        enc.set_depth(png::BitDepth::Eight);
+        let px: Vec<u8> = (0..192).map(|i| (i as u8).wrapping_mul(k + 1)).collect();
+        enc.write_header().unwrap().write_image_data(&px).unwrap();
+    }
+    let out = root.path().join("out");
+    let (g, c, o) = (
+        grey.to_str().unwrap(),
+        colour.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    ok(&["import", g, "--out", o]);
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    // Used: refused, and nothing changed.
+    let before = std::fs::read(out.join("train-images-idx3-ubyte.gz")).unwrap();
+    let refused = vae(&["import", c, "--out", o]);
+    let stderr = text(&refused).1;
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("already holds files") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("train-images-idx3-ubyte.gz")).unwrap(),
+        before
+    );
+    // Forced: the grey set's files go, so the loader finds the colour set, not the old one.
+    let (stdout, _) = ok(&["import", c, "--out", o, "--force"]);
+    assert!(stdout.contains("removed"), "{stdout}");
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "notes.txt",
+            "t10k-images-idx4-ubyte.gz",
+            "train-images-idx4-ubyte.gz"
+        ]
+    );
+    let set = vae_data::ImageDataset::load(&out, vae_data::Split::Train).unwrap();
+    assert_eq!(set.channels(), 3);
 }
 
 #[test]

@@ -480,6 +480,68 @@ pub struct ImportArgs {
     /// Seed of the split.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Colour that transparent pixels are composited onto: white, black, or #rrggbb.
+    #[arg(long, default_value = "white", value_parser = parse_colour)]
+    pub background: [u8; 3],
+    /// Most pixels one image may have (checked from its header before it is decoded).
+    #[arg(long, default_value_t = vae_data::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// Most memory the decoded set may take, in bytes or with a unit (500M, 8G) [default: a
+    /// third of the memory available].
+    #[arg(long, value_parser = parse_size)]
+    pub max_set_size: Option<u64>,
+    /// Import into an --out folder that already holds files: its data-set files are removed
+    /// first (other files are left).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// `white`, `black` or `#rrggbb`.
+fn parse_colour(s: &str) -> Result<[u8; 3], String> {
+    match s.to_ascii_lowercase().as_str() {
+        "white" => return Ok([255; 3]),
+        "black" => return Ok([0; 3]),
+        _ => {}
+    }
+    let hex = s.strip_prefix('#').unwrap_or(s);
+    let channel = |i: usize| {
+        hex.get(i..i + 2)
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+    };
+    match (hex.len(), channel(0), channel(2), channel(4)) {
+        (6, Some(r), Some(g), Some(b)) => Ok([r, g, b]),
+        _ => Err(format!(
+            "{s:?} is not a colour: give white, black or #rrggbb (e.g. #808080)"
+        )),
+    }
+}
+
+/// A byte count: digits with an optional unit K, M, G or T (powers of 1024; `B`, `iB` allowed).
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let upper = t.to_ascii_uppercase();
+    let digits = upper.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    let unit = &upper[digits.len()..];
+    let shift = match unit {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => {
+            return Err(format!(
+                "{s:?} has an unknown unit: use K, M, G or T (e.g. 8G)"
+            ));
+        }
+    };
+    digits
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1u64 << shift))
+        .ok_or_else(|| {
+            format!("{s:?} is not a size: give bytes, or a number with K, M, G or T (e.g. 8G)")
+        })
 }
 
 /// Options of `vae serve`.
@@ -497,10 +559,14 @@ pub struct ServeArgs {
     /// Folder with the test set the page shows and encodes (the run's data).
     #[arg(long, default_value = "data/mnist")]
     pub data: PathBuf,
-    /// Address to listen on. The default answers this machine only; another address makes the
-    /// page (which has no authentication) reachable from the network.
+    /// Address to listen on. The default answers this machine only; another address needs
+    /// --allow-remote.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: std::net::IpAddr,
+    /// Allow a --host off loopback (e.g. 0.0.0.0), reachable from other machines: every request
+    /// then needs the random token printed in the URL.
+    #[arg(long)]
+    pub allow_remote: bool,
     /// Port to listen on (0: any free port; the URL is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -508,6 +574,9 @@ pub struct ServeArgs {
     /// it has at most this many.
     #[arg(long, default_value_t = 8)]
     pub directions: i64,
+    /// Routes for tests: the model thread's job counts and a job that panics.
+    #[arg(long, hide = true)]
+    pub test_hooks: bool,
 }
 
 impl ServeArgs {

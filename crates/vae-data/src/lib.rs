@@ -52,7 +52,9 @@ pub use dataset::{DEFAULT_VALIDATION_SIZE, ImageDataset, Split};
 pub use error::{DataError, Result};
 pub use files::{remove_stale_temporaries, write_atomic, write_npy};
 pub use idx::{IdxArray, IdxType, read_idx, read_idx_from, write_idx, write_idx_to};
-pub use import::{ImportedImages, import_png_folder};
+pub use import::{
+    DEFAULT_MAX_PIXELS, ImportOptions, ImportedImages, default_max_set_bytes, import_png_folder,
+};
 
 #[cfg(test)]
 mod tests;

@@ -55,8 +55,8 @@ pub use eval::{ElboSummary, IwEstimate, encode_images, evaluate_elbo, evaluate_i
 pub use observe::{MetricsCsv, Observer, StepProgress};
 pub use precision::PrecisionChoice;
 pub use tensorboard::{
-    EventWriter, ImageMaker, Images, LoggedEvent, LoggedValue, TensorBoard, read_event_file,
-    truncate_event_files,
+    EventWriter, ImageMaker, Images, LoggedEvent, LoggedValue, TensorBoard, parse_events,
+    read_event_file, truncate_event_files,
 };
 pub use trainer::{Outcome, Trainer, files};
 

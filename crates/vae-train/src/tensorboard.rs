@@ -11,7 +11,7 @@
 //! over `prost`'s derived messages, with a reader for its own files (resume truncates them).
 
 use std::fs::File;
-use std::io::{BufWriter, Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -143,33 +143,32 @@ fn frame(payload: &[u8]) -> Vec<u8> {
 }
 
 /// The records of an event file's bytes that are whole and pass their checksums, in order; a
-/// damaged or cut-off tail (a process killed mid-write) ends the list.
+/// damaged or cut-off tail (a process killed mid-write) ends the list. Every offset is checked
+/// arithmetic: a crafted length ends the list too.
 fn records(bytes: &[u8]) -> Vec<&[u8]> {
     let mut out = Vec::new();
-    let mut at = 0;
-    while bytes.len() - at >= 12 {
-        let len_bytes = &bytes[at..at + 8];
-        let len_crc = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().unwrap());
-        if masked_crc(len_bytes) != len_crc {
-            break;
-        }
-        let len = u64::from_le_bytes(len_bytes.try_into().unwrap());
-        let Some(end) = usize::try_from(len)
-            .ok()
-            .and_then(|l| (at + 12).checked_add(l))
-            .filter(|&e| e + 4 <= bytes.len())
-        else {
-            break;
-        };
-        let payload = &bytes[at + 12..end];
-        let crc = u32::from_le_bytes(bytes[end..end + 4].try_into().unwrap());
-        if masked_crc(payload) != crc {
-            break;
-        }
+    let mut rest = bytes;
+    while let Some((payload, next)) = split_record(rest) {
         out.push(payload);
-        at = end + 4;
+        rest = next;
     }
     out
+}
+
+/// The first record of `bytes` and what follows it, if it is whole and passes its checksums.
+fn split_record(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let (len_bytes, rest) = bytes.split_first_chunk::<8>()?;
+    let (len_crc, rest) = rest.split_first_chunk::<4>()?;
+    if masked_crc(len_bytes) != u32::from_le_bytes(*len_crc) {
+        return None;
+    }
+    let len = usize::try_from(u64::from_le_bytes(*len_bytes)).ok()?;
+    if rest.len() < len.checked_add(4)? {
+        return None;
+    }
+    let (payload, rest) = rest.split_at(len);
+    let (crc, rest) = rest.split_first_chunk::<4>()?;
+    (masked_crc(payload) == u32::from_le_bytes(*crc)).then_some((payload, rest))
 }
 
 fn now() -> f64 {
@@ -226,8 +225,15 @@ pub struct LoggedEvent {
 pub fn read_event_file(path: impl AsRef<Path>) -> Result<Vec<LoggedEvent>> {
     let path = path.as_ref();
     let bytes = std::fs::read(path).map_err(io("read", path))?;
+    Ok(parse_events(&bytes))
+}
+
+/// The summary values in an event file's bytes, in order: what [`read_event_file`] reads. Any
+/// bytes are accepted: the list ends at the first record that is cut off, fails its checksum
+/// or is not an `Event`.
+pub fn parse_events(bytes: &[u8]) -> Vec<LoggedEvent> {
     let mut out = Vec::new();
-    for record in records(&bytes) {
+    for record in records(bytes) {
         let Ok(event) = proto::Event::decode(record) else {
             break;
         };
@@ -250,16 +256,26 @@ pub fn read_event_file(path: impl AsRef<Path>) -> Result<Vec<LoggedEvent>> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 /// Writes one TensorBoard event file (`events.out.tfevents.<seconds>.<host>.<pid>.vae`) in a
-/// folder. Writes are buffered; [`EventWriter::flush`] makes them visible to a TensorBoard
-/// watching the folder.
+/// folder. Records are buffered; [`EventWriter::flush`] writes them, making them visible to a
+/// TensorBoard watching the folder.
+///
+/// The file only ever ends in whole records: a write that fails part-way (a full disk) is cut
+/// back to the end of the last whole record before the error is returned, so readers (and a
+/// resumed run) keep everything written before it, and later records still follow on.
 #[derive(Debug)]
 pub struct EventWriter {
     path: PathBuf,
-    file: BufWriter<File>,
+    file: File,
+    /// Records not yet written.
+    pending: Vec<u8>,
+    /// The file's length: whole records only.
+    written: u64,
+    /// A fault injected for tests: writes past this many bytes fail after writing what fits.
+    fail_at: Option<u64>,
 }
 
 impl EventWriter {
@@ -288,16 +304,19 @@ impl EventWriter {
             }
             n += 1;
         };
-        let file = File::create(&path).map_err(io("create", &path))?;
+        let file = File::create_new(&path).map_err(io("create", &path))?;
         let mut writer = Self {
             path,
-            file: BufWriter::new(file),
+            file,
+            pending: Vec::new(),
+            written: 0,
+            fail_at: None,
         };
         writer.write(proto::Event {
             wall_time: now(),
             step: 0,
             what: Some(proto::What::FileVersion("brain.Event:2".into())),
-        })?;
+        });
         writer.flush()?;
         Ok(writer)
     }
@@ -307,13 +326,19 @@ impl EventWriter {
         &self.path
     }
 
-    fn write(&mut self, event: proto::Event) -> Result<()> {
-        self.file
-            .write_all(&frame(&event.encode_to_vec()))
-            .map_err(io("write", &self.path))
+    /// Makes every later write that would take the file past `bytes` fail part-way, as a disk
+    /// that fills up would: for tests of what a failed write leaves.
+    #[doc(hidden)]
+    pub fn fail_writes_past(&mut self, bytes: u64) {
+        self.fail_at = Some(bytes);
     }
 
-    fn summary(&mut self, step: u64, values: Vec<proto::Value>) -> Result<()> {
+    fn write(&mut self, event: proto::Event) {
+        self.pending
+            .extend_from_slice(&frame(&event.encode_to_vec()));
+    }
+
+    fn summary(&mut self, step: u64, values: Vec<proto::Value>) {
         self.write(proto::Event {
             wall_time: now(),
             step: step as i64,
@@ -321,8 +346,8 @@ impl EventWriter {
         })
     }
 
-    /// Logs `(tag, value)` pairs at `step`, as one event.
-    pub fn scalars(&mut self, step: u64, values: &[(&str, f64)]) -> Result<()> {
+    /// Logs `(tag, value)` pairs at `step`, as one event (written at the next flush).
+    pub fn scalars(&mut self, step: u64, values: &[(&str, f64)]) {
         let values = values
             .iter()
             .map(|&(tag, v)| proto::Value {
@@ -333,14 +358,15 @@ impl EventWriter {
         self.summary(step, values)
     }
 
-    /// Logs a PNG image (`channels` 1 grey, 3 RGB or 4 RGBA) under `tag` at `step`.
+    /// Logs a PNG image (`channels` 1 grey, 3 RGB or 4 RGBA) under `tag` at `step` (written at
+    /// the next flush).
     pub fn image(
         &mut self,
         step: u64,
         tag: &str,
         png: &[u8],
         (width, height, channels): (u32, u32, u8),
-    ) -> Result<()> {
+    ) {
         let image = proto::Image {
             height: height as i32,
             width: width as i32,
@@ -356,9 +382,44 @@ impl EventWriter {
         )
     }
 
-    /// Writes what is buffered to the file.
+    /// Writes the records logged since the last flush. On failure they are dropped and the
+    /// file is cut back to its last whole record.
     pub fn flush(&mut self) -> Result<()> {
-        self.file.flush().map_err(io("write", &self.path))
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            return Ok(());
+        }
+        match self.append(&pending) {
+            Ok(()) => {
+                self.written += pending.len() as u64;
+                Ok(())
+            }
+            Err(cause) => {
+                // Cut back to the whole records; the next flush appends after them.
+                let restored = self
+                    .file
+                    .set_len(self.written)
+                    .and_then(|()| self.file.seek(SeekFrom::Start(self.written)));
+                if let Err(e) = restored {
+                    tracing::warn!(
+                        "cannot cut {} back to its last whole record: {e}",
+                        self.path.display()
+                    );
+                }
+                Err(io("write", &self.path)(cause))
+            }
+        }
+    }
+
+    fn append(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        if let Some(limit) = self.fail_at {
+            let room = limit.saturating_sub(self.written);
+            if (bytes.len() as u64) > room {
+                self.file.write_all(&bytes[..room as usize])?;
+                return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+            }
+        }
+        self.file.write_all(bytes)
     }
 }
 
@@ -458,6 +519,12 @@ impl TensorBoard {
         self.writer.path()
     }
 
+    /// See [`EventWriter::fail_writes_past`].
+    #[doc(hidden)]
+    pub fn fail_writes_past(&mut self, bytes: u64) {
+        self.writer.fail_writes_past(bytes);
+    }
+
     fn warn_on_error(&self, what: &str, result: std::result::Result<(), impl std::fmt::Display>) {
         if let Err(e) = result {
             tracing::warn!(
@@ -484,10 +551,8 @@ impl Observer for TensorBoard {
         if let Some(rate) = p.images_per_s {
             values.push(("step/images_per_s", rate));
         }
-        let written = self
-            .writer
-            .scalars(p.step, &values)
-            .and_then(|()| self.writer.flush());
+        self.writer.scalars(p.step, &values);
+        let written = self.writer.flush();
         self.warn_on_error("scalars", written);
     }
 
@@ -515,10 +580,8 @@ impl Observer for TensorBoard {
         for (tag, kl) in group_tags.iter().zip(&m.val_kl_groups) {
             values.push((tag, *kl));
         }
-        let written = self
-            .writer
-            .scalars(m.step, &values)
-            .and_then(|()| self.writer.flush());
+        self.writer.scalars(m.step, &values);
+        let written = self.writer.flush();
         self.warn_on_error("epoch scalars", written);
         Ok(())
     }
@@ -534,15 +597,12 @@ impl Observer for TensorBoard {
                 return Ok(());
             }
         };
-        let mut written = Ok(());
+        // One write per image: a failure loses that image, not the ones before it.
         for (tag, png, size) in images {
-            written = self.writer.image(metrics.step, &tag, &png, size);
-            if written.is_err() {
-                break;
-            }
+            self.writer.image(metrics.step, &tag, &png, size);
+            let written = self.writer.flush();
+            self.warn_on_error("images", written);
         }
-        let written = written.and_then(|()| self.writer.flush());
-        self.warn_on_error("images", written);
         Ok(())
     }
 }
@@ -578,10 +638,9 @@ mod tests {
         let path = {
             let mut w = EventWriter::create(dir.path()).unwrap();
             for step in 1..=5u64 {
-                w.scalars(step * 10, &[("loss", step as f64), ("lr", 0.5)])
-                    .unwrap();
+                w.scalars(step * 10, &[("loss", step as f64), ("lr", 0.5)]);
             }
-            w.image(50, "samples", &[1, 2, 3], (4, 2, 1)).unwrap();
+            w.image(50, "samples", &[1, 2, 3], (4, 2, 1));
             w.flush().unwrap();
             w.path().to_path_buf()
         };
@@ -617,6 +676,71 @@ mod tests {
         assert_eq!(
             first.what,
             Some(proto::What::FileVersion("brain.Event:2".into()))
+        );
+    }
+
+    #[test]
+    fn a_write_that_fails_part_way_leaves_only_whole_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = EventWriter::create(dir.path()).unwrap();
+        w.scalars(1, &[("loss", 1.0)]);
+        w.flush().unwrap();
+        let whole = std::fs::metadata(w.path()).unwrap().len();
+        // Room for a few hundred more bytes: an image record of 4 KiB fails half-way.
+        w.fail_writes_past(whole + 300);
+        w.image(2, "samples", &[7; 4096], (64, 64, 1));
+        let err = w.flush().unwrap_err().to_string();
+        assert!(err.contains("No space left on device"), "{err}");
+        assert_eq!(std::fs::metadata(w.path()).unwrap().len(), whole);
+        // Small records still fit after it, and follow on from the whole ones.
+        w.scalars(3, &[("loss", 3.0)]);
+        w.flush().unwrap();
+        w.image(4, "samples", &[7; 4096], (64, 64, 1));
+        assert!(w.flush().is_err());
+        w.scalars(5, &[("loss", 5.0)]);
+        w.flush().unwrap();
+        let bytes = std::fs::read(w.path()).unwrap();
+        let whole_len: usize = records(&bytes).iter().map(|r| r.len() + 16).sum();
+        assert_eq!(whole_len, bytes.len(), "no torn record in the file");
+        let steps: Vec<u64> = parse_events(&bytes).iter().map(|e| e.step).collect();
+        assert_eq!(steps, [1, 3, 5]);
+    }
+
+    #[test]
+    fn crafted_lengths_end_the_records_without_overflow() {
+        for len in [
+            u64::MAX,
+            u64::MAX - 3,
+            u64::MAX - 15,
+            (usize::MAX - 12) as u64,
+        ] {
+            let len_bytes = len.to_le_bytes();
+            let mut bytes = len_bytes.to_vec();
+            bytes.extend_from_slice(&masked_crc(&len_bytes).to_le_bytes());
+            bytes.extend_from_slice(b"payload");
+            assert!(records(&bytes).is_empty());
+            assert!(parse_events(&bytes).is_empty());
+        }
+    }
+
+    /// Inputs kept from fuzzing the reader (`fuzz/regressions/events`).
+    #[test]
+    fn event_fuzz_regressions_do_not_panic() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/regressions/events");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            let _ = parse_events(&bytes);
+            n += 1;
+        }
+        assert!(n >= 3, "{n} regression inputs in {}", dir.display());
+        // A whole summary, then the same record cut short: the first is read.
+        let torn = std::fs::read(dir.join("torn-tail")).unwrap();
+        let events = parse_events(&torn);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].step, events[0].value.clone()),
+            (5, LoggedValue::Scalar(1.0))
         );
     }
 }

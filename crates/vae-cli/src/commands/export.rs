@@ -47,6 +47,17 @@ pub const PEER_NAMES: [(&str, &str); 6] = [
 const MODEL_PY: &str = include_str!("export_model.py");
 
 pub fn run(a: ExportArgs) -> Result<u8> {
+    if let Some(out) = a.out.as_deref().filter(|_| !a.reference_names)
+        && out
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("safetensors"))
+    {
+        bail!(
+            "--out {} names a file, but without --reference-names --out is the folder that receives model.safetensors and model.py: pass a folder (e.g. --out {}), or add --reference-names for one file of the reference module's weights",
+            out.display(),
+            out.with_extension("").display()
+        );
+    }
     let loaded = a.model.load()?;
     if a.reference_names {
         return reference_names(&a, &loaded);

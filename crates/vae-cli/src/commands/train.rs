@@ -233,9 +233,19 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     let test = ImageDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
     trainer.set_test_set(&test)?;
     if !args.no_tensorboard {
-        let board = TensorBoard::new(&dir, trainer.state().step)?
-            .with_images(epoch_pictures(&test, trainer.config().seed));
-        trainer.observe(board);
+        // The event file is a view of the run: training goes on without it.
+        match TensorBoard::new(&dir, trainer.state().step) {
+            Ok(board) => {
+                let mut board = board.with_images(epoch_pictures(&test, trainer.config().seed));
+                if let Some(bytes) = event_write_fault() {
+                    board.fail_writes_past(bytes);
+                }
+                trainer.observe(board);
+            }
+            Err(e) => eprintln!(
+                "warning: training without a TensorBoard event file, since it cannot be set up: {e}"
+            ),
+        }
     }
     trainer.set_interrupt_flag(install_interrupt_handler());
     let outcome = match (args.untimed_steps, args.max_steps) {
@@ -275,6 +285,15 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     drop(trainer);
     finish(&dir, &test, device, &history)?;
     Ok(0)
+}
+
+/// A fault for tests of torn event files: `VAE_TEST_EVENT_WRITES_FAIL_PAST=<bytes>` makes
+/// writes that would take the event file past that size fail part-way, as a full disk does.
+fn event_write_fault() -> Option<u64> {
+    std::env::var("VAE_TEST_EVENT_WRITES_FAIL_PAST")
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The TensorBoard image summaries of an epoch: 64 samples at temperature 1 (the same noise

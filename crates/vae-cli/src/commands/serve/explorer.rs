@@ -59,6 +59,13 @@ pub struct Explorer {
     last_check: Instant,
 }
 
+/// `directions` (`[K, D]`), each row's sign chosen to point the way `previous`'s row does.
+pub fn align_signs(directions: &Tensor, previous: &Tensor) -> Tensor {
+    let agree = (directions * previous).sum_dim_intlist(1, true, Kind::Float);
+    let sign = agree.ge(0.0).to_kind(Kind::Float) * 2.0 - 1.0;
+    directions * sign
+}
+
 fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
@@ -108,7 +115,10 @@ impl Explorer {
     }
 
     /// Reloads the checkpoint if it changed since it was loaded (a run still training writes
-    /// a new one after each better epoch); checks at most every [`RELOAD_CHECK`].
+    /// a new one after each better epoch); checks at most every [`RELOAD_CHECK`]. A checkpoint
+    /// that fails to load is not tried again until it changes once more (the model loaded
+    /// before goes on serving). The sliders' directions keep their signs across a reload, so
+    /// that a slider the page shows does not flip.
     pub fn reload_if_changed(&mut self) -> Result<bool> {
         if self.last_check.elapsed() < RELOAD_CHECK {
             return Ok(false);
@@ -118,13 +128,24 @@ impl Explorer {
         if now.is_none() || now == self.modified {
             return Ok(false);
         }
-        let fresh = Self::load(
+        // Whatever comes of it, this version of the file is dealt with.
+        self.modified = now;
+        let mut fresh = Self::load(
             &self.checkpoint,
             &self.data,
             self.device,
             self.max_directions,
         )
-        .with_context(|| format!("cannot reload {}", self.checkpoint.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot reload {} (the model loaded before goes on serving)",
+                self.checkpoint.display()
+            )
+        })?;
+        if fresh.dims == self.dims && fresh.directions.size() == self.directions.size() {
+            fresh.directions = align_signs(&fresh.directions, &self.directions);
+        }
+        fresh.modified = now;
         *self = fresh;
         Ok(true)
     }
@@ -246,5 +267,20 @@ impl Explorer {
             .collect();
         let png = image_png(&as_images(&recon, model).to_device(Device::Cpu))?;
         Ok((png, nearest))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reloaded_directions_keep_their_signs() {
+        let old = Tensor::from_slice(&[1.0f32, 0.0, 0.0, 1.0]).view([2, 2]);
+        // The first direction came back flipped, the second nearly the same.
+        let new = Tensor::from_slice(&[-0.9f32, 0.1, 0.1, 0.9]).view([2, 2]);
+        let aligned = align_signs(&new, &old);
+        let v: Vec<f32> = Vec::try_from(aligned.view([-1])).unwrap();
+        assert_eq!(v, [0.9, -0.1, 0.1, 0.9]);
     }
 }

@@ -7,29 +7,55 @@
 //! concurrent requests are safe. The page, its script and its style are compiled into the
 //! binary; no path from a request reaches the file system (the run's `metrics.csv` is the one
 //! file read, at a path fixed at start-up).
+//!
+//! What faces the outside is bounded ([`guard`] and [`serve_http`]): only requests addressed
+//! to the bound address (no DNS rebinding) from the page itself (no foreign `Origin`) are
+//! answered, and off loopback only with the token printed at start-up; the model's queue holds
+//! [`QUEUE`] jobs and drops those whose client has gone; hyper's header-read timeout, a
+//! request timeout and a connection cap bound what slow or many clients hold; a panic on the
+//! model's thread answers 500 for its request only.
 
 mod explorer;
+mod guard;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base64::Engine;
 use serde::Deserialize;
+use tower_http::set_header::SetResponseHeaderLayer;
+use tower_http::timeout::TimeoutLayer;
 use vae_model::latent;
 
 use crate::args::ServeArgs;
 use crate::grid::Png;
 use explorer::{Explorer, RELOAD_CHECK};
+use guard::Guard;
+
+/// Jobs that may wait for the model; a request that finds the queue full is answered 503.
+const QUEUE: usize = 16;
+/// The longest a request may take, waiting for the model included (then 503).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest a client may take to send a request's headers, and the longest an idle
+/// keep-alive connection is held (hyper's header-read timeout covers both).
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections held at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// The page's policy: its own script, style, images (and `data:` ones: the favicon and the
+/// encoded drawings) and requests; nothing inline, nothing framed, no forms.
+const CONTENT_SECURITY_POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
 
 /// The largest request body accepted (a drawn 28×28 image as JSON is about 6 KiB; a 64×64
 /// colour one under 100 KiB).
@@ -45,6 +71,7 @@ const STEPS: (i64, i64) = (2, 32);
 const NEAREST: usize = 6;
 
 const INDEX_HTML: &str = include_str!("page/index.html");
+const ERRORS_JS: &str = include_str!("page/errors.js");
 const APP_JS: &str = include_str!("page/app.js");
 const STYLE_CSS: &str = include_str!("page/style.css");
 
@@ -76,40 +103,90 @@ impl From<JsonRejection> for ApiError {
     }
 }
 
-type Job = Box<dyn FnOnce(&mut Explorer) + Send>;
+/// A request's work for the model's thread.
+trait Job: Send {
+    /// Whether the request's client has gone (its handler was dropped): the job is skipped.
+    fn abandoned(&self) -> bool;
+    /// Runs the work and sends its answer to the handler.
+    fn run(self: Box<Self>, e: &mut Explorer);
+}
+
+/// A [`Job`] that answers through a oneshot channel.
+struct Call<T, F> {
+    answer: tokio::sync::oneshot::Sender<Result<T, ApiError>>,
+    work: F,
+}
+
+impl<T, F> Job for Call<T, F>
+where
+    T: Send,
+    F: FnOnce(&mut Explorer) -> Result<T, ApiError> + Send,
+{
+    fn abandoned(&self) -> bool {
+        self.answer.is_closed()
+    }
+
+    fn run(self: Box<Self>, e: &mut Explorer) {
+        let _ = self.answer.send((self.work)(e));
+    }
+}
+
+/// What the model's thread has done, for the test hooks.
+#[derive(Debug, Default)]
+struct JobCounts {
+    ran: AtomicU64,
+    skipped: AtomicU64,
+    panicked: AtomicU64,
+}
 
 /// What the handlers share: the worker's queue, the run's name and its `metrics.csv`.
 #[derive(Clone)]
 struct AppState {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::SyncSender<Box<dyn Job>>,
+    counts: Arc<JobCounts>,
     run: String,
     metrics: PathBuf,
 }
 
 impl AppState {
-    /// Runs `f` on the model's thread and returns its answer.
+    /// Runs `f` on the model's thread and returns its answer: 503 when the queue is full, 500
+    /// when `f` panicked.
     async fn call<T: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Explorer) -> Result<T, ApiError> + Send + 'static,
     ) -> Result<T, ApiError> {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |e| {
-            let _ = tx.send(f(e));
+        let job: Box<dyn Job> = Box::new(Call {
+            answer: tx,
+            work: f,
         });
-        let stopped = || {
-            ApiError(
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::TrySendError::Full(_) => ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the model's worker thread has stopped".into(),
+                format!("the model is busy ({QUEUE} requests are waiting): try again shortly"),
+            ),
+            mpsc::TrySendError::Disconnected(_) => ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the model's worker thread has stopped: restart vae serve".into(),
+            ),
+        })?;
+        rx.await.map_err(|_| {
+            ApiError(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the model failed on this request (vae serve's log says why)".into(),
             )
-        };
-        self.jobs.send(job).map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
+        })?
     }
 }
 
-/// A model failure: the server's fault, not the request's.
+/// A model failure: the server's fault, not the request's. The cause goes to the log, not to
+/// the client.
 fn internal(e: anyhow::Error) -> ApiError {
-    ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}"))
+    tracing::error!("a request failed: {e:#}");
+    ApiError(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the model failed on this request (vae serve's log says why)".into(),
+    )
 }
 
 /// A PNG answer, with the model's time in a `Server-Timing` header.
@@ -163,6 +240,13 @@ async fn index() -> impl IntoResponse {
     )
 }
 
+async fn errors_js() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        ERRORS_JS,
+    )
+}
+
 async fn app_js() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
@@ -192,7 +276,12 @@ async fn metrics(State(s): State<AppState>) -> Result<Json<serde_json::Value>, A
     let text = match tokio::fs::read_to_string(&s.metrics).await {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-        Err(e) => return Err(internal(anyhow::anyhow!("cannot read metrics.csv: {e}"))),
+        Err(e) => {
+            return Err(internal(anyhow::anyhow!(
+                "cannot read {}: {e}",
+                s.metrics.display()
+            )));
+        }
     };
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
@@ -376,10 +465,34 @@ async fn encode(
     })))
 }
 
-/// The routes; every other path is a 404, bodies over [`MAX_BODY`] a 413.
-fn app(state: AppState) -> Router {
+/// The test hooks' routes (`--test-hooks`): the model thread's job counts, and a job that
+/// panics.
+fn test_routes() -> Router<AppState> {
+    async fn counts(State(s): State<AppState>) -> Json<serde_json::Value> {
+        let c = &s.counts;
+        Json(serde_json::json!({
+            "ran": c.ran.load(Ordering::Relaxed),
+            "skipped": c.skipped.load(Ordering::Relaxed),
+            "panicked": c.panicked.load(Ordering::Relaxed),
+            "queue": QUEUE,
+        }))
+    }
+    async fn panic(State(s): State<AppState>) -> Result<Json<()>, ApiError> {
+        s.call(|_| -> Result<(), ApiError> { panic!("a panic asked for by /api/test/panic") })
+            .await
+            .map(Json)
+    }
     Router::new()
+        .route("/api/test/counts", get(counts))
+        .route("/api/test/panic", post(panic))
+}
+
+/// The routes behind the [`guard`]; every other path is a 404, bodies over [`MAX_BODY`] a 413,
+/// requests over [`REQUEST_TIMEOUT`] a 503. Every answer carries the page's security headers.
+fn app(state: AppState, guard: Arc<Guard>, test_hooks: bool) -> Router {
+    let mut routes = Router::new()
         .route("/", get(index))
+        .route("/errors.js", get(errors_js))
         .route("/app.js", get(app_js))
         .route("/style.css", get(style_css))
         .route("/api/info", get(info))
@@ -388,19 +501,43 @@ fn app(state: AppState) -> Router {
         .route("/api/test.png", get(test_image))
         .route("/api/explore.png", get(explore))
         .route("/api/interpolate.png", get(interpolate))
-        .route("/api/encode", post(encode))
+        .route("/api/encode", post(encode));
+    if test_hooks {
+        routes = routes.merge(test_routes());
+    }
+    let header = |name, value: &'static str| {
+        SetResponseHeaderLayer::overriding(name, HeaderValue::from_static(value))
+    };
+    routes
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
+        .layer(header(
+            header::CONTENT_SECURITY_POLICY,
+            CONTENT_SECURITY_POLICY,
+        ))
+        .layer(header(header::X_CONTENT_TYPE_OPTIONS, "nosniff"))
+        .layer(header(header::X_FRAME_OPTIONS, "DENY"))
+        .layer(header(header::REFERRER_POLICY, "no-referrer"))
+        .layer(header(
+            header::HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ))
         .with_state(state)
 }
 
 /// Starts the model's thread: loads the model and encodes the test set, then answers jobs
-/// until the server goes; between jobs it reloads a checkpoint that changed.
-fn spawn_worker(a: &ServeArgs) -> Result<mpsc::Sender<Job>> {
+/// until the server goes; between jobs it reloads a checkpoint that changed. A job that
+/// panics answers 500 (its channel is dropped) and the thread goes on to the next.
+fn spawn_worker(a: &ServeArgs, counts: Arc<JobCounts>) -> Result<mpsc::SyncSender<Box<dyn Job>>> {
     let checkpoint = a.model().path()?;
     let device = a.device.resolve()?;
     let (data, directions) = (a.data.clone(), a.directions);
-    let (jobs, queue) = mpsc::channel::<Job>();
+    let (jobs, queue) = mpsc::sync_channel::<Box<dyn Job>>(QUEUE);
     let (ready_tx, ready) = mpsc::channel::<Result<()>>();
     std::thread::Builder::new()
         .name("vae-serve-model".into())
@@ -417,7 +554,20 @@ fn spawn_worker(a: &ServeArgs) -> Result<mpsc::Sender<Job>> {
             };
             loop {
                 match queue.recv_timeout(RELOAD_CHECK) {
-                    Ok(job) => job(&mut explorer),
+                    Ok(job) if job.abandoned() => {
+                        counts.skipped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(job) => {
+                        counts.ran.fetch_add(1, Ordering::Relaxed);
+                        let explorer = &mut explorer;
+                        let run = std::panic::AssertUnwindSafe(move || job.run(explorer));
+                        if std::panic::catch_unwind(run).is_err() {
+                            counts.panicked.fetch_add(1, Ordering::Relaxed);
+                            tracing::error!(
+                                "a request panicked on the model's thread; it was answered 500 and the next is served"
+                            );
+                        }
+                    }
                     Err(mpsc::RecvTimeoutError::Timeout) => {}
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
@@ -435,14 +585,73 @@ fn spawn_worker(a: &ServeArgs) -> Result<mpsc::Sender<Job>> {
     Ok(jobs)
 }
 
+/// Serves `app` on `listener` until Ctrl-C: each connection through hyper's HTTP/1 with its
+/// timer (so its header-read timeout holds), at most [`MAX_CONNECTIONS`] at once.
+async fn serve_http(listener: tokio::net::TcpListener, app: Router) -> Result<()> {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use hyper_util::service::TowerToHyperService;
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot.context("the connection cap closed")?,
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, then go on accepting.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = &mut ctrl_c => return Ok(()),
+        };
+        let service = TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Random hex from the OS, for the remote token.
+fn random_token() -> Result<String> {
+    use std::io::Read as _;
+    let mut bytes = [0u8; 16];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .context("cannot read /dev/urandom for the access token")?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 pub fn run(a: ServeArgs) -> Result<u8> {
     if a.directions < 1 {
         bail!("--directions must be at least 1, got {}", a.directions);
     }
+    let remote = !a.host.is_loopback();
+    if remote && !a.allow_remote {
+        bail!(
+            "--host {} makes the page reachable from other machines: pass --allow-remote as well (every request then needs the token printed in the URL), or leave --host at 127.0.0.1",
+            a.host
+        );
+    }
+    let token = if remote { Some(random_token()?) } else { None };
     let started = Instant::now();
-    let jobs = spawn_worker(&a)?;
+    let counts = Arc::new(JobCounts::default());
+    let jobs = spawn_worker(&a, counts.clone())?;
     let state = AppState {
         jobs,
+        counts,
         run: a.run.display().to_string(),
         metrics: a.model().out_dir().join(vae_train::files::METRICS),
     };
@@ -457,23 +666,25 @@ pub fn run(a: ServeArgs) -> Result<u8> {
             format!("cannot listen on {addr}: is the port in use? (pass --port N, or --port 0 for any free port)")
         })?;
         let addr = listener.local_addr()?;
-        if !addr.ip().is_loopback() {
+        let guard = Arc::new(Guard::new(addr, token.clone()));
+        let url = match &token {
+            Some(t) => format!("http://{addr}/?token={t}"),
+            None => format!("http://{addr}/"),
+        };
+        if remote {
             eprintln!(
-                "warning: listening on {}, reachable from other machines: the page has no authentication",
+                "warning: listening on {}, reachable from other machines; every request needs the token in this URL (keep it private)",
                 addr.ip()
             );
         }
         println!(
-            "serving {} at http://{addr}/ (model loaded in {:.1} s; Ctrl-C to stop)",
+            "serving {} at {url} (model loaded in {:.1} s; Ctrl-C to stop)",
             a.run.display(),
             started.elapsed().as_secs_f64()
         );
         use std::io::Write as _;
         std::io::stdout().flush()?;
-        axum::serve(listener, app(state))
-            .with_graceful_shutdown(async {
-                let _ = tokio::signal::ctrl_c().await;
-            })
+        serve_http(listener, app(state, guard, a.test_hooks))
             .await
             .context("the HTTP server failed")
     })?;
