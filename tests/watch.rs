@@ -331,6 +331,13 @@ fn serve_answers_bad_requests_with_4xx_and_keeps_serving() {
             "huge body",
             post(a, "/api/encode", "application/json", &huge),
         ),
+        (
+            "more coordinates than any model's directions",
+            get(
+                a,
+                &format!("/api/explore.png?index=0&coords={}", ["0"; 1000].join(",")),
+            ),
+        ),
     ];
     for (what, (status, body)) in &bad {
         assert!(
@@ -348,6 +355,11 @@ fn serve_answers_bad_requests_with_4xx_and_keeps_serving() {
     );
     assert!(msg(13).contains("2 slider directions"), "{}", msg(13));
     assert!(msg(20).contains("784 (grey)"), "{}", msg(20));
+    assert!(
+        msg(24).contains("at most 8 slider directions"),
+        "{}",
+        msg(24)
+    );
 
     // Still serving, and right.
     let (status, page) = get(a, "/");

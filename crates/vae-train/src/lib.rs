@@ -60,6 +60,9 @@ pub use tensorboard::{
 };
 pub use trainer::{Outcome, Trainer, files};
 
+#[doc(hidden)]
+pub use tensorboard::events_fuzz_input;
+
 /// Pieces for the workspace's benchmarks and tools, not part of the stable API.
 #[doc(hidden)]
 pub mod internals {

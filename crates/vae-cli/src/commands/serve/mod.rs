@@ -144,6 +144,8 @@ struct JobCounts {
 struct AppState {
     jobs: mpsc::SyncSender<Box<dyn Job>>,
     counts: Arc<JobCounts>,
+    /// `--directions`: the most slider directions a model can have.
+    max_directions: usize,
     run: String,
     metrics: PathBuf,
 }
@@ -350,6 +352,15 @@ async fn explore(
     q: Result<Query<ExploreQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(q) = q?;
+    // No model has more slider directions than --directions: more values are refused here,
+    // before they are parsed or queued (the model's thread checks its own count).
+    let given = q.coords.split(',').filter(|c| !c.trim().is_empty()).count();
+    if given > s.max_directions {
+        return Err(ApiError::bad(format!(
+            "coords has {given} values, but this server has at most {} slider directions",
+            s.max_directions
+        )));
+    }
     let coords = q
         .coords
         .split(',')
@@ -652,6 +663,7 @@ pub fn run(a: ServeArgs) -> Result<u8> {
     let state = AppState {
         jobs,
         counts,
+        max_directions: a.directions as usize,
         run: a.run.display().to_string(),
         metrics: a.model().out_dir().join(vae_train::files::METRICS),
     };
