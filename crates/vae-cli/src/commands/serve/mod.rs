@@ -46,6 +46,8 @@ use guard::Guard;
 
 /// Jobs that may wait for the model; a request that finds the queue full is answered 503.
 const QUEUE: usize = 16;
+/// How long a request waits for room in a full queue before it is answered 503.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// The longest a request may take, waiting for the model included (then 503).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest a client may take to send a request's headers, and the longest an idle
@@ -162,16 +164,33 @@ impl AppState {
             answer: tx,
             work: f,
         });
-        self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::TrySendError::Full(_) => ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                format!("the model is busy ({QUEUE} requests are waiting): try again shortly"),
-            ),
-            mpsc::TrySendError::Disconnected(_) => ApiError(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "the model's worker thread has stopped: restart vae serve".into(),
-            ),
-        })?;
+        // A full queue often holds jobs whose clients have gone, which the worker drops at
+        // once: wait a little for room before answering 503.
+        let deadline = Instant::now() + QUEUE_WAIT;
+        let mut job = job;
+        loop {
+            match self.jobs.try_send(job) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Full(j)) if Instant::now() < deadline => {
+                    job = j;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(mpsc::TrySendError::Full(_)) => {
+                    return Err(ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "the model is busy ({QUEUE} requests are waiting): try again shortly"
+                        ),
+                    ));
+                }
+                Err(mpsc::TrySendError::Disconnected(_)) => {
+                    return Err(ApiError(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "the model's worker thread has stopped: restart vae serve".into(),
+                    ));
+                }
+            }
+        }
         rx.await.map_err(|_| {
             ApiError(
                 StatusCode::INTERNAL_SERVER_ERROR,
