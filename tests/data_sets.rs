@@ -193,8 +193,8 @@ fn a_folder_of_pngs_imports_and_trains() {
             .contains("imported 32 training and 8 test images (8x8 grey; 2 classes: 0 = a, 1 = b)"),
         "{stdout}"
     );
-    // Guard: the files are byte for byte those that the import wrote before it checked
-    // headers, composited alpha and kept palette grey (SHA-256s taken from that version).
+    // Guard: opaque grey PNGs, which the header limits, the alpha compositing and the palette
+    // rule leave alone, import to these exact bytes (SHA-256s).
     for (name, sha) in [
         (
             "train-images-idx3-ubyte.gz",
@@ -302,6 +302,7 @@ fn hostile_pngs_are_refused_from_their_headers_quickly_in_little_memory() {
             run.peak_rss as f64 / 1e6
         );
         assert!(run.seconds < 5.0, "{args:?} took {:.1} s", run.seconds);
+        // `vae` maps libtorch at start: about 400 MB resident before it reads anything.
         assert!(
             run.peak_rss < 500_000_000,
             "{args:?}: peak RSS {} bytes",
