@@ -311,11 +311,12 @@ pub fn import_png_folder(dir: &Path, options: &ImportOptions) -> Result<Imported
     }
 
     // Every header first: sizes and modes agree, and the set fits, before anything is decoded.
-    let first = read_header(&files[0].0, options.max_pixels)?.1;
+    let mut first = None;
     let mut total: u64 = 0;
     for (path, _) in &files {
         let h = read_header(path, options.max_pixels)?.1;
-        if (h.height, h.width, h.channels) != (first.height, first.width, first.channels) {
+        let first = *first.get_or_insert(h);
+        if h != first {
             return Err(DataError::InvalidArgument(format!(
                 "{} is {}x{} {}, but {} (the first) is {}x{} {}: every image must share one size and mode",
                 path.display(),
@@ -341,6 +342,7 @@ pub fn import_png_folder(dir: &Path, options: &ImportOptions) -> Result<Imported
             options.max_set_bytes
         )));
     }
+    let first = first.expect("at least 2 files");
     let mut pixels = Vec::new();
     usize::try_from(total)
         .ok()

@@ -3,12 +3,12 @@
 //! no cross-site fetch), and, when it listens off loopback, only with its token.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use std::sync::Arc;
 
 use super::ApiError;
 

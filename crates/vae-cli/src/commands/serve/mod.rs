@@ -165,7 +165,10 @@ impl AppState {
             work: f,
         });
         // A full queue often holds jobs whose clients have gone, which the worker drops at
-        // once: wait a little for room before answering 503.
+        // once: wait a little for room before answering 503. The wait is a short sleep between
+        // tries rather than an async channel's queue of senders: a handler whose client leaves
+        // while it sleeps is dropped and never queues its job, where a woken sender would
+        // queue it at once (measured: 3 to 12 of 300 abandoned jobs ran that way, 0 to 3 so).
         let deadline = Instant::now() + QUEUE_WAIT;
         let mut job = job;
         loop {
@@ -191,12 +194,7 @@ impl AppState {
                 }
             }
         }
-        rx.await.map_err(|_| {
-            ApiError(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the model failed on this request (vae serve's log says why)".into(),
-            )
-        })?
+        rx.await.map_err(|_| model_failed())?
     }
 }
 
@@ -204,6 +202,11 @@ impl AppState {
 /// the client.
 fn internal(e: anyhow::Error) -> ApiError {
     tracing::error!("a request failed: {e:#}");
+    model_failed()
+}
+
+/// The 500 answer of a request the model failed on (an error or a panic), without its cause.
+fn model_failed() -> ApiError {
     ApiError(
         StatusCode::INTERNAL_SERVER_ERROR,
         "the model failed on this request (vae serve's log says why)".into(),
