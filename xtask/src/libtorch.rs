@@ -194,22 +194,56 @@ pub fn ensure_tensorboard(root: &Path) -> Result<PathBuf> {
             "installing {TENSORBOARD} from PyPI into {} (for the tests)",
             python.display()
         );
-        let status = Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "--disable-pip-version-check",
-                "--quiet",
-                TENSORBOARD,
-            ])
-            .status()
-            .with_context(|| format!("cannot run {}", python.display()))?;
-        if !status.success() {
-            bail!("pip could not install {TENSORBOARD} (see its output above)");
-        }
+        pip_install(&python, &[TENSORBOARD])?;
     }
     Ok(python)
+}
+
+/// `python -m pip install --quiet <args>`, an error naming what failed.
+fn pip_install(python: &Path, args: &[&str]) -> Result<()> {
+    let status = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "--disable-pip-version-check",
+            "--quiet",
+        ])
+        .args(args)
+        .status()
+        .with_context(|| format!("cannot run {}", python.display()))?;
+    if !status.success() {
+        bail!(
+            "pip could not install {} (see its output above)",
+            args.join(" ")
+        );
+    }
+    Ok(())
+}
+
+/// The CUDA headers that NCCL's process group includes and the torch wheel lacks (`crt/`,
+/// and CCCL's `nv/`), pinned to the CUDA 13.0 of torch 2.11's wheel.
+pub const CUDA_HEADERS: [&str; 2] = ["nvidia-cuda-crt==13.0.88", "nvidia-cuda-cccl==13.0.85"];
+
+/// Installs [`CUDA_HEADERS`] into `<root>/.cuda-headers` (where `vae-train`'s build script
+/// looks) unless they are there; returns their include folder.
+pub fn ensure_cuda_headers(root: &Path) -> Result<PathBuf> {
+    let target = root.join(".cuda-headers");
+    let include = target.join("nvidia/cu13/include");
+    if include.join("crt/host_config.h").exists() && include.join("nv/target").exists() {
+        return Ok(include);
+    }
+    let python = venv_python(root)?;
+    eprintln!(
+        "installing {} into {} (about 20 MB of headers, for NCCL)",
+        CUDA_HEADERS.join(" "),
+        target.display()
+    );
+    let target_arg = target.display().to_string();
+    let mut args = vec!["--no-deps", "--target", &target_arg];
+    args.extend(CUDA_HEADERS);
+    pip_install(&python, &args)?;
+    Ok(include)
 }
 
 /// Makes libtorch available and returns it. `force` reinstalls into `.venv` even when one is

@@ -201,6 +201,15 @@ fn download(
                 " (CPU only)"
             }
         );
+        // NCCL's process group compiles against CUDA headers that the torch wheel leaves out.
+        if lt.has_cuda() {
+            match libtorch::ensure_cuda_headers(&root) {
+                Ok(dir) => println!("CUDA headers for NCCL: {}", dir.display()),
+                Err(e) => eprintln!(
+                    "warning: {e:#}; vae builds without NCCL (training on several GPUs) until they are installed"
+                ),
+            }
+        }
         // The TensorBoard round-trip test reads event files back with the real package.
         match libtorch::ensure_tensorboard(&root) {
             Ok(python) => println!("tensorboard: in {}", python.display()),

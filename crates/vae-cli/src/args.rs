@@ -88,6 +88,11 @@ pub struct TrainArgs {
     /// the timed steps' images/s as a JSON line (as the PyTorch peer skips its warm-up steps).
     #[arg(long, hide = true, requires = "max_steps", conflicts_with = "resume")]
     pub untimed_steps: Option<u64>,
+    /// Train data-parallel on this many processes of this machine (Gloo on the CPU, NCCL on
+    /// GPUs), as `torchrun --nproc-per-node N` would launch them; `--batch-size` stays the
+    /// global batch. Without it, the torchrun variables (WORLD_SIZE, RANK, ...) are honoured.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub nproc: Option<u16>,
     /// Do not write TensorBoard event files (`events.out.tfevents.*`) into the run directory
     /// [default: write them: `tensorboard --logdir runs` shows every run]
     #[arg(long)]

@@ -716,6 +716,10 @@ impl Vae for LadderVae {
     /// `eps` holds every group's noise, `[N, noise_dim]` ([`LadderVaeConfig::noise_dim`]): the
     /// top group's first, then each spatial group's, coarsest first, each flattened in
     /// (channel, row, column) order.
+    fn noise_dim(&self) -> i64 {
+        self.config.noise_dim()
+    }
+
     fn elbo_with_noise(&self, x: &Tensor, eps: &Tensor) -> Result<ElboTerms, ModelError> {
         self.check_images(x)?;
         self.check_rows("noise", eps, Some(x.size()[0]), self.config.noise_dim())?;

@@ -144,6 +144,12 @@ pub trait Vae: std::fmt::Debug {
         self.config().latent_dim()
     }
 
+    /// The width of the noise [`Vae::elbo_with_noise`] takes per image: the latent
+    /// dimension, or for a hierarchical model every group's noise.
+    fn noise_dim(&self) -> i64 {
+        self.latent_dim()
+    }
+
     /// Its observation model p(x | z).
     fn likelihood(&self) -> Likelihood {
         self.config().likelihood()

@@ -322,6 +322,67 @@ impl Adam {
             }
         }
     }
+
+    /// Gradients of `loss` as one flat tensor followed by `tail` (a few f32 values to reduce
+    /// with them), handed to `reduce` (a sum over processes, in place); then the gradients are
+    /// scaled by `scale`, clipped to `clip` if given, and one step is taken. Returns the
+    /// reduced tail. When `reduce` fails nothing is stepped.
+    ///
+    /// This is data-parallel training's step: one collective per step carries the gradients
+    /// (in the parameters' flat layout, so the reduced buffer serves the update directly) and
+    /// whatever the ranks must agree on.
+    pub fn backward_step_reduced<E>(
+        &mut self,
+        loss: &Tensor,
+        clip: Option<f64>,
+        tail: &Tensor,
+        scale: f64,
+        reduce: impl FnOnce(&Tensor) -> Result<(), E>,
+    ) -> Result<Tensor, E> {
+        let grads = self.gradients(loss);
+        let tail = tail.to_kind(Kind::Float).reshape([-1]);
+        let mut pieces = match &self.flat {
+            Some(f) => vec![f.grads(&grads)],
+            None => grads.iter().map(|g| g.reshape([-1])).collect(),
+        };
+        let n: i64 = pieces.iter().map(|p| p.numel() as i64).sum();
+        pieces.push(tail.to_device(grads.first().map_or(Device::Cpu, Tensor::device)));
+        let all = Tensor::cat(&pieces, 0);
+        reduce(&all)?;
+        let mut g = all.narrow(0, 0, n);
+        let _ = g.g_mul_scalar_(scale);
+        let reduced_tail = all.narrow(0, n, all.numel() as i64 - n);
+        if let Some(c) = clip {
+            // In place: the per-parameter gradients below are views of `g`.
+            Self::clip_grad_norm(std::slice::from_mut(&mut g), c);
+        }
+        let grads = match &self.flat {
+            Some(_) => views(&g, &self.params),
+            None => {
+                let mut offset = 0;
+                self.params
+                    .iter()
+                    .map(|p| {
+                        let k = p.numel() as i64;
+                        let v = g.narrow(0, offset, k).view(p.size().as_slice());
+                        offset += k;
+                        v
+                    })
+                    .collect()
+            }
+        };
+        if self.flat.is_some() && !self.is_fused() {
+            self.step_with(&grads, Some(&g));
+        } else {
+            self.step(&grads);
+        }
+        Ok(reduced_tail)
+    }
+
+    /// Sets the step counter t, as another process's optimiser had it.
+    pub(crate) fn set_steps(&mut self, t: u64) {
+        self.t = t;
+    }
 }
 
 /// Moves the parameters' data into one flat buffer, each at a 64-byte-aligned offset, and
@@ -555,5 +616,70 @@ mod tests {
         // Below the bound nothing changes.
         Adam::clip_grad_norm(&mut grads, 100.0);
         assert!((grads[0].double_value(&[0]) - 10.0 / 700f64.sqrt()).abs() < 1e-4);
+    }
+
+    #[test]
+    fn a_reduced_step_is_the_step_on_the_reduced_gradients() {
+        // Two "ranks" whose losses differ: summing their flat gradients in `reduce` and
+        // scaling by 1/2 must step as one optimiser on the mean loss would, with and without
+        // clipping, on the fused and the flat update; the tail comes back reduced.
+        for (fused, clip) in [(true, Some(0.5)), (false, Some(0.5)), (false, None)] {
+            let make = |seed| {
+                tch::manual_seed(seed);
+                let vs = nn::VarStore::new(Device::Cpu);
+                let a = vs.root().var(
+                    "a",
+                    &[3, 5],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                );
+                let b = vs.root().var(
+                    "b",
+                    &[7],
+                    nn::Init::Randn {
+                        mean: 0.0,
+                        stdev: 1.0,
+                    },
+                );
+                let mut adam = Adam::new(&vs, 0.01, (0.9, 0.999), 1e-8);
+                adam.allow_fused = fused;
+                (vs, a, b, adam)
+            };
+            let loss = |a: &Tensor, b: &Tensor, k: f64| {
+                (a * k).sin().sum(Kind::Float) + (b.square() * k).sum(Kind::Float)
+            };
+            let (_v1, a1, b1, mut one) = make(7);
+            let (_v2, a2, b2, mut split) = make(7);
+            for _ in 0..3 {
+                let mean = (loss(&a1, &b1, 1.0) + loss(&a1, &b1, 3.0)) * 0.5;
+                one.backward_step(&mean, clip);
+                // Rank 1's gradient, as its all-reduce would contribute it.
+                let other = split.gradients(&loss(&a2, &b2, 3.0));
+                let other_flat = match &split.flat {
+                    Some(f) => f.grads(&other),
+                    None => Tensor::cat(
+                        &other.iter().map(|g| g.reshape([-1])).collect::<Vec<_>>(),
+                        0,
+                    ),
+                };
+                let tail = Tensor::from_slice(&[1.0f32, 2.0]);
+                let reduced = split
+                    .backward_step_reduced(&loss(&a2, &b2, 1.0), clip, &tail, 0.5, |all| {
+                        let n = other_flat.numel() as i64;
+                        let _ = all.narrow(0, 0, n).g_add_(&other_flat);
+                        let _ = all.narrow(0, n, 2).g_mul_scalar_(2.0);
+                        Ok::<(), ()>(())
+                    })
+                    .unwrap();
+                assert_eq!(Vec::<f32>::try_from(&reduced).unwrap(), vec![2.0, 4.0]);
+            }
+            for (p, q) in [(&a1, &a2), (&b1, &b2)] {
+                let d = (p - q).abs().max().double_value(&[]);
+                assert!(d < 1e-5, "fused {fused}, clip {clip:?}: {d}");
+            }
+            assert_eq!(one.steps(), split.steps());
+        }
     }
 }

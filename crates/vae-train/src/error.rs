@@ -65,6 +65,10 @@ pub enum TrainError {
     /// The requested device cannot be used.
     #[error("{0}")]
     Device(String),
+    /// Training on several processes failed: the rendezvous, a collective, or ranks that
+    /// disagree.
+    #[error("{0}")]
+    Distributed(String),
 }
 
 impl From<tch::TchError> for TrainError {

@@ -57,56 +57,93 @@ pub struct ElboSummary {
     pub images: usize,
 }
 
+/// Images per chunk of [`evaluate_elbo`]; each chunk draws its noise from its own seed.
+const ELBO_CHUNK: i64 = 1000;
+
 /// The ELBO of `images_u8` (`[N, C, H, W]`, u8) under `model`, one z per image, with
 /// binarisation and sampling noise drawn from `seed` (so repeated calls agree).
+///
+/// The images go in chunks of 1,000, each drawing from a seed derived from (`seed`, chunk), so
+/// the figure does not depend on which process evaluates which chunk (see
+/// [`elbo_sums`]).
 pub fn evaluate_elbo(
     model: &dyn Vae,
     images_u8: &Tensor,
     binarize: bool,
     seed: u64,
 ) -> Result<ElboSummary> {
-    tch::manual_seed(seed as i64);
+    let sums = elbo_sums(model, images_u8, binarize, seed, (0, 1))?;
+    Ok(summarize_elbo(&sums, images_u8.size()[0]))
+}
+
+/// The seed of chunk `i` of an evaluation seeded with `seed` (splitmix64's finaliser).
+fn chunk_seed(seed: u64, i: u64) -> i64 {
+    let mut z = seed ^ (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 1) as i64
+}
+
+/// The sums behind [`evaluate_elbo`] over the chunks that `shard` = (rank, world) owns
+/// (chunk i belongs to rank i mod world), as one f64 tensor on the model's device:
+/// [reconstruction, KL, KL of each group...]. Summed over the ranks they are the whole set's.
+/// A rank that owns no chunk returns `[0, 0]` and its group sums are absent.
+pub(crate) fn elbo_sums(
+    model: &dyn Vae,
+    images_u8: &Tensor,
+    binarize: bool,
+    seed: u64,
+    (rank, world): (usize, usize),
+) -> Result<Tensor> {
     let n = images_u8.size()[0];
-    let (mut rec, mut kl) = (
-        Tensor::zeros([], (Kind::Double, model.device())),
-        Tensor::zeros([], (Kind::Double, model.device())),
-    );
+    let zero = || Tensor::zeros([], (Kind::Double, model.device()));
+    let (mut rec, mut kl) = (zero(), zero());
     let mut groups: Vec<Tensor> = Vec::new();
     tch::no_grad(|| -> Result<()> {
         let mut start = 0;
+        let mut chunk = 0u64;
         while start < n {
-            let len = 1000.min(n - start);
-            let x = prepare(
-                &images_u8.narrow(0, start, len).to_device(model.device()),
-                binarize,
-            );
-            let terms = model.elbo(&x)?;
-            rec += terms.reconstruction.sum(Kind::Double);
-            kl += terms.kl.sum(Kind::Double);
-            groups.resize_with(terms.kl_groups.len(), || {
-                Tensor::zeros([], (Kind::Double, model.device()))
-            });
-            for (sum, g) in groups.iter_mut().zip(&terms.kl_groups) {
-                *sum += g.sum(Kind::Double);
+            let len = ELBO_CHUNK.min(n - start);
+            if chunk % world as u64 == rank as u64 {
+                tch::manual_seed(chunk_seed(seed, chunk));
+                let x = prepare(
+                    &images_u8.narrow(0, start, len).to_device(model.device()),
+                    binarize,
+                );
+                let terms = model.elbo(&x)?;
+                rec += terms.reconstruction.sum(Kind::Double);
+                kl += terms.kl.sum(Kind::Double);
+                groups.resize_with(terms.kl_groups.len(), zero);
+                for (sum, g) in groups.iter_mut().zip(&terms.kl_groups) {
+                    *sum += g.sum(Kind::Double);
+                }
             }
             start += len;
+            chunk += 1;
         }
         Ok(())
     })?;
+    let mut all = vec![rec, kl];
+    all.extend(groups);
+    Ok(Tensor::stack(&all, 0))
+}
+
+/// The means of `n` images from the sums of [`elbo_sums`].
+pub(crate) fn summarize_elbo(sums: &Tensor, n: i64) -> ElboSummary {
+    let v: Vec<f64> = Vec::try_from(&sums.to_device(tch::Device::Cpu)).unwrap_or_default();
+    let images = n.max(0) as usize;
+    let n = n.max(1) as f64;
     let (rec, kl) = (
-        rec.double_value(&[]) / n as f64,
-        kl.double_value(&[]) / n as f64,
+        v.first().copied().unwrap_or(0.0) / n,
+        v.get(1).copied().unwrap_or(0.0) / n,
     );
-    Ok(ElboSummary {
+    ElboSummary {
         elbo: -(rec + kl),
         kl,
-        kl_groups: groups
-            .iter()
-            .map(|g| g.double_value(&[]) / n as f64)
-            .collect(),
+        kl_groups: v.iter().skip(2).map(|g| g / n).collect(),
         reconstruction: rec,
-        images: n as usize,
-    })
+        images,
+    }
 }
 
 /// An importance-weighted estimate of log p(x), averaged over images.

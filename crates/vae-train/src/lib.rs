@@ -12,6 +12,10 @@
 //! Progress goes to [`Observer`]s; this crate prints nothing, writes no images and parses no
 //! command lines (that is `vae-cli`).
 //!
+//! [`Trainer::start_parallel`] and [`Trainer::resume_parallel`] train one model on several
+//! processes, data-parallel, over a [`ProcessGroup`] on libtorch's own c10d (Gloo on the CPU,
+//! NCCL on CUDA) met through a [`Rendezvous`] that torchrun's variables describe.
+//!
 //! [`evaluate_elbo`] and [`evaluate_iw`] score a model on a test set; [`Checkpoint`] reads a
 //! checkpoint back into a model; [`TensorBoard`] logs a run as TensorBoard event files.
 //!
@@ -34,6 +38,7 @@ mod checkpoint;
 mod config;
 mod cpu;
 mod device;
+mod dist;
 mod error;
 mod eval;
 mod fused;
@@ -50,6 +55,7 @@ pub use config::{
 };
 pub use cpu::CpuFeatures;
 pub use device::{Device, device_name, libtorch_has_cuda};
+pub use dist::{Backends, COLLECTIVE_TIMEOUT, ProcessGroup, Rendezvous, StoreServer, backends};
 pub use error::{Result, TrainError};
 pub use eval::{ElboSummary, IwEstimate, encode_images, evaluate_elbo, evaluate_iw, images_tensor};
 pub use observe::{MetricsCsv, Observer, StepProgress};

@@ -11,8 +11,9 @@ use crate::adam::Adam;
 use crate::checkpoint::{self, Checkpoint, EpochAccum, EpochMetrics, OptimizerState, TrainState};
 use crate::config::{Objective, Precision, RunConfig, TrainConfig};
 use crate::device::device_name;
+use crate::dist::ProcessGroup;
 use crate::error::{Result, TrainError};
-use crate::eval::{evaluate_elbo, images_tensor, prepare};
+use crate::eval::{elbo_sums, images_tensor, prepare, summarize_elbo};
 use crate::lock::RunLock;
 use crate::observe::{MetricsCsv, Observer, StepProgress};
 
@@ -91,8 +92,11 @@ pub struct Trainer {
     test_x: Option<Tensor>,
     interrupt: Option<Arc<AtomicBool>>,
     observers: Vec<Box<dyn Observer>>,
-    /// This process's hold on the run directory, released when the trainer is dropped.
-    _lock: RunLock,
+    /// The processes training this model together, when there are several.
+    group: Option<ProcessGroup>,
+    /// This process's hold on the run directory (rank 0's alone), released when the trainer
+    /// is dropped.
+    _lock: Option<RunLock>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -104,6 +108,7 @@ impl std::fmt::Debug for Trainer {
             .field("device", &self.device)
             .field("state", &self.state)
             .field("observers", &self.observers.len())
+            .field("world", &self.world())
             .finish_non_exhaustive()
     }
 }
@@ -125,13 +130,86 @@ fn check_sizes(model_config: &ModelConfig, data: &ImageDataset, what: &str) -> R
     Ok(())
 }
 
-/// The device `config` asks for, with libtorch's thread count set as it says.
-fn runtime(config: &TrainConfig) -> Result<Device> {
-    let device = config.device.resolve()?;
+/// The device `config` asks for (a process group's own, when there is one: each rank's GPU),
+/// with libtorch's thread count set as it says.
+fn runtime(config: &TrainConfig, group: Option<&ProcessGroup>) -> Result<Device> {
+    let device = match group {
+        Some(g) => g.device(),
+        None => config.device.resolve()?,
+    };
     if let Some(t) = config.threads {
         tch::set_num_threads(t as i32);
     }
     Ok(device)
+}
+
+/// A freshly initialised model (from the run's seed), its optimiser and moving average.
+#[allow(clippy::type_complexity)]
+fn fresh_model(
+    model_config: &ModelConfig,
+    config: &TrainConfig,
+    device: Device,
+) -> Result<(nn::VarStore, Box<dyn Vae>, Adam, Option<Vec<Tensor>>)> {
+    tch::manual_seed(mix(config.seed, 1, 0));
+    let vs = nn::VarStore::new(device);
+    let model = model_config.build(&vs.root())?;
+    let adam = Adam::new(&vs, config.lr, config.betas, config.eps)
+        .with_rule(config.optimizer, config.weight_decay);
+    let ema = config
+        .ema_decay
+        .map(|_| adam.params().iter().map(|p| p.detach().copy()).collect());
+    Ok((vs, model, adam, ema))
+}
+
+/// What rank 0 tells the other ranks before training: the run as it stands (fresh or resumed)
+/// and what its data and settings hash to.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunMessage {
+    model: ModelConfig,
+    train: TrainConfig,
+    state: TrainState,
+    data: u64,
+    /// The hash of the settings rank 0 was started with (before resolution), for a fresh run.
+    started_with: Option<u64>,
+}
+
+/// A fingerprint of a data set's images and shape: ranks must train on the same data.
+fn data_fingerprint(data: &ImageDataset) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    shape_of(data).hash(&mut h);
+    data.len().hash(&mut h);
+    if let Some(bytes) = data.images().as_slice() {
+        bytes.hash(&mut h);
+    }
+    h.finish()
+}
+
+/// A hash of a run configuration as given (its TOML text).
+fn config_fingerprint(run: &RunConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    toml::to_string(run).unwrap_or_default().hash(&mut h);
+    h.finish()
+}
+
+/// Refuses settings that data-parallel training cannot split exactly.
+fn check_parallel(config: &TrainConfig, world: usize) -> Result<()> {
+    if world <= 1 {
+        return Ok(());
+    }
+    if !config.batch_size.is_multiple_of(world) {
+        return Err(TrainError::InvalidConfig(format!(
+            "the batch size {} does not divide among {world} processes: choose a batch size (--batch-size) that is a multiple of {world}; it stays the global batch",
+            config.batch_size
+        )));
+    }
+    if config.objective == Objective::Iwae {
+        return Err(TrainError::InvalidConfig(format!(
+            "--objective iwae trains on one process only (its samples are drawn inside the model, so {world} processes would not draw one stream): train it without --nproc or torchrun"
+        )));
+    }
+    Ok(())
 }
 
 /// `data` split into training and validation sets as `config` says (the last images held out).
@@ -153,16 +231,64 @@ impl Trainer {
     /// its last `run.train.validation_size` images are held out for validation, and the
     /// model takes the data's image shape. Writes `config.toml`; attaches [`MetricsCsv`].
     pub fn start(run_dir: impl AsRef<Path>, data: &ImageDataset, run: RunConfig) -> Result<Self> {
+        Self::start_in(run_dir.as_ref(), data, run, None)
+    }
+
+    /// [`Trainer::start`] as one rank of `group`: data-parallel training of one model.
+    ///
+    /// Every rank calls it with the same data and settings (checked: a rank whose differ
+    /// stops with an error naming it). Rank 0 does what [`Trainer::start`] does — the run
+    /// directory, its lock, `config.toml`, and later every checkpoint, `metrics.csv` and
+    /// observer — and sends its weights to the others; the other ranks write nothing.
+    /// `batch_size` stays the global batch: each rank computes `batch_size / world` of its
+    /// images, and gradients are averaged over the ranks before clipping and Adam.
+    pub fn start_parallel(
+        run_dir: impl AsRef<Path>,
+        data: &ImageDataset,
+        run: RunConfig,
+        group: ProcessGroup,
+    ) -> Result<Self> {
+        if group.rank() == 0 {
+            Self::start_in(run_dir.as_ref(), data, run, Some(group))
+        } else {
+            Self::follow(run_dir.as_ref(), data, Some(run), group)
+        }
+    }
+
+    /// [`Trainer::resume`] as one rank of `group` (see [`Trainer::start_parallel`]): rank 0
+    /// reads the checkpoint and sends the run to the others, which need no copy of it. The
+    /// state is global, so a run resumes at any world size that divides its batch.
+    pub fn resume_parallel(
+        run_dir: impl AsRef<Path>,
+        data: &ImageDataset,
+        adjust: impl FnOnce(&mut TrainConfig),
+        group: ProcessGroup,
+    ) -> Result<Self> {
+        if group.rank() == 0 {
+            Self::resume_in(run_dir.as_ref(), data, adjust, Some(group))
+        } else {
+            Self::follow(run_dir.as_ref(), data, None, group)
+        }
+    }
+
+    fn start_in(
+        run_dir: &Path,
+        data: &ImageDataset,
+        run: RunConfig,
+        group: Option<ProcessGroup>,
+    ) -> Result<Self> {
         let mut run = run;
+        let started_with = config_fingerprint(&run);
         run.model.set_image_shape(shape_of(data));
         run.validate()?;
+        check_parallel(&run.train, group.as_ref().map_or(1, ProcessGroup::world))?;
         let RunConfig {
             model: model_config,
             train: config,
         } = run;
-        let device = runtime(&config)?;
+        let device = runtime(&config, group.as_ref())?;
         let (train, validation) = split(data, &config)?;
-        let run_dir = run_dir.as_ref().to_path_buf();
+        let run_dir = run_dir.to_path_buf();
         std::fs::create_dir_all(&run_dir).map_err(|cause| TrainError::Io {
             action: "create the run directory",
             path: run_dir.clone(),
@@ -177,16 +303,9 @@ impl Trainer {
                 run_dir.display()
             )));
         }
-        tch::manual_seed(mix(config.seed, 1, 0));
-        let vs = nn::VarStore::new(device);
-        let model = model_config.build(&vs.root())?;
-        let adam = Adam::new(&vs, config.lr, config.betas, config.eps)
-            .with_rule(config.optimizer, config.weight_decay);
-        let ema = config
-            .ema_decay
-            .map(|_| adam.params().iter().map(|p| p.detach().copy()).collect());
-        let trainer = Self::assemble(
-            (run_dir, lock),
+        let (vs, model, adam, ema) = fresh_model(&model_config, &config, device)?;
+        let mut trainer = Self::assemble(
+            (run_dir, Some(lock)),
             model_config,
             config,
             device,
@@ -197,8 +316,10 @@ impl Trainer {
             TrainState::default(),
             &train,
             &validation,
+            group,
         )?;
         trainer.write_config()?;
+        trainer.lead(data, Some(started_with))?;
         Ok(trainer)
     }
 
@@ -211,7 +332,16 @@ impl Trainer {
         data: &ImageDataset,
         adjust: impl FnOnce(&mut TrainConfig),
     ) -> Result<Self> {
-        let run_dir = run_dir.as_ref().to_path_buf();
+        Self::resume_in(run_dir.as_ref(), data, adjust, None)
+    }
+
+    fn resume_in(
+        run_dir: &Path,
+        data: &ImageDataset,
+        adjust: impl FnOnce(&mut TrainConfig),
+        group: Option<ProcessGroup>,
+    ) -> Result<Self> {
+        let run_dir = run_dir.to_path_buf();
         let last = run_dir.join(files::LAST);
         if !last.is_file() {
             return Err(TrainError::RunDirectory(format!(
@@ -230,7 +360,8 @@ impl Trainer {
             train: config.clone(),
         }
         .validate()?;
-        let device = runtime(&config)?;
+        check_parallel(&config, group.as_ref().map_or(1, ProcessGroup::world))?;
+        let device = runtime(&config, group.as_ref())?;
         let (train, validation) = split(data, &config)?;
         let mut vs = nn::VarStore::new(device);
         let model = ckpt.model_config.build(&vs.root())?;
@@ -263,8 +394,8 @@ impl Trainer {
             "resuming {}",
             run_dir.display()
         );
-        Self::assemble(
-            (run_dir, lock),
+        let mut trainer = Self::assemble(
+            (run_dir, Some(lock)),
             model_config,
             config,
             device,
@@ -275,12 +406,115 @@ impl Trainer {
             state,
             &train,
             &validation,
-        )
+            group,
+        )?;
+        trainer.lead(data, None)?;
+        Ok(trainer)
+    }
+
+    /// Rank 0's side of the start: the run to the store, then its weights, moments and moving
+    /// average to every rank. Nothing without a group.
+    fn lead(&mut self, data: &ImageDataset, started_with: Option<u64>) -> Result<()> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let message = RunMessage {
+            model: self.model_config.clone(),
+            train: self.config.clone(),
+            state: self.state.clone(),
+            data: data_fingerprint(data),
+            started_with,
+        };
+        let bytes = serde_json::to_vec(&message)
+            .map_err(|e| TrainError::Distributed(format!("cannot encode the run: {e}")))?;
+        group.set("run", &bytes)?;
+        self.broadcast_state()
+    }
+
+    /// A rank other than 0: builds the model rank 0 describes, checks that this rank's data
+    /// (and, for a fresh run, its settings) are rank 0's, and takes rank 0's weights.
+    fn follow(
+        run_dir: &Path,
+        data: &ImageDataset,
+        own: Option<RunConfig>,
+        group: ProcessGroup,
+    ) -> Result<Self> {
+        let rank = group.rank();
+        let message: RunMessage = serde_json::from_slice(&group.get("run")?).map_err(|e| {
+            TrainError::Distributed(format!("rank {rank}: rank 0's run cannot be read: {e}"))
+        })?;
+        let differs = |what: &str| {
+            TrainError::Distributed(format!(
+                "rank {rank}'s {what} differ from rank 0's: start every rank with the same command, settings and data"
+            ))
+        };
+        if message.data != data_fingerprint(data) {
+            return Err(differs("training images"));
+        }
+        if let Some(own) = &own
+            && message.started_with != Some(config_fingerprint(own))
+        {
+            return Err(differs("settings"));
+        }
+        let (model_config, config) = (message.model, message.train);
+        check_parallel(&config, group.world())?;
+        let device = runtime(&config, Some(&group))?;
+        let (train, validation) = split(data, &config)?;
+        let (vs, model, adam, ema) = fresh_model(&model_config, &config, device)?;
+        let mut trainer = Self::assemble(
+            (run_dir.to_path_buf(), None),
+            model_config,
+            config,
+            device,
+            vs,
+            model,
+            adam,
+            ema,
+            message.state,
+            &train,
+            &validation,
+            Some(group),
+        )?;
+        trainer.broadcast_state()?;
+        Ok(trainer)
+    }
+
+    /// Every rank takes rank 0's variables, optimiser moments and step counter, and moving
+    /// average: one broadcast per tensor, in name order.
+    fn broadcast_state(&mut self) -> Result<()> {
+        let Some(group) = &self.group else {
+            return Ok(());
+        };
+        let mut tensors: Vec<Tensor> = Vec::new();
+        let mut variables: Vec<_> = self.vs.variables().into_iter().collect();
+        variables.sort_by(|a, b| a.0.cmp(&b.0));
+        tensors.extend(variables.into_iter().map(|(_, t)| t));
+        let (m, v) = self.adam.moments();
+        tensors.extend(m.iter().chain(v).map(Tensor::shallow_clone));
+        if let Some(ema) = &self.ema {
+            tensors.extend(ema.iter().map(Tensor::shallow_clone));
+        }
+        let t = Tensor::from_slice(&[self.state.adam_t as i64]).to_device(self.device);
+        tensors.push(t.shallow_clone());
+        tch::no_grad(|| -> Result<()> {
+            for x in &tensors {
+                if x.is_contiguous() {
+                    group.broadcast(x, 0)?;
+                } else {
+                    let c = x.contiguous();
+                    group.broadcast(&c, 0)?;
+                    x.shallow_clone().copy_(&c);
+                }
+            }
+            Ok(())
+        })?;
+        self.adam.set_steps(t.int64_value(&[0]) as u64);
+        Ok(())
     }
 
     #[allow(clippy::too_many_arguments)]
     fn assemble(
-        (run_dir, lock): (PathBuf, RunLock),
+        (run_dir, lock): (PathBuf, Option<RunLock>),
         model_config: ModelConfig,
         config: TrainConfig,
         device: Device,
@@ -291,12 +525,17 @@ impl Trainer {
         state: TrainState,
         train: &ImageDataset,
         validation: &ImageDataset,
+        group: Option<ProcessGroup>,
     ) -> Result<Self> {
         let mut config = config;
         let choice = config.precision.resolve(device);
         tracing::info!("training in {} because {}", choice.precision, choice.reason);
         config.precision = choice.precision;
-        let stale = vae_data::remove_stale_temporaries(&run_dir);
+        let stale = if lock.is_some() {
+            vae_data::remove_stale_temporaries(&run_dir)
+        } else {
+            0
+        };
         if stale > 0 {
             tracing::info!(
                 stale,
@@ -321,7 +560,12 @@ impl Trainer {
         // scaled and binarised there.
         let train_x = images_tensor(train, device);
         let val_x = images_tensor(validation, device);
-        let metrics = MetricsCsv::new(run_dir.join(files::METRICS));
+        let leader = group.as_ref().is_none_or(|g| g.rank() == 0);
+        let observers: Vec<Box<dyn Observer>> = if leader {
+            vec![Box::new(MetricsCsv::new(run_dir.join(files::METRICS)))]
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             run_dir,
             model_config,
@@ -336,7 +580,8 @@ impl Trainer {
             val_x,
             test_x: None,
             interrupt: None,
-            observers: vec![Box::new(metrics)],
+            observers,
+            group,
             _lock: lock,
         })
     }
@@ -392,6 +637,26 @@ impl Trainer {
         self.config.max_steps = max_steps;
     }
 
+    /// This process's rank among those training the model (0 when it trains alone).
+    pub fn rank(&self) -> usize {
+        self.group.as_ref().map_or(0, ProcessGroup::rank)
+    }
+
+    /// The number of processes training the model (1 when it trains alone).
+    pub fn world(&self) -> usize {
+        self.group.as_ref().map_or(1, ProcessGroup::world)
+    }
+
+    /// Whether this process writes the run: rank 0, or the only process.
+    pub fn is_leader(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Images each process computes per step: the batch size over the world size.
+    pub fn batch_per_process(&self) -> usize {
+        self.config.batch_size / self.world()
+    }
+
     /// The device trained on.
     pub fn device(&self) -> Device {
         self.device
@@ -416,7 +681,15 @@ impl Trainer {
             model: self.model_config.clone(),
             train: self.stored_config(),
         };
-        let text = toml::to_string(&both).map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
+        let mut text =
+            toml::to_string(&both).map_err(|e| TrainError::InvalidConfig(e.to_string()))?;
+        if self.world() > 1 {
+            text = format!(
+                "# trained on {} processes, {} images each per step (batch_size is the global batch)\n{text}",
+                self.world(),
+                self.batch_per_process()
+            );
+        }
         Ok(vae_data::write_atomic(
             self.run_dir.join(files::CONFIG),
             text.as_bytes(),
@@ -424,6 +697,9 @@ impl Trainer {
     }
 
     fn save_last(&self) -> Result<()> {
+        if !self.is_leader() {
+            return Ok(());
+        }
         let mut state = self.state.clone();
         state.adam_t = self.adam.steps();
         let (m, v) = self.adam.moments();
@@ -484,6 +760,9 @@ impl Trainer {
     }
 
     fn save_best(&self) -> Result<()> {
+        if !self.is_leader() {
+            return Ok(());
+        }
         let mut state = self.state.clone();
         state.adam_t = self.adam.steps();
         checkpoint::save(
@@ -555,18 +834,58 @@ impl Trainer {
                     break;
                 }
                 tch::manual_seed(mix(self.config.seed, 3, self.state.step));
-                let idx = perm.narrow(0, b as i64 * batch, batch);
-                let x = prepare(&self.train_x.index_select(0, &idx), self.binarize());
-                let (loss, rec, kl) = self.loss(&x)?;
+                let (x, eps) = self.batch(&perm, b as i64)?;
+                let (loss, rec, kl) = self.loss(&x, eps.as_ref())?;
                 let lr = self.config.lr_at(self.state.step, schedule_total);
                 self.adam.set_lr(lr);
-                self.adam.backward_step(&loss, self.config.grad_clip);
+                let stop_here = self
+                    .interrupt
+                    .as_ref()
+                    .is_some_and(|f| f.load(Ordering::SeqCst));
+                let (rec_step, kl_step, stop_seen) = match &self.group {
+                    None => {
+                        self.adam.backward_step(&loss, self.config.grad_clip);
+                        (
+                            rec.detach().sum(Kind::Double),
+                            kl.detach().sum(Kind::Double),
+                            false,
+                        )
+                    }
+                    Some(group) => {
+                        // The step's sums and this rank's interrupt ride with the gradients:
+                        // every rank learns the global batch's terms, and all stop together.
+                        let tail = Tensor::stack(
+                            &[
+                                rec.detach().sum(Kind::Float),
+                                kl.detach().sum(Kind::Float),
+                                Tensor::from(f32::from(u8::from(stop_here))).to_device(self.device),
+                            ],
+                            0,
+                        );
+                        let world = group.world() as f64;
+                        let reduced = self.adam.backward_step_reduced(
+                            &loss,
+                            self.config.grad_clip,
+                            &tail,
+                            1.0 / world,
+                            |all| group.all_reduce_sum(all),
+                        )?;
+                        let reduced = reduced.to_kind(Kind::Double);
+                        let stop = reduced.double_value(&[2]) > 0.0;
+                        (reduced.get(0), reduced.get(1), stop)
+                    }
+                };
                 self.state.step += 1;
                 self.update_ema();
                 steps_this_call += 1;
-                let _ = rec_sum.g_add_(&rec.detach().sum(Kind::Double));
-                let _ = kl_sum.g_add_(&kl.detach().sum(Kind::Double));
-                pending.push(loss.detach());
+                let _ = rec_sum.g_add_(&rec_step);
+                let _ = kl_sum.g_add_(&kl_step);
+                // Under a group, the global batch's loss: every rank sees the same values.
+                pending.push(if self.group.is_some() {
+                    (&rec_step + &kl_step).to_kind(Kind::Float) / batch as f64
+                } else {
+                    loss.detach()
+                });
 
                 let end_of_epoch = b + 1 == spe || self.state.step >= total;
                 let mut progress = StepProgress {
@@ -615,12 +934,16 @@ impl Trainer {
                 for o in &mut self.observers {
                     o.step(&progress);
                 }
-                if self
-                    .interrupt
-                    .as_ref()
-                    .is_some_and(|f| f.load(Ordering::SeqCst))
-                    && !end_of_epoch
-                {
+                let stop = if self.group.is_some() {
+                    stop_seen
+                } else {
+                    stop_here
+                        || self
+                            .interrupt
+                            .as_ref()
+                            .is_some_and(|f| f.load(Ordering::SeqCst))
+                };
+                if stop && !end_of_epoch {
                     interrupted = true;
                     break;
                 }
@@ -657,12 +980,7 @@ impl Trainer {
                     );
                     return Ok(Outcome::EarlyStopped);
                 }
-                if self
-                    .interrupt
-                    .as_ref()
-                    .is_some_and(|f| f.load(Ordering::SeqCst))
-                    && self.state.step < total
-                {
+                if self.interrupt_agreed()? && self.state.step < total {
                     return Ok(Outcome::Interrupted);
                 }
             } else {
@@ -688,16 +1006,72 @@ impl Trainer {
         }
     }
 
+    /// Whether the interrupt flag is raised on any rank (a collective under a group).
+    fn interrupt_agreed(&self) -> Result<bool> {
+        let here = self
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst));
+        let Some(group) = &self.group else {
+            return Ok(here);
+        };
+        let t = Tensor::from_slice(&[f32::from(u8::from(here))]).to_device(self.device);
+        group.all_reduce_sum(&t)?;
+        Ok(t.double_value(&[0]) > 0.0)
+    }
+
+    /// This process's images of the batch at position `b` of the epoch's permutation, and
+    /// the noise of its posterior samples (for the ELBO objective).
+    ///
+    /// One random stream serves any world size: every process draws the whole global batch's
+    /// binarisation uniforms, then its noise `[batch, Vae::noise_dim]`, and takes its own
+    /// rows of both.
+    fn batch(&self, perm: &Tensor, b: i64) -> Result<(Tensor, Option<Tensor>)> {
+        let batch = self.config.batch_size as i64;
+        let idx = perm.narrow(0, b * batch, batch);
+        let x = prepare(&self.train_x.index_select(0, &idx), self.binarize());
+        let eps = (self.config.objective == Objective::Elbo)
+            .then(|| Tensor::randn([batch, self.model.noise_dim()], (Kind::Float, self.device)));
+        let world = self.world() as i64;
+        if world == 1 {
+            return Ok((x, eps));
+        }
+        let (per, start) = (batch / world, self.rank() as i64 * (batch / world));
+        Ok((
+            x.narrow(0, start, per),
+            eps.map(|e| e.narrow(0, start, per)),
+        ))
+    }
+
+    /// The free-bits KL term Σ_j max(λ, E_batch[KL_j]) (Kingma et al. 2016) over the global
+    /// batch: under a group the per-unit batch means are averaged over the ranks before the
+    /// clamp, and each rank's term carries the gradient of its own share.
+    fn free_bits_term(&self, dims: &Tensor, lambda: f64) -> Result<Tensor> {
+        let Some(group) = &self.group else {
+            return Ok(vae_model::loss::free_bits(dims, lambda));
+        };
+        let local = dims.mean_dim(0, false, Kind::Float);
+        let global = local.detach().contiguous().copy();
+        group.all_reduce_sum(&global)?;
+        let global = global / group.world() as f64;
+        let active = global.gt(lambda).to_kind(Kind::Float);
+        // Where the global mean is above λ the term is the mean (its gradient flows through
+        // this rank's share); elsewhere it is the constant λ.
+        let floor = (active.sum(Kind::Float) * -1.0 + active.numel() as f64) * lambda;
+        Ok((local * &active).sum(Kind::Float) + floor)
+    }
+
     /// The loss to minimise for a batch, and the per-example reconstruction and KL terms to
-    /// report.
-    fn loss(&self, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+    /// report; `eps` is the posterior noise for the ELBO objective.
+    fn loss(&self, x: &Tensor, eps: Option<&Tensor>) -> Result<(Tensor, Tensor, Tensor)> {
         match self.config.objective {
             Objective::Elbo => {
-                let terms = self.model.elbo(x)?;
+                let terms = match eps {
+                    Some(eps) => self.model.elbo_with_noise(x, eps)?,
+                    None => self.model.elbo(x)?,
+                };
                 let kl_term = match (&terms.kl_dims, self.config.free_bits) {
-                    (Some(dims), lambda) if lambda > 0.0 => {
-                        vae_model::loss::free_bits(dims, lambda)
-                    }
+                    (Some(dims), lambda) if lambda > 0.0 => self.free_bits_term(dims, lambda)?,
                     _ => terms.kl.mean(Kind::Float),
                 };
                 let w = self.config.kl_weight(self.state.step);
@@ -780,21 +1154,41 @@ impl Trainer {
         self.save_last()
     }
 
-    /// Validation ELBO and, with a test set, test ELBO of the current weights.
+    /// Validation ELBO and, with a test set, test ELBO of the current weights: under a group
+    /// each rank evaluates its share of the chunks and the sums are reduced, so every rank
+    /// has the figure one process would compute.
     fn evaluate(&self) -> Result<(crate::eval::ElboSummary, Option<f64>)> {
-        let val = evaluate_elbo(
-            self.model.as_ref(),
-            &self.val_x,
-            self.binarize(),
-            VALIDATION_SEED,
-        )?;
+        let val = self.sharded_elbo(&self.val_x, VALIDATION_SEED)?;
         let test_elbo = match &self.test_x {
-            Some(x) => {
-                Some(evaluate_elbo(self.model.as_ref(), x, self.binarize(), TEST_SEED)?.elbo)
-            }
+            Some(x) => Some(self.sharded_elbo(x, TEST_SEED)?.elbo),
             None => None,
         };
         Ok((val, test_elbo))
+    }
+
+    fn sharded_elbo(&self, images: &Tensor, seed: u64) -> Result<crate::eval::ElboSummary> {
+        let shard = (self.rank(), self.world());
+        let mut sums = elbo_sums(self.model.as_ref(), images, self.binarize(), seed, shard)?;
+        if let Some(group) = &self.group {
+            // A rank may own no chunk (and so know no group count): agree on the longest.
+            let counts = Tensor::zeros([group.world() as i64], (Kind::Double, self.device));
+            let _ = counts.get(self.rank() as i64).fill_(sums.numel() as f64);
+            group.all_reduce_sum(&counts)?;
+            let longest = counts.max().double_value(&[]) as i64;
+            if sums.numel() as i64 != longest {
+                sums = Tensor::cat(
+                    &[
+                        sums.shallow_clone(),
+                        Tensor::zeros([longest - sums.numel() as i64], (Kind::Double, self.device)),
+                    ],
+                    0,
+                );
+            }
+            let sums_c = sums.contiguous();
+            group.all_reduce_sum(&sums_c)?;
+            sums = sums_c;
+        }
+        Ok(summarize_elbo(&sums, images.size()[0]))
     }
 }
 

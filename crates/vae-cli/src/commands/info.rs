@@ -18,6 +18,7 @@ pub fn run(a: InfoArgs) -> Result<u8> {
     let cpu = vae_train::CpuFeatures::detect();
     let on_cpu = Precision::Auto.resolve_on(tch::Device::Cpu, &cpu);
     let on_auto = Precision::Auto.resolve_on(auto_device, &cpu);
+    let dist = vae_train::backends();
     if a.json {
         let v = serde_json::json!({
             "libtorch_has_cuda": has_cuda,
@@ -30,6 +31,7 @@ pub fn run(a: InfoArgs) -> Result<u8> {
             "cpu": {"model": cpu.model, "flags": cpu.flags()},
             "auto_precision": {"cpu": on_cpu.precision.name(), "cpu_reason": on_cpu.reason,
                                "auto_device": on_auto.precision.name(), "auto_device_reason": on_auto.reason},
+            "distributed": {"gloo": dist.gloo, "nccl": dist.nccl, "missing": dist.missing},
         });
         println!("{v}");
     } else {
@@ -62,6 +64,26 @@ pub fn run(a: InfoArgs) -> Result<u8> {
                 on_auto.precision, on_auto.reason
             );
         }
+        let mut have: Vec<&str> = Vec::new();
+        if dist.gloo {
+            have.push("gloo (CPU)");
+        }
+        if dist.nccl {
+            have.push("nccl (CUDA)");
+        }
+        println!(
+            "training on several processes (--nproc, torchrun): {}{}",
+            if have.is_empty() {
+                "none".to_string()
+            } else {
+                have.join(", ")
+            },
+            if dist.missing.is_empty() {
+                String::new()
+            } else {
+                format!("; missing {}", dist.missing.join("; "))
+            }
+        );
     }
     Ok(0)
 }

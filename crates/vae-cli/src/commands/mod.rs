@@ -6,6 +6,7 @@ pub mod import;
 pub mod info;
 pub mod interpolate;
 pub mod latents;
+pub mod launch;
 pub mod manifold;
 pub mod reconstruct;
 pub mod sample;

@@ -10,8 +10,8 @@ use vae_data::{ImageDataset, Split};
 use vae_model::Vae;
 use vae_model::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood, PixelHead, Prior};
 use vae_train::{
-    Checkpoint, EpochMetrics, ImageMaker, Images, Outcome, RunConfig, TensorBoard, TrainConfig,
-    Trainer, device_name, evaluate_elbo, files, images_tensor,
+    Checkpoint, EpochMetrics, ImageMaker, Images, Outcome, ProcessGroup, Rendezvous, RunConfig,
+    TensorBoard, TrainConfig, Trainer, device_name, evaluate_elbo, files, images_tensor,
 };
 
 use crate::EXIT_INTERRUPTED;
@@ -202,26 +202,82 @@ fn run_config(args: &TrainArgs, data: &ImageDataset) -> Result<RunConfig> {
     Ok(run)
 }
 
-/// Raises `flag` on the first Ctrl-C; a second one exits at once.
-fn install_interrupt_handler() -> Arc<AtomicBool> {
+/// Raises `flag` on the first Ctrl-C; a second one exits at once, except in a worker of
+/// several (`worker`): its launcher passes SIGINT on and kills it after a grace period, and a
+/// terminal may deliver the same Ctrl-C to it twice.
+fn install_interrupt_handler(worker: bool, leader: bool) -> Arc<AtomicBool> {
     let flag = Arc::new(AtomicBool::new(false));
     let f = Arc::clone(&flag);
     let _ = ctrlc::set_handler(move || {
         if f.swap(true, Ordering::SeqCst) {
-            std::process::exit(i32::from(EXIT_INTERRUPTED));
+            if !worker {
+                std::process::exit(i32::from(EXIT_INTERRUPTED));
+            }
+            return;
         }
-        eprintln!(
-            "\ninterrupt: finishing the current step and writing a checkpoint (Ctrl-C again to quit at once)"
-        );
+        if leader {
+            eprintln!(
+                "\ninterrupt: finishing the current step and writing a checkpoint{}",
+                if worker {
+                    ""
+                } else {
+                    " (Ctrl-C again to quit at once)"
+                }
+            );
+        }
     });
     flag
 }
 
 pub fn run(args: TrainArgs) -> Result<u8> {
+    if let Some(n) = args.nproc {
+        if std::env::var_os("WORLD_SIZE").is_some() {
+            bail!(
+                "--nproc starts its own workers, but this process already is one (WORLD_SIZE is set, as torchrun sets it): use one launcher, torchrun or --nproc"
+            );
+        }
+        return crate::commands::launch::run(usize::from(n), args.threads.is_some());
+    }
     let mut trainer = make_trainer(&args)?;
     let dir = trainer.run_dir().to_path_buf();
+    let worker = trainer.world() > 1;
+    trainer.set_interrupt_flag(install_interrupt_handler(worker, trainer.is_leader()));
+    let test = ImageDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
+    if !trainer.is_leader() {
+        // The other ranks compute and write nothing: rank 0 reports and checkpoints. Every
+        // rank evaluates its share of the test set each epoch.
+        trainer.set_test_set(&test)?;
+        let outcome = match (args.untimed_steps, args.max_steps) {
+            // Rank 0's two runs of `run_timed`, step for step.
+            (Some(warmup), Some(timed)) => {
+                trainer.set_max_steps(Some(warmup));
+                match trainer.run()? {
+                    Outcome::StepLimit => {
+                        trainer.set_max_steps(Some(warmup + timed));
+                        trainer.run()?
+                    }
+                    other => other,
+                }
+            }
+            _ => trainer.run()?,
+        };
+        dump_weights(&trainer)?;
+        return Ok(match outcome {
+            Outcome::Interrupted => EXIT_INTERRUPTED,
+            _ => 0,
+        });
+    }
+    let processes = if worker {
+        format!(
+            ", {} processes x {} images per step",
+            trainer.world(),
+            trainer.batch_per_process()
+        )
+    } else {
+        String::new()
+    };
     eprintln!(
-        "training on {} ({} threads, {}), run directory {}",
+        "training on {} ({} threads{processes}, {}), run directory {}",
         device_name(trainer.device()),
         tch::get_num_threads(),
         trainer.config().precision,
@@ -230,7 +286,6 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     trainer.observe(EpochBar::default());
     // Loaded once: the per-epoch test ELBO and the final pictures use it (set_test_set also
     // checks its image size against the model's).
-    let test = ImageDataset::load(&args.data, Split::Test).context("cannot load the test set")?;
     trainer.set_test_set(&test)?;
     if !args.no_tensorboard {
         // The event file is a view of the run: training goes on without it.
@@ -247,11 +302,11 @@ pub fn run(args: TrainArgs) -> Result<u8> {
             ),
         }
     }
-    trainer.set_interrupt_flag(install_interrupt_handler());
     let outcome = match (args.untimed_steps, args.max_steps) {
         (Some(warmup), Some(timed)) => run_timed(&mut trainer, warmup, timed)?,
         _ => trainer.run()?,
     };
+    dump_weights(&trainer)?;
     for m in trainer.state().history.iter().rev().take(1) {
         eprintln!(
             "epoch {}: train ELBO {:.2}, validation ELBO {:.2} nats ({:.0} images/s)",
@@ -285,6 +340,19 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     drop(trainer);
     finish(&dir, &test, device, &history)?;
     Ok(0)
+}
+
+/// For tests of data-parallel training: `VAE_TEST_WEIGHTS_OUT=<dir>` makes every rank write
+/// its weights there as `rank<r>.safetensors` when training stops, so ranks can be compared.
+fn dump_weights(trainer: &Trainer) -> Result<()> {
+    let Some(dir) = std::env::var_os("VAE_TEST_WEIGHTS_OUT") else {
+        return Ok(());
+    };
+    let path = Path::new(&dir).join(format!("rank{}.safetensors", trainer.rank()));
+    trainer
+        .var_store()
+        .save(&path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// A fault for tests of torn event files: `VAE_TEST_EVENT_WRITES_FAIL_PAST=<bytes>` makes
@@ -355,34 +423,54 @@ fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> 
     Ok(outcome)
 }
 
+/// This process's group when a launcher (torchrun, `--nproc`, Slurm through the same
+/// variables) started it as one of several: it meets the others before anything is loaded.
+/// A CUDA device means each rank's own GPU, `cuda:LOCAL_RANK`.
+fn join_group(device: vae_train::Device) -> Result<Option<ProcessGroup>> {
+    let Some(rendezvous) = Rendezvous::from_env()? else {
+        return Ok(None);
+    };
+    let device = match device.resolve()? {
+        Device::Cuda(_) => Device::Cuda(rendezvous.local_rank),
+        d => d,
+    };
+    Ok(Some(ProcessGroup::join(&rendezvous, device)?))
+}
+
 /// Loads the data and starts (or resumes) the run. The host copy of the data is dropped on
 /// return: the trainer holds its own on the training device.
 fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
     let data =
         ImageDataset::load(&args.data, Split::Train).context("cannot load the training set")?;
-    let trainer = if let Some(dir) = &args.resume {
-        Trainer::resume(dir, &data, |c: &mut TrainConfig| {
-            if let Some(e) = args.epochs {
-                c.epochs = e;
-            }
-            if let Some(d) = args.device {
-                c.device = d;
-            }
-            if let Some(t) = args.threads {
-                c.threads = Some(t);
-            }
-            if let Some(s) = args.max_steps {
-                c.max_steps = Some(s);
-            }
-        })?
-    } else {
-        let run = run_config(args, &data)?;
-        let out = args.out.clone().unwrap_or_else(|| {
-            PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
-        });
-        Trainer::start(&out, &data, run)?
+    let adjust = |c: &mut TrainConfig| {
+        if let Some(e) = args.epochs {
+            c.epochs = e;
+        }
+        if let Some(d) = args.device {
+            c.device = d;
+        }
+        if let Some(t) = args.threads {
+            c.threads = Some(t);
+        }
+        if let Some(s) = args.max_steps {
+            c.max_steps = Some(s);
+        }
     };
-    Ok(trainer)
+    if let Some(dir) = &args.resume {
+        let group = join_group(args.device.unwrap_or_default())?;
+        return Ok(match group {
+            Some(g) => Trainer::resume_parallel(dir, &data, adjust, g)?,
+            None => Trainer::resume(dir, &data, adjust)?,
+        });
+    }
+    let run = run_config(args, &data)?;
+    let out = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("runs").join(chrono::Local::now().format("%Y%m%d-%H%M%S").to_string())
+    });
+    Ok(match join_group(run.train.device)? {
+        Some(g) => Trainer::start_parallel(&out, &data, run, g)?,
+        None => Trainer::start(&out, &data, run)?,
+    })
 }
 
 /// After training: pictures and the test ELBO of the best checkpoint, and the curves of the
