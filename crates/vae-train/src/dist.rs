@@ -542,4 +542,37 @@ mod tests {
             assert_eq!(got, b"from one");
         }
     }
+
+    /// The CUDA path on a machine without a GPU: NCCL's process group (or, in a build without
+    /// it, the backend check) refuses with an error, never a crash.
+    #[cfg(dist)]
+    #[test]
+    fn nccl_without_a_gpu_is_an_error() {
+        if tch::Cuda::is_available() {
+            return;
+        }
+        let server = StoreServer::host().unwrap();
+        let r = Rendezvous {
+            addr: "127.0.0.1".into(),
+            port: server.port(),
+            rank: 0,
+            world: 1,
+            local_rank: 0,
+            host_store: false,
+            prefix: "nccl/".into(),
+        };
+        match ProcessGroup::join(&r, Device::Cuda(0)) {
+            Err(e) => assert!(
+                e.to_string().contains("rank 0") || e.to_string().contains("CUDA"),
+                "{e}"
+            ),
+            Ok(g) => {
+                let t = Tensor::ones([4], (tch::Kind::Float, Device::Cpu));
+                assert!(
+                    g.all_reduce_sum(&t).is_err(),
+                    "NCCL cannot sum without a GPU"
+                );
+            }
+        }
+    }
 }
