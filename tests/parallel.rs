@@ -188,6 +188,48 @@ fn two_ranks_hold_identical_weights_and_match_one_process() {
 }
 
 #[test]
+fn free_bits_across_ranks_and_a_resume_at_another_world_size_match_one_process() {
+    // Free bits clamp the global batch's per-unit KL means (reduced over the ranks before the
+    // clamp); a run stopped on 2 ranks resumes on 1 process (the state is global).
+    let data = tempfile::tempdir().unwrap();
+    synthetic_mnist(data.path(), 256, 32, 12);
+    let runs = tempfile::tempdir().unwrap();
+    let vae = env!("CARGO_BIN_EXE_vae");
+    let bits = ["--free-bits", "0.3", "--prior", "standard"];
+    let one = runs.path().join("w1");
+    std::fs::create_dir_all(&one).unwrap();
+    run(Command::new(vae)
+        .args(train_command(
+            data.path(),
+            &runs.path().join("one"),
+            "5",
+            &bits,
+        ))
+        .args(["--max-steps", STEPS])
+        .env("VAE_TEST_WEIGHTS_OUT", &one));
+
+    let dir = runs.path().join("two");
+    run(Command::new(vae)
+        .args(train_command(data.path(), &dir, "5", &bits))
+        .args(["--max-steps", "20", "--nproc", "2"]));
+    let resumed = runs.path().join("wr");
+    std::fs::create_dir_all(&resumed).unwrap();
+    run(Command::new(vae)
+        .args(["train", "--data"])
+        .arg(data.path())
+        .arg("--resume")
+        .arg(&dir)
+        .args(["--max-steps", STEPS, "--threads", "1"])
+        .env("VAE_TEST_WEIGHTS_OUT", &resumed));
+    let d = relative_difference(
+        &weights(&one.join("rank0.safetensors")),
+        &weights(&resumed.join("rank0.safetensors")),
+    );
+    eprintln!("free bits, 2 ranks then 1 process, against 1 process: {d:e}");
+    assert!(d < TOLERANCE, "{d:e}");
+}
+
+#[test]
 fn settings_that_cannot_split_or_differ_between_ranks_are_refused() {
     let data = tempfile::tempdir().unwrap();
     synthetic_mnist(data.path(), 128, 16, 12);
