@@ -305,6 +305,17 @@ impl ModelConfig {
         }
     }
 
+    /// The number of latent groups, each with its own KL in
+    /// [`ElboTerms::kl_groups`](crate::ElboTerms::kl_groups): one for a conv VAE; the top
+    /// group and each spatial group for a hierarchical one.
+    pub fn latent_groups(&self) -> usize {
+        match self {
+            Self::Conv(_) => 1,
+            // A group of no channels is skipped.
+            Self::Ladder(c) => 1 + c.group_channels.iter().filter(|&&g| g > 0).count(),
+        }
+    }
+
     /// The observation model p(x | z).
     pub fn likelihood(&self) -> Likelihood {
         match self {

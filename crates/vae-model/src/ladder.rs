@@ -833,6 +833,10 @@ mod tests {
             Pick::Given(&[eps_group.shallow_clone()]),
         );
         assert_eq!(draws.len(), 1);
+        assert_eq!(
+            ModelConfig::from(config.clone()).latent_groups(),
+            1 + draws.len()
+        );
         let (q, p) = (draws[0].posterior.as_ref().unwrap(), &draws[0].prior);
         let z = &q.mu + (&q.logvar * 0.5).exp() * &eps_group;
         assert!(

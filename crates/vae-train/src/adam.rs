@@ -55,14 +55,20 @@ struct Flat {
 impl Flat {
     /// The gradients laid out as the flat parameters (one concatenation).
     fn grads(&self, grads: &[Tensor]) -> Tensor {
-        let mut pieces = Vec::with_capacity(2 * grads.len());
+        Tensor::cat(&self.pieces(grads), 0)
+    }
+
+    /// The pieces [`grads`](Self::grads) concatenates: each gradient flattened, then its
+    /// alignment gap.
+    fn pieces(&self, grads: &[Tensor]) -> Vec<Tensor> {
+        let mut pieces = Vec::with_capacity(2 * grads.len() + 1);
         for (g, pad) in grads.iter().zip(&self.pads) {
             pieces.push(g.reshape([-1]));
             if pad.numel() > 0 {
                 pieces.push(pad.shallow_clone());
             }
         }
-        Tensor::cat(&pieces, 0)
+        pieces
     }
 }
 
@@ -340,13 +346,13 @@ impl Adam {
         reduce: impl FnOnce(&Tensor) -> Result<(), E>,
     ) -> Result<Tensor, E> {
         let grads = self.gradients(loss);
-        let tail = tail.to_kind(Kind::Float).reshape([-1]);
+        // One concatenation: the gradients (in the flat layout) and the tail after them.
         let mut pieces = match &self.flat {
-            Some(f) => vec![f.grads(&grads)],
+            Some(f) => f.pieces(&grads),
             None => grads.iter().map(|g| g.reshape([-1])).collect(),
         };
         let n: i64 = pieces.iter().map(|p| p.numel() as i64).sum();
-        pieces.push(tail.to_device(grads.first().map_or(Device::Cpu, Tensor::device)));
+        pieces.push(tail.to_kind(Kind::Float).reshape([-1]));
         let all = Tensor::cat(&pieces, 0);
         reduce(&all)?;
         let mut g = all.narrow(0, 0, n);

@@ -76,18 +76,25 @@ pub fn evaluate_elbo(
     Ok(summarize_elbo(&sums, images_u8.size()[0]))
 }
 
-/// The seed of chunk `i` of an evaluation seeded with `seed` (splitmix64's finaliser).
-fn chunk_seed(seed: u64, i: u64) -> i64 {
-    let mut z = seed ^ (i + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+/// splitmix64: decorrelates (seed, purpose, counter) into a libtorch seed. The trainer's
+/// purposes are 1 (initialisation), 2 (an epoch's permutation) and 3 (a step's draws);
+/// [`EVAL_CHUNK`] is an evaluation chunk's.
+pub(crate) fn mix(seed: u64, purpose: u64, counter: u64) -> i64 {
+    let mut z = seed
+        ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ counter.wrapping_mul(0xD1B5_4A32_D192_ED03);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     ((z ^ (z >> 31)) >> 1) as i64
 }
 
+/// The purpose of an evaluation chunk's seed in [`mix`].
+const EVAL_CHUNK: u64 = 4;
+
 /// The sums behind [`evaluate_elbo`] over the chunks that `shard` = (rank, world) owns
 /// (chunk i belongs to rank i mod world), as one f64 tensor on the model's device:
-/// [reconstruction, KL, KL of each group...]. Summed over the ranks they are the whole set's.
-/// A rank that owns no chunk returns `[0, 0]` and its group sums are absent.
+/// [reconstruction, KL, KL of each of the model's latent groups]. Summed over the ranks they
+/// are the whole set's; a rank that owns no chunk returns zeros of the same length.
 pub(crate) fn elbo_sums(
     model: &dyn Vae,
     images_u8: &Tensor,
@@ -98,14 +105,16 @@ pub(crate) fn elbo_sums(
     let n = images_u8.size()[0];
     let zero = || Tensor::zeros([], (Kind::Double, model.device()));
     let (mut rec, mut kl) = (zero(), zero());
-    let mut groups: Vec<Tensor> = Vec::new();
+    let mut groups: Vec<Tensor> = (0..model.config().latent_groups())
+        .map(|_| zero())
+        .collect();
     tch::no_grad(|| -> Result<()> {
         let mut start = 0;
         let mut chunk = 0u64;
         while start < n {
             let len = ELBO_CHUNK.min(n - start);
             if chunk % world as u64 == rank as u64 {
-                tch::manual_seed(chunk_seed(seed, chunk));
+                tch::manual_seed(mix(seed, EVAL_CHUNK, chunk));
                 let x = prepare(
                     &images_u8.narrow(0, start, len).to_device(model.device()),
                     binarize,
@@ -113,7 +122,7 @@ pub(crate) fn elbo_sums(
                 let terms = model.elbo(&x)?;
                 rec += terms.reconstruction.sum(Kind::Double);
                 kl += terms.kl.sum(Kind::Double);
-                groups.resize_with(terms.kl_groups.len(), zero);
+                debug_assert_eq!(terms.kl_groups.len(), groups.len(), "one KL per group");
                 for (sum, g) in groups.iter_mut().zip(&terms.kl_groups) {
                     *sum += g.sum(Kind::Double);
                 }

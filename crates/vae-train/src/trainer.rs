@@ -13,7 +13,7 @@ use crate::config::{Objective, Precision, RunConfig, TrainConfig};
 use crate::device::device_name;
 use crate::dist::ProcessGroup;
 use crate::error::{Result, TrainError};
-use crate::eval::{elbo_sums, images_tensor, prepare, summarize_elbo};
+use crate::eval::{elbo_sums, images_tensor, mix, prepare, summarize_elbo};
 use crate::lock::RunLock;
 use crate::observe::{MetricsCsv, Observer, StepProgress};
 
@@ -60,16 +60,6 @@ const LOG_EVERY: usize = 25;
 const VALIDATION_SEED: u64 = 0x5EED_0F7A_1100;
 /// Seed of the per-epoch test ELBO's noise; `vae eval` and the peer use 123 too.
 const TEST_SEED: u64 = 123;
-
-/// splitmix64: decorrelates (seed, purpose, counter) into a libtorch seed.
-fn mix(seed: u64, purpose: u64, counter: u64) -> i64 {
-    let mut z = seed
-        ^ purpose.wrapping_mul(0x9E37_79B9_7F4A_7C15)
-        ^ counter.wrapping_mul(0xD1B5_4A32_D192_ED03);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    ((z ^ (z >> 31)) >> 1) as i64
-}
 
 /// Trains a [`Vae`] on a dataset, checkpointing into a run directory: the library's run.
 ///
@@ -479,8 +469,8 @@ impl Trainer {
         Ok(trainer)
     }
 
-    /// Every rank takes rank 0's variables, optimiser moments and step counter, and moving
-    /// average: one broadcast per tensor, in name order.
+    /// Every rank takes rank 0's variables, optimiser moments and moving average (one broadcast
+    /// per tensor, in name order) and step counter.
     fn broadcast_state(&mut self) -> Result<()> {
         let Some(group) = &self.group else {
             return Ok(());
@@ -494,8 +484,6 @@ impl Trainer {
         if let Some(ema) = &self.ema {
             tensors.extend(ema.iter().map(Tensor::shallow_clone));
         }
-        let t = Tensor::from_slice(&[self.state.adam_t as i64]).to_device(self.device);
-        tensors.push(t.shallow_clone());
         tch::no_grad(|| -> Result<()> {
             for x in &tensors {
                 if x.is_contiguous() {
@@ -508,7 +496,8 @@ impl Trainer {
             }
             Ok(())
         })?;
-        self.adam.set_steps(t.int64_value(&[0]) as u64);
+        // Rank 0's step counter came with its state.
+        self.adam.set_steps(self.state.adam_t);
         Ok(())
     }
 
@@ -838,27 +827,30 @@ impl Trainer {
                 let (loss, rec, kl) = self.loss(&x, eps.as_ref())?;
                 let lr = self.config.lr_at(self.state.step, schedule_total);
                 self.adam.set_lr(lr);
-                let stop_here = self
-                    .interrupt
-                    .as_ref()
-                    .is_some_and(|f| f.load(Ordering::SeqCst));
-                let (rec_step, kl_step, stop_seen) = match &self.group {
+                // Under a group: the ranks' interrupt flags summed with this step's gradients,
+                // still on the device.
+                let (rec_step, kl_step, stops) = match &self.group {
                     None => {
                         self.adam.backward_step(&loss, self.config.grad_clip);
                         (
                             rec.detach().sum(Kind::Double),
                             kl.detach().sum(Kind::Double),
-                            false,
+                            None,
                         )
                     }
                     Some(group) => {
                         // The step's sums and this rank's interrupt ride with the gradients:
                         // every rank learns the global batch's terms, and all stop together.
+                        let here = self
+                            .interrupt
+                            .as_ref()
+                            .is_some_and(|f| f.load(Ordering::SeqCst));
+                        let flag = f32::from(u8::from(here));
                         let tail = Tensor::stack(
                             &[
                                 rec.detach().sum(Kind::Float),
                                 kl.detach().sum(Kind::Float),
-                                Tensor::from(f32::from(u8::from(stop_here))).to_device(self.device),
+                                Tensor::from(flag).to_device(self.device),
                             ],
                             0,
                         );
@@ -871,8 +863,7 @@ impl Trainer {
                             |all| group.all_reduce_sum(all),
                         )?;
                         let reduced = reduced.to_kind(Kind::Double);
-                        let stop = reduced.double_value(&[2]) > 0.0;
-                        (reduced.get(0), reduced.get(1), stop)
+                        (reduced.get(0), reduced.get(1), Some(reduced.get(2)))
                     }
                 };
                 self.state.step += 1;
@@ -901,7 +892,8 @@ impl Trainer {
                     interval_reconstruction: None,
                     lr,
                 };
-                if pending.len() == LOG_EVERY || end_of_epoch {
+                let read_back = pending.len() == LOG_EVERY || end_of_epoch;
+                if read_back {
                     let losses: Vec<f32> = Vec::try_from(&Tensor::stack(&pending, 0))?;
                     if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
                         self.notify_steps_ended();
@@ -934,14 +926,14 @@ impl Trainer {
                 for o in &mut self.observers {
                     o.step(&progress);
                 }
-                let stop = if self.group.is_some() {
-                    stop_seen
-                } else {
-                    stop_here
-                        || self
-                            .interrupt
-                            .as_ref()
-                            .is_some_and(|f| f.load(Ordering::SeqCst))
+                // A raised flag stays raised, so under a group the reduced flags are read only
+                // with the losses (no host read per step): every rank reads the same step's.
+                let stop = match &stops {
+                    None => self
+                        .interrupt
+                        .as_ref()
+                        .is_some_and(|f| f.load(Ordering::SeqCst)),
+                    Some(stops) => read_back && stops.double_value(&[]) > 0.0,
                 };
                 if stop && !end_of_epoch {
                     interrupted = true;
@@ -1168,25 +1160,9 @@ impl Trainer {
 
     fn sharded_elbo(&self, images: &Tensor, seed: u64) -> Result<crate::eval::ElboSummary> {
         let shard = (self.rank(), self.world());
-        let mut sums = elbo_sums(self.model.as_ref(), images, self.binarize(), seed, shard)?;
+        let sums = elbo_sums(self.model.as_ref(), images, self.binarize(), seed, shard)?;
         if let Some(group) = &self.group {
-            // A rank may own no chunk (and so know no group count): agree on the longest.
-            let counts = Tensor::zeros([group.world() as i64], (Kind::Double, self.device));
-            let _ = counts.get(self.rank() as i64).fill_(sums.numel() as f64);
-            group.all_reduce_sum(&counts)?;
-            let longest = counts.max().double_value(&[]) as i64;
-            if sums.numel() as i64 != longest {
-                sums = Tensor::cat(
-                    &[
-                        sums.shallow_clone(),
-                        Tensor::zeros([longest - sums.numel() as i64], (Kind::Double, self.device)),
-                    ],
-                    0,
-                );
-            }
-            let sums_c = sums.contiguous();
-            group.all_reduce_sum(&sums_c)?;
-            sums = sums_c;
+            group.all_reduce_sum(&sums)?;
         }
         Ok(summarize_elbo(&sums, images.size()[0]))
     }

@@ -247,21 +247,7 @@ pub fn run(args: TrainArgs) -> Result<u8> {
         // The other ranks compute and write nothing: rank 0 reports and checkpoints. Every
         // rank evaluates its share of the test set each epoch.
         trainer.set_test_set(&test)?;
-        let outcome = match (args.untimed_steps, args.max_steps) {
-            // Rank 0's two runs of `run_timed`, step for step.
-            (Some(warmup), Some(timed)) => {
-                trainer.set_max_steps(Some(warmup));
-                match trainer.run()? {
-                    Outcome::StepLimit => {
-                        trainer.set_max_steps(Some(warmup + timed));
-                        trainer.run()?
-                    }
-                    other => other,
-                }
-            }
-            _ => trainer.run()?,
-        };
-        dump_weights(&trainer)?;
+        let outcome = train(&mut trainer, &args)?;
         return Ok(match outcome {
             Outcome::Interrupted => EXIT_INTERRUPTED,
             _ => 0,
@@ -302,11 +288,7 @@ pub fn run(args: TrainArgs) -> Result<u8> {
             ),
         }
     }
-    let outcome = match (args.untimed_steps, args.max_steps) {
-        (Some(warmup), Some(timed)) => run_timed(&mut trainer, warmup, timed)?,
-        _ => trainer.run()?,
-    };
-    dump_weights(&trainer)?;
+    let outcome = train(&mut trainer, &args)?;
     for m in trainer.state().history.iter().rev().take(1) {
         eprintln!(
             "epoch {}: train ELBO {:.2}, validation ELBO {:.2} nats ({:.0} images/s)",
@@ -340,6 +322,16 @@ pub fn run(args: TrainArgs) -> Result<u8> {
     drop(trainer);
     finish(&dir, &test, device, &history)?;
     Ok(0)
+}
+
+/// Trains as the flags say (timed, for `--untimed-steps`), on every rank alike.
+fn train(trainer: &mut Trainer, args: &TrainArgs) -> Result<Outcome> {
+    let outcome = match (args.untimed_steps, args.max_steps) {
+        (Some(warmup), Some(timed)) => run_timed(trainer, warmup, timed)?,
+        _ => trainer.run()?,
+    };
+    dump_weights(trainer)?;
+    Ok(outcome)
 }
 
 /// For tests of data-parallel training: `VAE_TEST_WEIGHTS_OUT=<dir>` makes every rank write
@@ -393,7 +385,7 @@ fn epoch_pictures(test: &ImageDataset, seed: u64) -> ImageMaker {
     })
 }
 
-/// `warmup` untimed steps, then `timed` steps whose images/s it prints on stdout as JSON
+/// `warmup` untimed steps, then `timed` steps whose images/s rank 0 prints on stdout as JSON
 /// (`--untimed-steps`, for `cargo xtask bench`). The timed steps must lie in one epoch: the
 /// trainer's per-epoch accumulators are what it reads.
 fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> {
@@ -416,10 +408,12 @@ fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> 
         after.examples - before.0.examples,
         after.seconds - before.0.seconds,
     );
-    println!(
-        "{}",
-        serde_json::json!({"timed_steps": timed, "seconds": seconds, "train_images_per_s": examples as f64 / seconds})
-    );
+    if trainer.is_leader() {
+        println!(
+            "{}",
+            serde_json::json!({"timed_steps": timed, "seconds": seconds, "train_images_per_s": examples as f64 / seconds})
+        );
+    }
     Ok(outcome)
 }
 
