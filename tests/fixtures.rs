@@ -111,8 +111,10 @@ fn models() -> Vec<(&'static str, ModelConfig)> {
 }
 
 fn run_config(model: ModelConfig) -> RunConfig {
-    let mut run = RunConfig::default();
-    run.model = model;
+    let mut run = RunConfig {
+        model,
+        ..RunConfig::default()
+    };
     run.train.batch_size = 16;
     run.train.validation_size = Some(16);
     run.train.epochs = 3;
@@ -181,7 +183,10 @@ fn every_fixture_checkpoint_gives_its_recorded_figures() {
         let recorded: Figures =
             serde_json::from_slice(&std::fs::read(dir.join("figures.json")).unwrap()).unwrap();
         let (kind, step, elbo, iw) = test_figures(&dir, &test);
-        assert_eq!((kind.as_str(), step), (recorded.kind.as_str(), recorded.step));
+        assert_eq!(
+            (kind.as_str(), step),
+            (recorded.kind.as_str(), recorded.step)
+        );
         let tmp = tempfile::tempdir().unwrap();
         copy_dir(&dir, tmp.path());
         let loss = resumed_step_loss(tmp.path(), &train);

@@ -12,14 +12,15 @@
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::config::{ModelConfig, Prior, check_input_size, check_prior};
+use crate::blocks::{
+    Deconv, Layout, ResidualCell, cast, check_compute_kind, check_images, check_input_size,
+    check_rows, conv_down, conv_in, conv_up, conv1, conv3, linear, linear_in,
+};
 use crate::error::ModelError;
 use crate::likelihood::Likelihood;
 use crate::loss;
-use crate::model::{Deconv, cast, conv, deconv, linear, linear_in, torch_default};
-use crate::vae::{
-    ElboTerms, IwaeTerms, Posterior, Vae, check_compute_kind, check_images, check_samples,
-};
+use crate::prior::{LatentPrior, Prior};
+use crate::vae::{ElboTerms, ImportanceTerms, ModelConfig, Posterior, Vae, VaeConfig};
 
 /// The architecture of a [`LadderVae`].
 ///
@@ -72,7 +73,7 @@ impl LadderVaeConfig {
     pub fn validate(&self) -> Result<(), ModelError> {
         let bad = |msg: String| Err(ModelError::InvalidConfig(msg));
         check_input_size([self.input_channels, self.input_height, self.input_width])?;
-        check_prior(self.top_prior)?;
+        self.top_prior.validate()?;
         if self.channels.is_empty()
             || self.channels.len() > 8
             || self.channels.iter().any(|&c| c < 1)
@@ -151,78 +152,23 @@ fn soft_clamp(x: &Tensor, bound: f64) -> Tensor {
     (x / bound).tanh() * bound
 }
 
-/// A conv computed in `kind` (weights cast per call, as `ConvVae`'s layers).
-fn conv_at(c: &nn::Conv2D, x: &Tensor, stride: i64, padding: i64, kind: Kind) -> Tensor {
-    let bias = c.bs.as_ref().map(|b| cast(b, kind));
-    x.conv2d(
-        &cast(&c.ws, kind),
-        bias.as_ref(),
-        [stride, stride],
-        [padding, padding],
-        [1, 1],
-        1,
-    )
-}
-
-fn conv3(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
-    let init = torch_default(i * 9);
-    let cfg = nn::ConvConfig {
-        padding: 1,
-        ws_init: init,
-        bs_init: init,
-        ..Default::default()
-    };
-    nn::conv2d(p, i, o, 3, cfg)
-}
-
-fn conv1(p: nn::Path<'_>, i: i64, o: i64) -> nn::Conv2D {
-    let init = torch_default(i);
-    let cfg = nn::ConvConfig {
-        ws_init: init,
-        bs_init: init,
-        ..Default::default()
-    };
-    nn::conv2d(p, i, o, 1, cfg)
-}
-
 /// The nonlinearity of both paths: SiLU (swish), as NVAE's cells.
 fn act(x: &Tensor) -> Tensor {
     x.silu()
 }
 
-/// x ↦ x + Conv3x3(SiLU(Conv3x3(SiLU(x)))): a pre-activation residual cell keeping width and
-/// resolution (He et al., "Identity Mappings in Deep Residual Networks", ECCV 2016).
-#[derive(Debug)]
-struct Cell {
-    conv1: nn::Conv2D,
-    conv2: nn::Conv2D,
-}
-
-impl Cell {
-    fn new(p: nn::Path<'_>, c: i64) -> Self {
-        Self {
-            conv1: conv3(&p / "conv1", c, c),
-            conv2: conv3(&p / "conv2", c, c),
-        }
-    }
-
-    fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
-        let h = conv_at(&self.conv1, &act(x), 1, 1, kind);
-        x + conv_at(&self.conv2, &act(&h), 1, 1, kind)
-    }
-
-    fn stack(p: &nn::Path<'_>, c: i64, n: usize) -> Vec<Self> {
-        (0..n)
-            .map(|j| Self::new(p / format!("cell{}", j + 1), c))
-            .collect()
-    }
-}
-
-fn apply_cells(mut h: Tensor, cells: &[Cell], kind: Kind) -> Tensor {
+/// `cells` in turn: each x ↦ x + Conv3x3(SiLU(Conv3x3(SiLU(x)))), the pre-activation residual
+/// cell of both paths.
+fn apply_cells(mut h: Tensor, cells: &[ResidualCell], kind: Kind) -> Tensor {
     for c in cells {
-        h = c.forward(&h, kind);
+        h = c.forward(&h, &act(&h), |t| t.silu(), kind, Layout::Plain);
     }
     h
+}
+
+/// `n` cells of width `c` under `p`, named `cell1`, `cell2`, ….
+fn cells(p: &nn::Path<'_>, c: i64, n: usize) -> Vec<ResidualCell> {
+    ResidualCell::stack(p, c, n, |j| format!("cell{}", j + 1))
 }
 
 /// The deterministic bottom-up path: a stride-2 conv from the image, residual cells at each
@@ -231,7 +177,7 @@ fn apply_cells(mut h: Tensor, cells: &[Cell], kind: Kind) -> Tensor {
 struct BottomUp {
     stem: nn::Conv2D,
     /// Cells at each resolution, finest first.
-    levels: Vec<Vec<Cell>>,
+    levels: Vec<Vec<ResidualCell>>,
     /// `down[l]` goes from resolution l to l + 1.
     down: Vec<nn::Conv2D>,
     /// q(z_top | x): [μ, log σ²] from the coarsest features.
@@ -247,13 +193,13 @@ struct BottomUpOut {
 
 impl BottomUp {
     fn forward(&self, x: &Tensor, kind: Kind) -> BottomUpOut {
-        let mut h = conv_at(&self.stem, &cast(x, kind), 2, 1, kind);
+        let mut h = conv_in(&self.stem, &cast(x, kind), (2, 1), kind, Layout::Plain);
         let mut features = Vec::with_capacity(self.levels.len());
         for (l, cells) in self.levels.iter().enumerate() {
             h = apply_cells(h, cells, kind);
             features.push(h.shallow_clone());
             if let Some(down) = self.down.get(l) {
-                h = conv_at(down, &act(&h), 2, 1, kind);
+                h = conv_in(down, &act(&h), (2, 1), kind, Layout::Plain);
             }
         }
         let stats = cast(
@@ -326,7 +272,7 @@ struct TopDown {
     /// The group at each resolution (finest first; `None` where there is none).
     groups: Vec<Option<Group>>,
     /// Cells at each resolution, finest first (run after that resolution's group).
-    levels: Vec<Vec<Cell>>,
+    levels: Vec<Vec<ResidualCell>>,
     /// `up[l]` goes from resolution l + 1 to l.
     up: Vec<nn::ConvTranspose2D>,
     /// The finest features to the likelihood's parameters at the image's size.
@@ -353,8 +299,8 @@ pub struct LadderVae {
     config: LadderVaeConfig,
     bottom_up: BottomUp,
     top_down: TopDown,
-    /// The VampPrior's pseudo-input logits, for a VampPrior over the top group.
-    pseudo_inputs: Option<Tensor>,
+    /// The top group's prior.
+    prior: LatentPrior,
     device: Device,
     compute: Kind,
 }
@@ -366,7 +312,7 @@ impl LadderVae {
         let levels = config.channels.len();
         let bu = p / "bottom_up";
         let td = p / "top_down";
-        let stem = conv(&bu / "stem", config.input_channels, config.channels[0]);
+        let stem = conv_down(&bu / "stem", config.input_channels, config.channels[0]);
         let mut bu_levels = Vec::new();
         let mut down = Vec::new();
         let mut td_levels = Vec::new();
@@ -379,17 +325,16 @@ impl LadderVae {
             .enumerate()
         {
             let name = format!("level{}", l + 1);
-            bu_levels.push(Cell::stack(&(&bu / &name), c, config.cells[l]));
-            td_levels.push(Cell::stack(&(&td / &name), c, config.cells[l]));
+            bu_levels.push(cells(&(&bu / &name), c, config.cells[l]));
+            td_levels.push(cells(&(&td / &name), c, config.cells[l]));
             groups.push((g > 0).then(|| Group {
                 prior: conv3(&td / &name / "prior", c, 2 * g),
                 posterior: conv3(&td / &name / "posterior", 2 * c, 2 * g),
                 inject: conv1(&td / &name / "inject", g, c),
             }));
             if let Some(&next) = config.channels.get(l + 1) {
-                down.push(conv(&bu / format!("down{}", l + 1), c, next));
-                let d = deconv(&td / format!("up{}", l + 1), next, c);
-                up.push(d);
+                down.push(conv_down(&bu / format!("down{}", l + 1), c, next));
+                up.push(conv_up(&td / format!("up{}", l + 1), next, c));
             }
         }
         let (h, w) = config.resolution(levels - 1);
@@ -401,22 +346,15 @@ impl LadderVae {
             config.channels[0],
             config.input_channels * config.likelihood.params_per_channel(),
         );
-        let pseudo_inputs = match config.top_prior {
-            Prior::Standard => None,
-            Prior::Vamp { components } => Some((p / "prior").var(
-                "pseudo_inputs",
-                &[
-                    components,
-                    config.input_channels,
-                    config.input_height,
-                    config.input_width,
-                ],
-                nn::Init::Randn {
-                    mean: -2.0,
-                    stdev: 0.5,
-                },
-            )),
-        };
+        let prior = LatentPrior::new(
+            p,
+            config.top_prior,
+            [
+                config.input_channels,
+                config.input_height,
+                config.input_width,
+            ],
+        );
         Ok(Self {
             config: config.clone(),
             bottom_up: BottomUp {
@@ -432,7 +370,7 @@ impl LadderVae {
                 up,
                 out,
             },
-            pseudo_inputs,
+            prior,
             device: p.device(),
             compute: Kind::Float,
         })
@@ -446,29 +384,6 @@ impl LadderVae {
     fn check_images(&self, x: &Tensor) -> Result<(), ModelError> {
         let c = &self.config;
         check_images(x, [c.input_channels, c.input_height, c.input_width])
-    }
-
-    fn check_rows(
-        &self,
-        what: &'static str,
-        t: &Tensor,
-        n: Option<i64>,
-        width: i64,
-    ) -> Result<(), ModelError> {
-        let size = t.size();
-        let rows_ok = n.is_none_or(|n| size.first() == Some(&n));
-        if size.len() == 2 && size[1] == width && rows_ok && t.is_floating_point() {
-            Ok(())
-        } else {
-            Err(ModelError::Shape {
-                what,
-                expected: match n {
-                    Some(n) => format!("[{n}, {width}] (floating point)"),
-                    None => format!("[N, {width}] (floating point)"),
-                },
-                found: size,
-            })
-        }
     }
 
     /// The top-down pass from `z_top`: each spatial group's z picked by `pick`, from the
@@ -501,12 +416,19 @@ impl LadderVae {
             }
             if let Some(group) = &td.groups[l] {
                 let a = act(&d);
-                let raw = cast(&conv_at(&group.prior, &a, 1, 1, kind), Kind::Float).chunk(2, 1);
+                let raw = cast(
+                    &conv_in(&group.prior, &a, (1, 1), kind, Layout::Plain),
+                    Kind::Float,
+                )
+                .chunk(2, 1);
                 let prior = Normal::from_raw(&raw[0], &raw[1]);
                 let posterior = features.map(|f| {
                     let both = Tensor::cat(&[a.shallow_clone(), act(&f[l])], 1);
-                    let delta = cast(&conv_at(&group.posterior, &both, 1, 1, kind), Kind::Float)
-                        .chunk(2, 1);
+                    let delta = cast(
+                        &conv_in(&group.posterior, &both, (1, 1), kind, Layout::Plain),
+                        Kind::Float,
+                    )
+                    .chunk(2, 1);
                     Normal::from_raw(&(&prior.mu + &delta[0]), &(&prior.logvar * 0.5 + &delta[1]))
                 });
                 let from = posterior.as_ref().unwrap_or(&prior);
@@ -525,7 +447,13 @@ impl LadderVae {
                     Pick::Mean => (from.mu.zeros_like(), from.mu.shallow_clone()),
                 };
                 // Out of place: SiLU kept `d` for its backward.
-                d = d.g_add(&conv_at(&group.inject, &cast(&z, kind), 1, 0, kind));
+                d = d.g_add(&conv_in(
+                    &group.inject,
+                    &cast(&z, kind),
+                    (1, 0),
+                    kind,
+                    Layout::Plain,
+                ));
                 draws.push(GroupDraw {
                     z,
                     eps,
@@ -539,36 +467,24 @@ impl LadderVae {
         (params, draws)
     }
 
-    /// The VampPrior's K components over the top group, `[K, top_dim]` each.
-    fn prior_components(&self, logits: &Tensor) -> (Tensor, Tensor) {
-        let q = self.bottom_up.forward(&logits.sigmoid(), self.compute).top;
+    /// The top group's posterior (μ, log σ²) for images `u`: the VampPrior's components at
+    /// its pseudo-inputs.
+    fn top_posterior(&self, u: &Tensor) -> (Tensor, Tensor) {
+        let q = self.bottom_up.forward(u, self.compute).top;
         (q.mu, q.logvar)
     }
 
     /// log p(z_top) for latents `[..., top_dim]`: `[...]`.
     fn log_prior_top(&self, z: &Tensor) -> Tensor {
-        match &self.pseudo_inputs {
-            None => loss::standard_normal_log_density(z),
-            Some(logits) => {
-                let (mu, logvar) = self.prior_components(logits);
-                let size = z.size();
-                let flat = z.reshape([-1, self.config.top_dim]);
-                loss::mixture_log_density(&flat, &mu, &logvar).view(&size[..size.len() - 1])
-            }
-        }
+        self.prior.log_density(z, |u| self.top_posterior(u))
     }
 
     /// `n` top latents from the prior, with the Gaussian noise scaled by `temperature`.
     fn sample_top(&self, n: i64, temperature: f64) -> Tensor {
-        let eps = Tensor::randn([n, self.config.top_dim], (Kind::Float, self.device)) * temperature;
-        match &self.pseudo_inputs {
-            None => eps,
-            Some(logits) => {
-                let (mu, logvar) = self.prior_components(logits);
-                let pick = Tensor::randint(logits.size()[0], [n], (Kind::Int64, self.device));
-                mu.index_select(0, &pick) + (logvar.index_select(0, &pick) * 0.5).exp() * eps
-            }
-        }
+        self.prior
+            .sample(n, self.config.top_dim, temperature, self.device, |u| {
+                self.top_posterior(u)
+            })
     }
 
     /// The negative-ELBO terms for `x` at top noise `eps_top` and the groups' noise `pick`.
@@ -603,9 +519,9 @@ impl LadderVae {
         }
     }
 
-    /// log p(x, z_i) − log q(z_i | x) for `s` fresh samples per image, `[s, N]`, with the
-    /// first sample's −log p(x | z) and log q(z | x) − log p(z) (`[N]` each).
-    fn weights(&self, x: &Tensor, s: i64) -> (Tensor, Tensor, Tensor) {
+    /// log p(x | z_i), log p(z_i) and log q(z_i | x) for `s` fresh samples per image,
+    /// `[s, N]` each.
+    fn weights(&self, x: &Tensor, s: i64) -> ImportanceTerms {
         let n = x.size()[0];
         let bu = self.bottom_up.forward(x, self.compute);
         let repeat = |t: &Tensor| {
@@ -647,9 +563,11 @@ impl LadderVae {
         let total =
             |terms: &[Tensor]| Tensor::stack(terms, 0).sum_dim_intlist(0, false, Kind::Float);
         let (log_qz, log_pz) = (total(&log_qz), total(&log_pz));
-        let (log_qz, log_pz) = (log_qz.view([s, n]), log_pz.view([s, n]));
-        let log_w = &log_px + &log_pz - &log_qz;
-        (log_w, -log_px.get(0), log_qz.get(0) - log_pz.get(0))
+        ImportanceTerms {
+            log_px,
+            log_pz: log_pz.view([s, n]),
+            log_qz: log_qz.view([s, n]),
+        }
     }
 
     /// Splits noise `[N, noise_dim]` into the top's `[N, top_dim]` and each group's
@@ -677,9 +595,52 @@ impl LadderVae {
     }
 }
 
+impl VaeConfig for LadderVaeConfig {
+    const KIND: &'static str = "ladder";
+
+    fn build(&self, p: &nn::Path<'_>) -> Result<Box<dyn Vae>, ModelError> {
+        Ok(Box::new(LadderVae::new(p, self)?))
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        LadderVaeConfig::validate(self)
+    }
+
+    fn image_shape(&self) -> [i64; 3] {
+        [self.input_channels, self.input_height, self.input_width]
+    }
+
+    fn set_image_shape(&mut self, [c, h, w]: [i64; 3]) {
+        (self.input_channels, self.input_height, self.input_width) = (c, h, w);
+    }
+
+    /// The top group's.
+    fn latent_dim(&self) -> i64 {
+        self.top_dim
+    }
+
+    /// The top group and each spatial group (a group of no channels is skipped).
+    fn latent_groups(&self) -> usize {
+        1 + self.group_channels.iter().filter(|&&g| g > 0).count()
+    }
+
+    fn likelihood(&self) -> Likelihood {
+        self.likelihood
+    }
+
+    fn set_likelihood(&mut self, likelihood: Likelihood) {
+        self.likelihood = likelihood;
+    }
+
+    /// Each group's KL.
+    fn has_kl_per_dimension(&self) -> bool {
+        true
+    }
+}
+
 impl Vae for LadderVae {
     fn config(&self) -> ModelConfig {
-        ModelConfig::Ladder(self.config.clone())
+        ModelConfig::new(self.config.clone())
     }
 
     fn device(&self) -> Device {
@@ -700,10 +661,11 @@ impl Vae for LadderVae {
     /// The likelihood's parameters with the top group at `z` and every lower group at its
     /// prior mean given the groups above.
     fn decode(&self, z: &Tensor) -> Result<Tensor, ModelError> {
-        self.check_rows("latents", z, None, self.config.top_dim)?;
+        check_rows("latents", z, None, self.config.top_dim)?;
         Ok(self.top_down(z, None, Pick::Mean).0)
     }
 
+    /// The top group's noise drawn first, each lower group's as the pass reaches it.
     fn elbo(&self, x: &Tensor) -> Result<ElboTerms, ModelError> {
         self.check_images(x)?;
         let eps_top = Tensor::randn(
@@ -722,49 +684,20 @@ impl Vae for LadderVae {
 
     fn elbo_with_noise(&self, x: &Tensor, eps: &Tensor) -> Result<ElboTerms, ModelError> {
         self.check_images(x)?;
-        self.check_rows("noise", eps, Some(x.size()[0]), self.config.noise_dim())?;
+        check_rows("noise", eps, Some(x.size()[0]), self.config.noise_dim())?;
         let (top, groups) = self.split_noise(eps);
         Ok(self.elbo_at(x, &top, Pick::Given(&groups)))
     }
 
-    fn log_weights(&self, x: &Tensor, k: i64) -> Result<Tensor, ModelError> {
+    fn importance_terms(&self, x: &Tensor, k: i64) -> Result<ImportanceTerms, ModelError> {
         self.check_images(x)?;
-        check_samples(k)?;
-        Ok(self.weights(x, k).0)
-    }
-
-    fn iwae_terms(&self, x: &Tensor, k: i64) -> Result<IwaeTerms, ModelError> {
-        self.check_images(x)?;
-        check_samples(k)?;
-        let (log_w, reconstruction, kl) = self.weights(x, k);
-        Ok(IwaeTerms {
-            bound: loss::log_mean_exp(&log_w),
-            reconstruction,
-            kl,
-        })
+        Ok(self.weights(x, k))
     }
 
     /// Every group's Gaussian noise is scaled by `temperature`, top-down.
-    fn sample(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
-        if n < 1 {
-            return Err(ModelError::InvalidArgument(format!(
-                "cannot sample {n} images"
-            )));
-        }
+    fn prior_params(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
         let z = self.sample_top(n, temperature);
-        let (params, _) = self.top_down(&z, None, Pick::Fresh(temperature));
-        Ok(self.config.likelihood.mean(&params))
-    }
-
-    fn draw(&self, n: i64, temperature: f64) -> Result<Tensor, ModelError> {
-        if n < 1 {
-            return Err(ModelError::InvalidArgument(format!(
-                "cannot draw {n} images"
-            )));
-        }
-        let z = self.sample_top(n, temperature);
-        let (params, _) = self.top_down(&z, None, Pick::Fresh(temperature));
-        Ok(self.config.likelihood.sample(&params))
+        Ok(self.top_down(&z, None, Pick::Fresh(temperature)).0)
     }
 
     /// Through the posterior means of every group, top-down.
@@ -776,7 +709,7 @@ impl Vae for LadderVae {
     }
 
     fn prior_images(&self) -> Option<Tensor> {
-        self.pseudo_inputs.as_ref().map(Tensor::sigmoid)
+        self.prior.images()
     }
 }
 

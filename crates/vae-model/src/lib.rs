@@ -33,22 +33,26 @@
 //! # Ok::<(), vae_model::ModelError>(())
 //! ```
 
-mod config;
+pub mod blocks;
+mod conv;
 mod error;
+mod kinds;
 mod ladder;
 pub mod latent;
 mod likelihood;
 pub mod loss;
-mod model;
 mod pixel;
+mod prior;
 mod vae;
 
-pub use config::{ConvVaeConfig, ModelConfig, PixelHead, Prior};
+pub use conv::{ConvVae, ConvVaeConfig, VaeOutput};
 pub use error::ModelError;
+pub use kinds::{register_kind, registered_kinds};
 pub use ladder::{LadderVae, LadderVaeConfig};
 pub use likelihood::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood};
-pub use model::{ConvVae, VaeOutput};
-pub use vae::{ElboTerms, IwaeTerms, Posterior, Vae};
+pub use pixel::PixelHead;
+pub use prior::{LatentPrior, Prior};
+pub use vae::{ElboTerms, ImportanceTerms, IwaeTerms, ModelConfig, Posterior, Vae, VaeConfig};
 
 #[cfg(test)]
 mod tests;

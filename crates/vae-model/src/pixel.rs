@@ -1,10 +1,37 @@
-//! The autoregressive (PixelCNN-style) head over the decoder's logits; see
-//! [`PixelHead`](crate::PixelHead).
+//! The autoregressive (PixelCNN-style) head over the decoder's logits: [`PixelHead`]
+//! configures it, `PixelCnn` computes it.
 
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
-use crate::config::PixelHead;
-use crate::model::{cast, torch_default};
+use crate::blocks::{cast, torch_default};
+
+/// A small PixelCNN-style head (van den Oord et al., "Pixel Recurrent Neural Networks", ICML
+/// 2016; used on a VAE decoder as in PixelVAE, Gulrajani et al., ICLR 2017): p(x | z) =
+/// Π_i Bernoulli(x_i | σ(d_i(z) + g_i(x_<i, d(z)))), where d(z) are the conv decoder's logits
+/// and g is a stack of masked convs that sees only the pixels before i in raster order. Its
+/// output layer starts at zero, so a fresh model with the head equals one without it.
+///
+/// Training and the likelihood stay one parallel pass (the pixels x are known); sampling is
+/// sequential, one pass per pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PixelHead {
+    /// Width of the masked convs.
+    pub channels: i64,
+    /// Masked convs: a 7×7 of mask type A (excludes the pixel itself), then `layers − 1`
+    /// residual 3×3 convs of mask type B.
+    pub layers: usize,
+}
+
+impl Default for PixelHead {
+    fn default() -> Self {
+        Self {
+            channels: 16,
+            layers: 3,
+        }
+    }
+}
 
 /// A k×k stride-1 conv whose kernel is masked so output pixel (i, j) sees only input pixels
 /// before it in raster order: rows above, and the same row to the left; type B also sees
@@ -155,8 +182,8 @@ impl PixelCnn {
 mod tests {
     use tch::{Device, Kind, Tensor, nn};
 
+    use super::PixelHead;
     use super::{PixelCnn, raster_mask};
-    use crate::config::PixelHead;
     use crate::loss::bernoulli_nll;
     use crate::tests::lock;
     use crate::{ConvVae, ConvVaeConfig, ModelError, Vae};

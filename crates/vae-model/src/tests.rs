@@ -450,13 +450,13 @@ fn to_channels_last_keeps_values_sets_nhwc_strides_and_passes_gradients() {
     let _g = lock();
     for shape in [[2i64, 3, 4, 5], [32, 1, 4, 4]] {
         let t = Tensor::randn(shape, (Kind::Float, Device::Cpu)).set_requires_grad(true);
-        let cl = crate::model::to_channels_last(&t);
+        let cl = crate::blocks::to_channels_last(&t);
         let (c, h, w) = (shape[1], shape[2], shape[3]);
         assert_eq!(cl.stride(), vec![c * h * w, 1, w * c, c], "{shape:?}");
         assert_eq!((&cl - &t).abs().max().double_value(&[]), 0.0);
         // Already channels-last: no copy.
         assert_eq!(
-            crate::model::to_channels_last(&cl).data_ptr(),
+            crate::blocks::to_channels_last(&cl).data_ptr(),
             cl.data_ptr()
         );
         let weight = Tensor::randn(shape, (Kind::Float, Device::Cpu));

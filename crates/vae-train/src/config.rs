@@ -477,7 +477,7 @@ mod tests {
     use super::*;
 
     fn conv(run: &RunConfig) -> &vae_model::ConvVaeConfig {
-        run.model.as_conv().unwrap()
+        run.model.get::<vae_model::ConvVaeConfig>().unwrap()
     }
 
     #[test]

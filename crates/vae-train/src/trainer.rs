@@ -16,6 +16,7 @@ use crate::error::{Result, TrainError};
 use crate::eval::{elbo_sums, images_tensor, mix, prepare, summarize_elbo};
 use crate::lock::RunLock;
 use crate::observe::{MetricsCsv, Observer, StepProgress};
+use crate::precision::PrecisionChoice;
 
 /// File names inside a run directory.
 pub mod files {
@@ -508,7 +509,7 @@ impl Trainer {
         config: TrainConfig,
         device: Device,
         vs: nn::VarStore,
-        model: Box<dyn Vae>,
+        mut model: Box<dyn Vae>,
         adam: Adam,
         ema: Option<Vec<Tensor>>,
         state: TrainState,
@@ -517,7 +518,18 @@ impl Trainer {
         group: Option<ProcessGroup>,
     ) -> Result<Self> {
         let mut config = config;
-        let choice = config.precision.resolve(device);
+        let mut choice = config.precision.resolve(device);
+        // A model kind may compute in f32 only; `auto` then keeps to it.
+        if config.precision == Precision::Auto
+            && choice.precision == Precision::Bf16
+            && model.set_compute_kind(Kind::BFloat16).is_err()
+        {
+            choice = PrecisionChoice {
+                precision: Precision::Fp32,
+                reason: format!("the {} model computes in f32 only", model_config.kind()),
+            };
+        }
+        model.set_compute_kind(Kind::Float)?;
         tracing::info!("training in {} because {}", choice.precision, choice.reason);
         config.precision = choice.precision;
         let stale = if lock.is_some() {

@@ -80,7 +80,7 @@ pub fn run(a: ExportArgs) -> Result<u8> {
     let weights = dir.join("model.safetensors");
     let metadata = HashMap::from([("config".to_string(), json.clone())]);
     vae_data::write_atomic(&weights, &safetensors_bytes(&vars, Some(metadata))?)?;
-    if config.as_conv().is_none() {
+    if config.get::<vae_model::ConvVaeConfig>().is_none() {
         // The PyTorch module covers the conv VAE; other kinds export their weights and config.
         println!(
             "wrote {} ({} tensors, the {} model's config in its metadata; no PyTorch module is written for this kind)",
@@ -142,7 +142,7 @@ fn reference_names(a: &ExportArgs, loaded: &LoadedModel) -> Result<u8> {
         bail!("--reference-names writes one file: name it with --out FILE.safetensors");
     };
     let config = loaded.model.config();
-    let Some(c) = config.as_conv() else {
+    let Some(c) = config.get::<vae_model::ConvVaeConfig>() else {
         bail!(
             "--reference-names needs the conv VAE of the reference architecture, but this model is of kind {}: export it without --reference-names",
             config.kind()

@@ -91,7 +91,7 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
         (s.pseudo_inputs.is_some(), "--pseudo-inputs"),
     ];
     let kind = run.model.kind();
-    let Some(m) = run.model.as_conv_mut() else {
+    let Some(m) = run.model.get_mut::<vae_model::ConvVaeConfig>() else {
         if let Some((_, flag)) = conv_flags.iter().find(|(given, _)| *given) {
             bail!(
                 "{flag} sets the conv VAE, but this run's model is of kind {kind}: set that kind's keys in a --config file's [model] table instead"
