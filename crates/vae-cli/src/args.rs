@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use vae_model::{Likelihood, Prior};
 use vae_train::{Device, LrSchedule, Objective, Optimizer, Precision, Preset};
 
 #[derive(Parser)]
@@ -104,15 +105,9 @@ pub struct TrainArgs {
 /// The model and training settings of a new run (a resumed run keeps its own).
 #[derive(clap::Args, Debug, Default)]
 pub struct RunSettings {
-    /// Start from a preset: `default` (the best model measured to train in 10 minutes on 2 CPU
-    /// cores: the reference conv VAE with a 100-component VampPrior, Adam 4e-3 peak with 300
-    /// warm-up steps and cosine decay to 1e-4, 36 epochs); `fast` (the PyTorch reference's
-    /// model and protocol: standard prior, constant Adam 1e-3, 10 epochs); `best` (for longer
-    /// runs or a GPU: VampPrior of 500, a residual block per level, 100 epochs); `ladder` (a
-    /// hierarchical VAE: latent groups at 7x7 and 14x14 under a vector top with a VampPrior of
-    /// 100, KL warm-up and gradient clipping, 50 epochs, ~35 minutes on 2 CPU cores);
-    /// `ladder-gpu` (a wider, deeper one for a GPU). --config and flags override it; the model
-    /// flags below set the conv VAE (a ladder's keys go in --config's [model] table).
+    /// Start from a preset (each is described below) [default: default]. --config and flags
+    /// override it; the model flags below set the conv VAE (a ladder's keys go in --config's
+    /// [model] table).
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Dimension of the latent z [default: 32].
@@ -137,22 +132,33 @@ pub struct RunSettings {
     #[arg(long)]
     pub pixel_head_layers: Option<usize>,
     /// Observation model p(x | z): bernoulli (binary pixels; training images are binarised),
-    /// logistic (a mixture of discretised logistics over the 256 levels of 8-bit data) or
+    /// logistic or logistic:K (a mixture of K discretised logistics over the 256 levels of
+    /// 8-bit data; K = --logistic-components or 5) or
     /// continuous-bernoulli (a normalised density on [0, 1]) [default: bernoulli for binary
     /// images and for MNIST itself (a data folder named mnist: the binarised-MNIST protocol);
     /// logistic for other grey-level and colour data].
-    #[arg(long, value_enum)]
-    pub likelihood: Option<LikelihoodKind>,
+    #[arg(long)]
+    pub likelihood: Option<Likelihood>,
     /// Components of the logistic mixture [default: 5].
     #[arg(long)]
     pub logistic_components: Option<i64>,
-    /// Prior p(z): standard (N(0, I)) or vamp (VampPrior, a mixture of the posteriors of
-    /// --pseudo-inputs learned images) [default: vamp; preset fast: standard].
-    #[arg(long, value_enum)]
-    pub prior: Option<PriorKind>,
+    /// Prior p(z): standard (N(0, I)), or vamp or vamp:K (VampPrior, a mixture of the
+    /// posteriors of K learned images; K = --pseudo-inputs or 100) [default: vamp; preset
+    /// fast: standard].
+    #[arg(long)]
+    pub prior: Option<Prior>,
     /// Pseudo-inputs K of the VampPrior [default: 100; preset best: 500].
     #[arg(long)]
     pub pseudo_inputs: Option<i64>,
+    /// The training settings.
+    #[command(flatten)]
+    pub train: TrainFlags,
+}
+
+/// The flags of a new run that set [`vae_train::TrainConfig`]: each is named as its key and
+/// reaches the run as that key of a `[train]` table laid over it (as a `--config` file is).
+#[derive(clap::Args, Debug, Default, serde::Serialize)]
+pub struct TrainFlags {
     /// Examples per step [default: 128].
     #[arg(long)]
     pub batch_size: Option<usize>,
@@ -173,6 +179,7 @@ pub struct RunSettings {
     pub grad_clip: Option<f64>,
     /// Train on continuous intensities instead of dynamically binarised pixels.
     #[arg(long)]
+    #[serde(skip)]
     pub no_binarize: bool,
     /// Training images held out for validation, the last ones [default: 10000, or a sixth of
     /// the training set when that is smaller].
@@ -215,26 +222,6 @@ pub struct RunSettings {
     /// elsewhere and on CUDA; `vae info` says what it picks here [default: auto].
     #[arg(long, value_enum)]
     pub precision: Option<Precision>,
-}
-
-/// The prior's kind on the command line (`--pseudo-inputs` gives the VampPrior's size).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum PriorKind {
-    /// N(0, I).
-    Standard,
-    /// The VampPrior.
-    Vamp,
-}
-
-/// The likelihood's kind on the command line (`--logistic-components` gives the mixture's size).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LikelihoodKind {
-    /// Independent Bernoulli pixels.
-    Bernoulli,
-    /// Discretised logistic mixture over 256 levels.
-    Logistic,
-    /// The continuous Bernoulli.
-    ContinuousBernoulli,
 }
 
 /// Where a model comes from: a run directory (and which of its checkpoints) or a file.

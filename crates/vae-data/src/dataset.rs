@@ -68,10 +68,6 @@ pub struct ImageDataset {
     labels: Option<Array1<u8>>,
 }
 
-/// The former name of [`ImageDataset`], from when only grey MNIST-layout sets loaded.
-#[deprecated(note = "renamed ImageDataset: it holds grey-level and colour image sets")]
-pub type MnistDataset = ImageDataset;
-
 fn find_file(dir: &Path, what: &'static str, candidates: &[String]) -> Result<PathBuf> {
     candidates
         .iter()

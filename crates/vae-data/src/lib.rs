@@ -46,8 +46,6 @@ mod idx;
 mod import;
 
 pub use batch::{Batch, BatchConfig, Batches};
-#[allow(deprecated)]
-pub use dataset::MnistDataset;
 pub use dataset::{DEFAULT_VALIDATION_SIZE, ImageDataset, Split};
 pub use error::{DataError, Result};
 pub use files::{remove_stale_temporaries, write_atomic, write_npy};

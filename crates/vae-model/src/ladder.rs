@@ -279,7 +279,10 @@ struct TopDown {
     out: Deconv,
 }
 
-/// A top-down hierarchical VAE; see the [module docs](self) for the model and its sources.
+/// A top-down hierarchical VAE (Sønderby et al., "Ladder Variational Autoencoders", NeurIPS
+/// 2016; Vahdat & Kautz, "NVAE", NeurIPS 2020): p(x, z) = p(z_top) Π_l p(z_l | z_>l) p(x | z)
+/// and q(z | x) = q(z_top | x) Π_l q(z_l | x, z_>l), both computed top-down from the same
+/// features, each posterior a residual correction of its prior.
 ///
 /// Variables live under the `nn::Path` it is built on, named after the fields:
 /// `bottom_up.stem.weight`, `bottom_up.level1.cell1.conv1.weight`, `bottom_up.down1.weight`,

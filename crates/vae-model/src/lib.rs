@@ -51,7 +51,7 @@ pub use kinds::{register_kind, registered_kinds};
 pub use ladder::{LadderVae, LadderVaeConfig};
 pub use likelihood::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood};
 pub use pixel::PixelHead;
-pub use prior::{LatentPrior, Prior};
+pub use prior::{DEFAULT_PSEUDO_INPUTS, LatentPrior, Prior};
 pub use vae::{ElboTerms, ImportanceTerms, IwaeTerms, ModelConfig, Posterior, Vae, VaeConfig};
 
 #[cfg(test)]

@@ -205,6 +205,28 @@ impl Likelihood {
     }
 }
 
+/// A likelihood by name, as on the command line: `bernoulli`, `continuous-bernoulli`,
+/// `logistic` (with [`DEFAULT_LOGISTIC_COMPONENTS`] components) or `logistic:K`.
+impl std::str::FromStr for Likelihood {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let logistic = |components| Ok(Self::Logistic { components });
+        match s {
+            "bernoulli" => Ok(Self::Bernoulli),
+            "continuous-bernoulli" => Ok(Self::ContinuousBernoulli),
+            "logistic" => logistic(DEFAULT_LOGISTIC_COMPONENTS),
+            _ => match s.strip_prefix("logistic:").map(str::parse) {
+                Some(Ok(k)) => logistic(k),
+                _ => Err(
+                    "expected bernoulli, continuous-bernoulli, logistic or logistic:K (K components)"
+                        .into(),
+                ),
+            },
+        }
+    }
+}
+
 impl std::fmt::Display for Likelihood {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

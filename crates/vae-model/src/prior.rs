@@ -22,6 +22,27 @@ pub enum Prior {
     },
 }
 
+/// The VampPrior's pseudo-inputs when its name alone is given (`vamp`).
+pub const DEFAULT_PSEUDO_INPUTS: i64 = 100;
+
+/// A prior by name, as on the command line: `standard`, `vamp` (with
+/// [`DEFAULT_PSEUDO_INPUTS`] pseudo-inputs) or `vamp:K`.
+impl std::str::FromStr for Prior {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let vamp = |components| Ok(Self::Vamp { components });
+        match s {
+            "standard" => Ok(Self::Standard),
+            "vamp" => vamp(DEFAULT_PSEUDO_INPUTS),
+            _ => match s.strip_prefix("vamp:").map(str::parse) {
+                Some(Ok(k)) => vamp(k),
+                _ => Err("expected standard, vamp or vamp:K (K pseudo-inputs)".into()),
+            },
+        }
+    }
+}
+
 impl Prior {
     /// A VampPrior needs a sensible number of pseudo-inputs.
     pub fn validate(self) -> Result<(), ModelError> {

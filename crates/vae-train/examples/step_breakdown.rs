@@ -10,8 +10,8 @@ use tch::{Device, Kind, Tensor, nn};
 use vae_data::{ImageDataset, Split};
 use vae_model::Vae;
 use vae_model::{ConvVae, ConvVaeConfig};
-use vae_train::internals::{prepare, tune_allocator};
 use vae_train::{Adam, images_tensor};
+use vae_train::{prepare, tune_allocator};
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -53,8 +53,8 @@ pub struct EpochMetrics {
     pub seconds: f64,
 }
 
-/// Sums over the current, unfinished epoch.
-#[doc(hidden)]
+/// Sums over the current, unfinished epoch: what a run stopped inside an epoch resumes its
+/// training figures from.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct EpochAccum {
     /// Σ reconstruction terms.
@@ -83,7 +83,6 @@ pub struct TrainState {
     /// One entry per finished epoch.
     pub history: Vec<EpochMetrics>,
     /// Sums of the unfinished epoch.
-    #[doc(hidden)]
     pub partial: EpochAccum,
 }
 

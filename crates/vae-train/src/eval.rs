@@ -64,8 +64,7 @@ const ELBO_CHUNK: i64 = 1000;
 /// binarisation and sampling noise drawn from `seed` (so repeated calls agree).
 ///
 /// The images go in chunks of 1,000, each drawing from a seed derived from (`seed`, chunk), so
-/// the figure does not depend on which process evaluates which chunk (see
-/// [`elbo_sums`]).
+/// the figure does not depend on which process of a data-parallel run evaluates which chunk.
 pub fn evaluate_elbo(
     model: &dyn Vae,
     images_u8: &Tensor,

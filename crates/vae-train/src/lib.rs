@@ -49,7 +49,8 @@ mod tensorboard;
 mod trainer;
 
 pub use adam::Adam;
-pub use checkpoint::{Checkpoint, EpochMetrics, LoadedModel, TrainState};
+pub use alloc::tune_allocator;
+pub use checkpoint::{Checkpoint, EpochAccum, EpochMetrics, LoadedModel, TrainState};
 pub use config::{
     DEFAULT_EPOCHS, LrSchedule, Objective, Optimizer, Precision, Preset, RunConfig, TrainConfig,
 };
@@ -57,22 +58,13 @@ pub use cpu::CpuFeatures;
 pub use device::{Device, device_name, libtorch_has_cuda};
 pub use dist::{Backends, COLLECTIVE_TIMEOUT, ProcessGroup, Rendezvous, StoreServer, backends};
 pub use error::{Result, TrainError};
-pub use eval::{ElboSummary, IwEstimate, encode_images, evaluate_elbo, evaluate_iw, images_tensor};
+pub use eval::{
+    ElboSummary, IwEstimate, encode_images, evaluate_elbo, evaluate_iw, images_tensor, prepare,
+};
 pub use observe::{MetricsCsv, Observer, StepProgress};
 pub use precision::PrecisionChoice;
 pub use tensorboard::{
-    EventWriter, ImageMaker, Images, LoggedEvent, LoggedValue, TensorBoard, parse_events,
-    read_event_file, truncate_event_files,
+    EventWriter, ImageMaker, Images, LoggedEvent, LoggedValue, TensorBoard, events_fuzz_input,
+    parse_events, read_event_file, truncate_event_files,
 };
 pub use trainer::{Outcome, Trainer, files};
-
-#[doc(hidden)]
-pub use tensorboard::events_fuzz_input;
-
-/// Pieces for the workspace's benchmarks and tools, not part of the stable API.
-#[doc(hidden)]
-pub mod internals {
-    pub use crate::alloc::tune_allocator;
-    pub use crate::checkpoint::{EpochAccum, FORMAT as CHECKPOINT_FORMAT};
-    pub use crate::eval::prepare;
-}

@@ -262,8 +262,8 @@ pub fn parse_events(bytes: &[u8]) -> Vec<LoggedEvent> {
 /// The event-file bytes that the `events` fuzz target reads for `data`: records carry CRCs
 /// that random bytes rarely pass, so when the first byte's low bit is set the rest is cut into
 /// payloads (each after a length byte) and framed as valid records, which reaches the `Event`
-/// decoding behind the checksums; otherwise the rest as it is.
-#[doc(hidden)]
+/// decoding behind the checksums; otherwise the rest as it is. Public so that a fuzzer outside
+/// this crate reaches [`parse_events`] past the checksums.
 pub fn events_fuzz_input(data: &[u8]) -> Vec<u8> {
     let Some((&first, mut rest)) = data.split_first() else {
         return Vec::new();
@@ -349,7 +349,6 @@ impl EventWriter {
 
     /// Makes every later write that would take the file past `bytes` fail part-way, as a disk
     /// that fills up would: for tests of what a failed write leaves.
-    #[doc(hidden)]
     pub fn fail_writes_past(&mut self, bytes: u64) {
         self.fail_at = Some(bytes);
     }
@@ -540,8 +539,8 @@ impl TensorBoard {
         self.writer.path()
     }
 
-    /// See [`EventWriter::fail_writes_past`].
-    #[doc(hidden)]
+    /// Makes later writes fail past `bytes`, as [`EventWriter::fail_writes_past`]: for tests
+    /// of what a failed write leaves.
     pub fn fail_writes_past(&mut self, bytes: u64) {
         self.writer.fail_writes_past(bytes);
     }

@@ -798,196 +798,17 @@ impl Trainer {
 
     fn train(&mut self) -> Result<Outcome> {
         let spe = self.steps_per_epoch();
-        let mut total = spe * self.config.epochs as u64;
-        if let Some(max) = self.config.max_steps {
-            total = total.min(max);
-        }
         // The schedule spans all epochs, whatever `max_steps` cuts.
-        let schedule_total = spe * self.config.epochs as u64;
-        let batch = self.config.batch_size as i64;
-        let n_train = self.train_x.size()[0];
+        let schedule = spe * self.config.epochs as u64;
+        let total = self
+            .config
+            .max_steps
+            .map_or(schedule, |max| schedule.min(max));
         tracing::info!(device = %device_name(self.device), steps_per_epoch = spe, total_steps = total, "training");
-
         while self.state.step < total {
             let epoch = (self.state.step / spe) as usize; // 0-based
-            let offset = self.state.step % spe;
-            tch::manual_seed(mix(self.config.seed, 2, epoch as u64));
-            let perm = Tensor::randperm(n_train, (Kind::Int64, self.device));
-
-            let epochs = self.config.epochs;
-            for o in &mut self.observers {
-                o.epoch_started(epoch + 1, epochs, spe, offset);
-            }
-
-            let started = Instant::now();
-            let seconds_before = self.state.partial.seconds;
-            let examples_before = self.state.partial.examples;
-            let zero = || Tensor::zeros([], (Kind::Double, self.device));
-            let (mut rec_sum, mut kl_sum) = (zero(), zero());
-            let mut pending: Vec<Tensor> = Vec::with_capacity(LOG_EVERY);
-            let mut steps_this_call = 0u64;
-            // The sums at the last read-back, for the interval means.
-            let (mut rec_seen, mut kl_seen, mut steps_seen) = (0.0, 0.0, 0u64);
-            let mut interrupted = false;
-
-            for b in offset..spe {
-                if self.state.step >= total {
-                    break;
-                }
-                tch::manual_seed(mix(self.config.seed, 3, self.state.step));
-                let (x, eps) = self.batch(&perm, b as i64)?;
-                let (loss, rec, kl) = self.loss(&x, eps.as_ref())?;
-                let lr = self.config.lr_at(self.state.step, schedule_total);
-                self.adam.set_lr(lr);
-                // Under a group: the ranks' interrupt flags summed with this step's gradients,
-                // still on the device.
-                let (rec_step, kl_step, stops) = match &self.group {
-                    None => {
-                        self.adam.backward_step(&loss, self.config.grad_clip);
-                        (
-                            rec.detach().sum(Kind::Double),
-                            kl.detach().sum(Kind::Double),
-                            None,
-                        )
-                    }
-                    Some(group) => {
-                        // The step's sums and this rank's interrupt ride with the gradients:
-                        // every rank learns the global batch's terms, and all stop together.
-                        let here = self
-                            .interrupt
-                            .as_ref()
-                            .is_some_and(|f| f.load(Ordering::SeqCst));
-                        let flag = f32::from(u8::from(here));
-                        let tail = Tensor::stack(
-                            &[
-                                rec.detach().sum(Kind::Float),
-                                kl.detach().sum(Kind::Float),
-                                Tensor::from(flag).to_device(self.device),
-                            ],
-                            0,
-                        );
-                        let world = group.world() as f64;
-                        let reduced = self.adam.backward_step_reduced(
-                            &loss,
-                            self.config.grad_clip,
-                            &tail,
-                            1.0 / world,
-                            |all| group.all_reduce_sum(all),
-                        )?;
-                        let reduced = reduced.to_kind(Kind::Double);
-                        (reduced.get(0), reduced.get(1), Some(reduced.get(2)))
-                    }
-                };
-                self.state.step += 1;
-                self.update_ema();
-                steps_this_call += 1;
-                let _ = rec_sum.g_add_(&rec_step);
-                let _ = kl_sum.g_add_(&kl_step);
-                // Under a group, the global batch's loss: every rank sees the same values.
-                pending.push(if self.group.is_some() {
-                    (&rec_step + &kl_step).to_kind(Kind::Float) / batch as f64
-                } else {
-                    loss.detach()
-                });
-
-                let end_of_epoch = b + 1 == spe || self.state.step >= total;
-                let mut progress = StepProgress {
-                    epoch: epoch + 1,
-                    epochs,
-                    step_in_epoch: b + 1,
-                    steps_per_epoch: spe,
-                    step: self.state.step,
-                    elbo: None,
-                    images_per_s: None,
-                    interval_elbo: None,
-                    interval_kl: None,
-                    interval_reconstruction: None,
-                    lr,
-                };
-                let read_back = pending.len() == LOG_EVERY || end_of_epoch;
-                if read_back {
-                    let losses: Vec<f32> = Vec::try_from(&Tensor::stack(&pending, 0))?;
-                    if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
-                        self.notify_steps_ended();
-                        let step = self.state.step - (losses.len() - i) as u64 + 1;
-                        return Err(TrainError::NonFinite {
-                            epoch: epoch + 1,
-                            step,
-                            value: f64::from(losses[i]),
-                        });
-                    }
-                    let seen = (examples_before + steps_this_call * batch as u64) as f64;
-                    let (rec_now, kl_now) = (rec_sum.double_value(&[]), kl_sum.double_value(&[]));
-                    let running = -(rec_now
-                        + kl_now
-                        + self.state.partial.reconstruction
-                        + self.state.partial.kl)
-                        / seen;
-                    let n = ((steps_this_call - steps_seen) * batch as u64).max(1) as f64;
-                    let (rec, kl) = ((rec_now - rec_seen) / n, (kl_now - kl_seen) / n);
-                    progress.interval_reconstruction = Some(rec);
-                    progress.interval_kl = Some(kl);
-                    progress.interval_elbo = Some(-(rec + kl));
-                    (rec_seen, kl_seen, steps_seen) = (rec_now, kl_now, steps_this_call);
-                    let rate =
-                        (steps_this_call * batch as u64) as f64 / started.elapsed().as_secs_f64();
-                    progress.elbo = Some(running);
-                    progress.images_per_s = Some(rate);
-                    pending.clear();
-                }
-                for o in &mut self.observers {
-                    o.step(&progress);
-                }
-                // A raised flag stays raised, so under a group the reduced flags are read only
-                // with the losses (no host read per step): every rank reads the same step's.
-                let stop = match &stops {
-                    None => self
-                        .interrupt
-                        .as_ref()
-                        .is_some_and(|f| f.load(Ordering::SeqCst)),
-                    Some(stops) => read_back && stops.double_value(&[]) > 0.0,
-                };
-                if stop && !end_of_epoch {
-                    interrupted = true;
-                    break;
-                }
-            }
-            // Fold this call's sums into the epoch's.
-            self.notify_steps_ended();
-            if !pending.is_empty() {
-                let losses: Vec<f32> = Vec::try_from(&Tensor::stack(&pending, 0))?;
-                if let Some(i) = losses.iter().position(|l| !l.is_finite()) {
-                    let step = self.state.step - (losses.len() - i) as u64 + 1;
-                    return Err(TrainError::NonFinite {
-                        epoch: epoch + 1,
-                        step,
-                        value: f64::from(losses[i]),
-                    });
-                }
-            }
-            self.state.partial = EpochAccum {
-                reconstruction: self.state.partial.reconstruction + rec_sum.double_value(&[]),
-                kl: self.state.partial.kl + kl_sum.double_value(&[]),
-                examples: examples_before + steps_this_call * batch as u64,
-                seconds: seconds_before + started.elapsed().as_secs_f64(),
-            };
-
-            if self.state.step.is_multiple_of(spe) && self.state.step > 0 && !interrupted {
-                self.finish_epoch(epoch)?;
-                if let Some(p) = self.config.patience
-                    && self.state.step < total
-                    && patience_exhausted(&self.state.history, p)
-                {
-                    tracing::info!(
-                        patience = p,
-                        "validation ELBO stopped improving: stopping early"
-                    );
-                    return Ok(Outcome::EarlyStopped);
-                }
-                if self.interrupt_agreed()? && self.state.step < total {
-                    return Ok(Outcome::Interrupted);
-                }
-            } else {
+            let interrupted = self.train_epoch(epoch, spe, total, schedule)?;
+            if !self.state.step.is_multiple_of(spe) || interrupted {
                 self.save_last()?;
                 return Ok(if interrupted {
                     Outcome::Interrupted
@@ -995,8 +816,144 @@ impl Trainer {
                     Outcome::StepLimit
                 });
             }
+            self.finish_epoch(epoch)?;
+            if let Some(p) = self.config.patience
+                && self.state.step < total
+                && patience_exhausted(&self.state.history, p)
+            {
+                tracing::info!(
+                    patience = p,
+                    "validation ELBO stopped improving: stopping early"
+                );
+                return Ok(Outcome::EarlyStopped);
+            }
+            if self.interrupt_agreed()? && self.state.step < total {
+                return Ok(Outcome::Interrupted);
+            }
         }
         Ok(Outcome::Completed)
+    }
+
+    /// The steps of epoch `epoch` (0-based) from where the run stands, up to step `total` of a
+    /// learning-rate schedule of `schedule` steps; whether an interrupt stopped it early. The
+    /// epoch's sums go into `state.partial`.
+    fn train_epoch(&mut self, epoch: usize, spe: u64, total: u64, schedule: u64) -> Result<bool> {
+        let offset = self.state.step % spe;
+        tch::manual_seed(mix(self.config.seed, 2, epoch as u64));
+        let perm = Tensor::randperm(self.train_x.size()[0], (Kind::Int64, self.device));
+        let epochs = self.config.epochs;
+        for o in &mut self.observers {
+            o.epoch_started(epoch + 1, epochs, spe, offset);
+        }
+        let mut sums = StepSums::new(self.device, self.config.batch_size as u64);
+        let mut interrupted = false;
+        for b in offset..spe {
+            if self.state.step >= total {
+                break;
+            }
+            tch::manual_seed(mix(self.config.seed, 3, self.state.step));
+            let (x, eps) = self.batch(&perm, b as i64)?;
+            let (loss, rec, kl) = self.loss(&x, eps.as_ref())?;
+            let lr = self.config.lr_at(self.state.step, schedule);
+            self.adam.set_lr(lr);
+            let (rec_step, kl_step, stops) = self.optimizer_step(&loss, &rec, &kl)?;
+            self.state.step += 1;
+            self.update_ema();
+            // Under a group, the global batch's loss: every rank sees the same values.
+            let logged = if self.group.is_some() {
+                (&rec_step + &kl_step).to_kind(Kind::Float) / self.config.batch_size as f64
+            } else {
+                loss.detach()
+            };
+            sums.add(&rec_step, &kl_step, logged);
+            let end_of_epoch = b + 1 == spe || self.state.step >= total;
+            let mut progress = StepProgress {
+                epoch: epoch + 1,
+                epochs,
+                step_in_epoch: b + 1,
+                steps_per_epoch: spe,
+                step: self.state.step,
+                elbo: None,
+                images_per_s: None,
+                interval_elbo: None,
+                interval_kl: None,
+                interval_reconstruction: None,
+                lr,
+            };
+            let read_back = sums.pending.len() == LOG_EVERY || end_of_epoch;
+            if read_back {
+                if let Err(e) = sums.check_finite(epoch, self.state.step) {
+                    self.notify_steps_ended();
+                    return Err(e);
+                }
+                sums.report(&self.state.partial, &mut progress);
+            }
+            for o in &mut self.observers {
+                o.step(&progress);
+            }
+            // A raised flag stays raised, so under a group the reduced flags are read only
+            // with the losses (no host read per step): every rank reads the same step's.
+            let stop = match &stops {
+                None => self.interrupted_here(),
+                Some(stops) => read_back && stops.double_value(&[]) > 0.0,
+            };
+            if stop && !end_of_epoch {
+                interrupted = true;
+                break;
+            }
+        }
+        self.notify_steps_ended();
+        sums.check_finite(epoch, self.state.step)?;
+        self.state.partial = sums.fold_into(&self.state.partial);
+        Ok(interrupted)
+    }
+
+    /// Whether this process was asked to stop.
+    fn interrupted_here(&self) -> bool {
+        self.interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+    }
+
+    /// Backpropagates `loss` and steps the optimiser: alone, or under a group with the
+    /// gradients summed over the ranks. Gives the step's reconstruction and KL sums (the
+    /// global batch's, under a group) and, under a group, the ranks' interrupt flags summed,
+    /// all still on the device.
+    fn optimizer_step(
+        &mut self,
+        loss: &Tensor,
+        rec: &Tensor,
+        kl: &Tensor,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
+        let Some(group) = &self.group else {
+            self.adam.backward_step(loss, self.config.grad_clip);
+            return Ok((
+                rec.detach().sum(Kind::Double),
+                kl.detach().sum(Kind::Double),
+                None,
+            ));
+        };
+        // The step's sums and this rank's interrupt ride with the gradients: every rank
+        // learns the global batch's terms, and all stop together.
+        let flag = f32::from(u8::from(self.interrupted_here()));
+        let tail = Tensor::stack(
+            &[
+                rec.detach().sum(Kind::Float),
+                kl.detach().sum(Kind::Float),
+                Tensor::from(flag).to_device(self.device),
+            ],
+            0,
+        );
+        let world = group.world() as f64;
+        let reduced = self.adam.backward_step_reduced(
+            loss,
+            self.config.grad_clip,
+            &tail,
+            1.0 / world,
+            |all| group.all_reduce_sum(all),
+        )?;
+        let reduced = reduced.to_kind(Kind::Double);
+        Ok((reduced.get(0), reduced.get(1), Some(reduced.get(2))))
     }
 
     /// Whether batches are binarised: the setting, for a likelihood of binary data.
@@ -1177,6 +1134,88 @@ impl Trainer {
             group.all_reduce_sum(&sums)?;
         }
         Ok(summarize_elbo(&sums, images.size()[0]))
+    }
+}
+
+/// The sums of one call's steps within an epoch, kept on the device and read back every
+/// [`LOG_EVERY`] steps: the reconstruction and KL terms, and the losses not yet read.
+struct StepSums {
+    started: Instant,
+    batch: u64,
+    rec: Tensor,
+    kl: Tensor,
+    pending: Vec<Tensor>,
+    steps: u64,
+    /// The sums at the last read-back, for the interval means.
+    seen: (f64, f64, u64),
+}
+
+impl StepSums {
+    fn new(device: Device, batch: u64) -> Self {
+        let zero = || Tensor::zeros([], (Kind::Double, device));
+        Self {
+            started: Instant::now(),
+            batch,
+            rec: zero(),
+            kl: zero(),
+            pending: Vec::with_capacity(LOG_EVERY),
+            steps: 0,
+            seen: (0.0, 0.0, 0),
+        }
+    }
+
+    /// One step's sums and its logged loss.
+    fn add(&mut self, rec: &Tensor, kl: &Tensor, loss: Tensor) {
+        let _ = self.rec.g_add_(rec);
+        let _ = self.kl.g_add_(kl);
+        self.pending.push(loss);
+        self.steps += 1;
+    }
+
+    /// Reads the pending losses back: an error naming the first that is not finite (the
+    /// last of them is step `step`'s, of epoch `epoch`, 0-based).
+    fn check_finite(&mut self, epoch: usize, step: u64) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let losses: Vec<f32> = Vec::try_from(&Tensor::stack(&self.pending, 0))?;
+        self.pending.clear();
+        match losses.iter().position(|l| !l.is_finite()) {
+            None => Ok(()),
+            Some(i) => Err(TrainError::NonFinite {
+                epoch: epoch + 1,
+                step: step - (losses.len() - i) as u64 + 1,
+                value: f64::from(losses[i]),
+            }),
+        }
+    }
+
+    /// Fills `progress`'s running ELBO (with the epoch's earlier sums `before`), the means since
+    /// the last report and the throughput.
+    fn report(&mut self, before: &EpochAccum, progress: &mut StepProgress) {
+        let seen = (before.examples + self.steps * self.batch) as f64;
+        let (rec_now, kl_now) = (self.rec.double_value(&[]), self.kl.double_value(&[]));
+        let running = -(rec_now + kl_now + before.reconstruction + before.kl) / seen;
+        let (rec_seen, kl_seen, steps_seen) = self.seen;
+        let n = ((self.steps - steps_seen) * self.batch).max(1) as f64;
+        let (rec, kl) = ((rec_now - rec_seen) / n, (kl_now - kl_seen) / n);
+        progress.interval_reconstruction = Some(rec);
+        progress.interval_kl = Some(kl);
+        progress.interval_elbo = Some(-(rec + kl));
+        self.seen = (rec_now, kl_now, self.steps);
+        progress.elbo = Some(running);
+        progress.images_per_s =
+            Some((self.steps * self.batch) as f64 / self.started.elapsed().as_secs_f64());
+    }
+
+    /// The epoch's sums `before` with these added.
+    fn fold_into(&self, before: &EpochAccum) -> EpochAccum {
+        EpochAccum {
+            reconstruction: before.reconstruction + self.rec.double_value(&[]),
+            kl: before.kl + self.kl.double_value(&[]),
+            examples: before.examples + self.steps * self.batch,
+            seconds: before.seconds + self.started.elapsed().as_secs_f64(),
+        }
     }
 }
 

@@ -8,77 +8,38 @@ use anyhow::{Context, Result, bail};
 use tch::Device;
 use vae_data::{ImageDataset, Split};
 use vae_model::Vae;
-use vae_model::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood, PixelHead, Prior};
+use vae_model::{ConvVaeConfig, Likelihood, PixelHead, Prior};
 use vae_train::{
     Checkpoint, EpochMetrics, ImageMaker, Images, Outcome, ProcessGroup, Rendezvous, RunConfig,
     TensorBoard, TrainConfig, Trainer, device_name, evaluate_elbo, files, images_tensor,
 };
 
 use crate::EXIT_INTERRUPTED;
-use crate::args::{LikelihoodKind, PriorKind, RunSettings, TrainArgs};
+use crate::args::{RunSettings, TrainArgs};
 use crate::commands::reconstruct::{reconstruction_grid, reconstruction_rows};
 use crate::curves::write_curves;
 use crate::grid::{grid_png, save_grid};
 use crate::progress::EpochBar;
 
-/// The VampPrior's pseudo-inputs when `--prior vamp` names no count.
-const DEFAULT_PSEUDO_INPUTS: i64 = 100;
-
-/// The flags of a new run laid over `run`.
+/// The flags of a new run laid over `run`: the training flags as a `[train]` table (the path
+/// a `--config` file takes), then the model's.
 fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
-    let t = &mut run.train;
-    macro_rules! set {
-        ($($field:ident),+) => {
-            $(if let Some(v) = s.$field.clone() {
-                t.$field = v;
-            })+
-        };
+    let mut train = toml::Table::try_from(&s.train)?;
+    if s.train.no_binarize {
+        train.insert("binarize".into(), false.into());
     }
-    set!(batch_size, lr, seed, beta, kl_warmup_steps, objective, iw_k);
-    set!(
-        free_bits,
-        lr_schedule,
-        warmup_steps,
-        min_lr,
-        optimizer,
-        weight_decay,
-        precision
-    );
-    if let Some(v) = s.validation_size {
-        t.validation_size = Some(v);
-    }
-    if let Some(v) = s.grad_clip {
-        t.grad_clip = Some(v);
-    }
-    if let Some(v) = s.patience {
-        t.patience = Some(v);
-    }
-    if let Some(v) = s.ema_decay {
-        t.ema_decay = Some(v);
-    }
-    if s.no_binarize {
-        t.binarize = false;
-    }
-    match (s.likelihood, s.logistic_components) {
-        (Some(kind), k) => {
-            if k.is_some() && kind != LikelihoodKind::Logistic {
-                bail!("--logistic-components needs --likelihood logistic");
-            }
-            run.model.set_likelihood(match kind {
-                LikelihoodKind::Bernoulli => Likelihood::Bernoulli,
-                LikelihoodKind::ContinuousBernoulli => Likelihood::ContinuousBernoulli,
-                LikelihoodKind::Logistic => Likelihood::Logistic {
-                    components: k.unwrap_or(DEFAULT_LOGISTIC_COMPONENTS),
-                },
-            });
+    *run = run.overlay(toml::Table::from_iter([("train".into(), train.into())]))?;
+    let logistic = |l: Likelihood| matches!(l, Likelihood::Logistic { .. });
+    let likelihood = match (s.likelihood, s.logistic_components) {
+        (Some(l), Some(components)) if logistic(l) => Some(Likelihood::Logistic { components }),
+        (None, Some(components)) if logistic(run.model.likelihood()) => {
+            Some(Likelihood::Logistic { components })
         }
-        (None, Some(k)) => match run.model.likelihood() {
-            Likelihood::Logistic { .. } => run
-                .model
-                .set_likelihood(Likelihood::Logistic { components: k }),
-            _ => bail!("--logistic-components needs --likelihood logistic"),
-        },
-        (None, None) => {}
+        (_, Some(_)) => bail!("--logistic-components needs --likelihood logistic"),
+        (l, None) => l,
+    };
+    if let Some(l) = likelihood {
+        run.model.set_likelihood(l);
     }
     let conv_flags = [
         (s.latent_dim.is_some(), "--latent-dim"),
@@ -91,7 +52,7 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
         (s.pseudo_inputs.is_some(), "--pseudo-inputs"),
     ];
     let kind = run.model.kind();
-    let Some(m) = run.model.get_mut::<vae_model::ConvVaeConfig>() else {
+    let Some(m) = run.model.get_mut::<ConvVaeConfig>() else {
         if let Some((_, flag)) = conv_flags.iter().find(|(given, _)| *given) {
             bail!(
                 "{flag} sets the conv VAE, but this run's model is of kind {kind}: set that kind's keys in a --config file's [model] table instead"
@@ -126,13 +87,8 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
         },
         (None, None) => {}
     }
-    if let Some(kind) = s.prior {
-        m.prior = match kind {
-            PriorKind::Standard => Prior::Standard,
-            PriorKind::Vamp => Prior::Vamp {
-                components: s.pseudo_inputs.unwrap_or(DEFAULT_PSEUDO_INPUTS),
-            },
-        };
+    if let Some(prior) = s.prior {
+        m.prior = prior;
     }
     if let Some(k) = s.pseudo_inputs {
         match &mut m.prior {
