@@ -5,8 +5,6 @@
 
 mod common;
 
-use std::process::Command;
-
 #[test]
 fn a_separate_workspace_trains_resumes_evaluates_and_reloads_a_run() {
     let root = common::root();
@@ -102,22 +100,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 "#,
     )
     .unwrap();
-    // Same versions as the workspace, no network needed.
-    std::fs::copy(root.join("Cargo.lock"), p.join("Cargo.lock")).unwrap();
-    let libtorch = root
-        .join(".libtorch")
-        .canonicalize()
-        .expect("run `cargo xtask download` first");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["run", "--quiet", "--offline", "--"])
-        .arg(p)
-        .current_dir(p)
-        .env("CARGO_TARGET_DIR", root.join("target/as-library"))
-        .env("LIBTORCH", &libtorch)
-        .env("LD_LIBRARY_PATH", libtorch.join("lib"))
-        .output()
-        .unwrap();
+    let out = common::cargo_run_apart(p, &[p.as_os_str()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

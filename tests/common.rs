@@ -314,3 +314,25 @@ pub fn vae_measured(args: &[&str]) -> Measured {
         seconds: started.elapsed().as_secs_f64(),
     }
 }
+
+/// Runs the binary of the crate in `dir`, a workspace of its own that depends on this one's
+/// crates by path, with `args`: `cargo run --offline` with this workspace's `Cargo.lock` (the
+/// same versions, no network), its libtorch, and a target folder kept between runs.
+pub fn cargo_run_apart(dir: &Path, args: &[&std::ffi::OsStr]) -> Output {
+    let root = root();
+    std::fs::copy(root.join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let libtorch = root
+        .join(".libtorch")
+        .canonicalize()
+        .expect("run `cargo xtask download` first");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    Command::new(cargo)
+        .args(["run", "--quiet", "--offline", "--"])
+        .args(args)
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", root.join("target/as-library"))
+        .env("LIBTORCH", &libtorch)
+        .env("LD_LIBRARY_PATH", libtorch.join("lib"))
+        .output()
+        .unwrap()
+}

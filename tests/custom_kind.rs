@@ -7,7 +7,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 /// Copies `from` (files and folders) into `to`.
 fn copy_tree(from: &Path, to: &Path) {
@@ -33,28 +32,14 @@ fn a_kind_defined_in_another_workspace_trains_resumes_evaluates_and_reloads() {
     let text = std::fs::read_to_string(&manifest).unwrap();
     let crates = format!("{}/crates/", root.display());
     std::fs::write(&manifest, text.replace("../../crates/", &crates)).unwrap();
-    // Same versions as the workspace, no network needed.
-    std::fs::copy(root.join("Cargo.lock"), crate_dir.join("Cargo.lock")).unwrap();
     let data = dir.path().join("data");
     common::synthetic_mnist(&data, 300, 40, 28);
     let run = dir.path().join("run");
 
-    let libtorch = root
-        .join(".libtorch")
-        .canonicalize()
-        .expect("run `cargo xtask download` first");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["run", "--quiet", "--offline", "--"])
-        .arg(&data)
-        .arg(&run)
-        .arg("300")
-        .current_dir(&crate_dir)
-        .env("CARGO_TARGET_DIR", root.join("target/as-library"))
-        .env("LIBTORCH", &libtorch)
-        .env("LD_LIBRARY_PATH", libtorch.join("lib"))
-        .output()
-        .unwrap();
+    let out = common::cargo_run_apart(
+        &crate_dir,
+        &[data.as_os_str(), run.as_os_str(), "300".as_ref()],
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

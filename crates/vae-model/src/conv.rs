@@ -5,8 +5,8 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::blocks::{
-    Deconv, Layout, ResidualCell, cast, check_compute_kind, check_images, check_input_size,
-    check_rows, conv_down, conv_in, linear, linear_in,
+    Deconv, Layout, ResidualCell, cast, check_images, check_input_size, check_rows, conv_down,
+    conv_in, linear, linear_in,
 };
 use crate::error::ModelError;
 use crate::likelihood::Likelihood;
@@ -479,32 +479,10 @@ fn relu(mut t: Tensor) -> Tensor {
 impl VaeConfig for ConvVaeConfig {
     const KIND: &'static str = "conv";
 
-    fn build(&self, p: &nn::Path<'_>) -> Result<Box<dyn Vae>, ModelError> {
-        Ok(Box::new(ConvVae::new(p, self)?))
-    }
-
-    fn validate(&self) -> Result<(), ModelError> {
-        ConvVaeConfig::validate(self)
-    }
-
-    fn image_shape(&self) -> [i64; 3] {
-        [self.input_channels, self.input_height, self.input_width]
-    }
-
-    fn set_image_shape(&mut self, [c, h, w]: [i64; 3]) {
-        (self.input_channels, self.input_height, self.input_width) = (c, h, w);
-    }
+    config_basics!(ConvVae);
 
     fn latent_dim(&self) -> i64 {
         self.latent_dim
-    }
-
-    fn likelihood(&self) -> Likelihood {
-        self.likelihood
-    }
-
-    fn set_likelihood(&mut self, likelihood: Likelihood) {
-        self.likelihood = likelihood;
     }
 
     /// Each latent dimension's KL, with the standard-normal prior.
@@ -514,18 +492,7 @@ impl VaeConfig for ConvVaeConfig {
 }
 
 impl Vae for ConvVae {
-    fn config(&self) -> ModelConfig {
-        ModelConfig::new(self.config.clone())
-    }
-
-    fn device(&self) -> Device {
-        self.device
-    }
-
-    fn set_compute_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
-        self.compute = check_compute_kind(kind)?;
-        Ok(())
-    }
+    model_basics!();
 
     fn encode(&self, x: &Tensor) -> Result<Posterior, ModelError> {
         self.check_images(x)?;

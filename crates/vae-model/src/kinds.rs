@@ -103,3 +103,116 @@ impl<'de> Deserialize<'de> for ModelConfig {
         parse(table).map_err(D::Error::custom)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde::{Deserialize, Serialize};
+    use tch::nn;
+
+    use super::*;
+    use crate::likelihood::Likelihood;
+    use crate::vae::Vae;
+
+    /// A kind that exists only to be registered and read back.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Toy {
+        width: i64,
+        hidden: Option<i64>,
+        likelihood: Likelihood,
+    }
+
+    impl VaeConfig for Toy {
+        const KIND: &'static str = "toy";
+        fn build(&self, _: &nn::Path<'_>) -> Result<Box<dyn Vae>, ModelError> {
+            Err(ModelError::InvalidConfig("a toy builds nothing".into()))
+        }
+        fn image_shape(&self) -> [i64; 3] {
+            [1, self.width, self.width]
+        }
+        fn set_image_shape(&mut self, [_, h, _]: [i64; 3]) {
+            self.width = h;
+        }
+        fn latent_dim(&self) -> i64 {
+            2
+        }
+        fn likelihood(&self) -> Likelihood {
+            self.likelihood
+        }
+        fn set_likelihood(&mut self, likelihood: Likelihood) {
+            self.likelihood = likelihood;
+        }
+    }
+
+    /// The same name, another type.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    struct Impostor;
+
+    impl VaeConfig for Impostor {
+        const KIND: &'static str = "toy";
+        fn build(&self, _: &nn::Path<'_>) -> Result<Box<dyn Vae>, ModelError> {
+            Err(ModelError::InvalidConfig("nothing".into()))
+        }
+        fn image_shape(&self) -> [i64; 3] {
+            [1, 1, 1]
+        }
+        fn set_image_shape(&mut self, _: [i64; 3]) {}
+        fn latent_dim(&self) -> i64 {
+            1
+        }
+        fn likelihood(&self) -> Likelihood {
+            Likelihood::Bernoulli
+        }
+        fn set_likelihood(&mut self, _: Likelihood) {}
+    }
+
+    #[test]
+    fn a_registered_kind_is_read_back_and_an_unknown_one_is_named() {
+        let text = "[model]\nkind = \"toy\"\nwidth = 12\nlikelihood = { kind = \"bernoulli\" }\n";
+        #[derive(Debug, Deserialize)]
+        struct Run {
+            model: ModelConfig,
+        }
+        // Not yet registered: one sentence naming the kind and those known.
+        if !registered_kinds().contains(&"toy") {
+            let e = toml::from_str::<Run>(text).unwrap_err().to_string();
+            assert!(
+                e.contains("unknown model kind `toy`: this program knows `conv`, `ladder`"),
+                "{e}"
+            );
+        }
+        register_kind::<Toy>().unwrap();
+        register_kind::<Toy>().unwrap(); // again: nothing to do
+        let e = register_kind::<Impostor>().unwrap_err().to_string();
+        assert!(e.contains("`toy` is already registered"), "{e}");
+        assert_eq!(registered_kinds()[..2], ["conv", "ladder"]);
+
+        let run: Run = toml::from_str(text).unwrap();
+        let toy = Toy {
+            width: 12,
+            hidden: None,
+            likelihood: Likelihood::Bernoulli,
+        };
+        assert_eq!(run.model.kind(), "toy");
+        assert_eq!(run.model.get::<Toy>(), Some(&toy));
+        assert_eq!(run.model.image_shape(), [1, 12, 12]);
+        // Written back with its kind first, through TOML and JSON alike.
+        let json = serde_json::to_string(&run.model).unwrap();
+        assert!(
+            json.starts_with(r#"{"kind":"toy","width":12,"hidden":null"#),
+            "{json}"
+        );
+        let again: ModelConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(again, run.model);
+        assert_ne!(again, ModelConfig::default());
+        let toml_text = toml::to_string(&run.model).unwrap();
+        assert!(
+            toml_text.starts_with("kind = \"toy\"\nwidth = 12\n"),
+            "{toml_text}"
+        );
+        // Its own keys are checked by its own rules.
+        let bad = text.replace("width = 12", "width = 12\ndepth = 3");
+        let e = toml::from_str::<Run>(&bad).unwrap_err().to_string();
+        assert!(e.contains("unknown field `depth`"), "{e}");
+    }
+}

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::blocks::{
-    Deconv, Layout, ResidualCell, cast, check_compute_kind, check_images, check_input_size,
-    check_rows, conv_down, conv_in, conv_up, conv1, conv3, linear, linear_in,
+    Deconv, Layout, ResidualCell, cast, check_images, check_input_size, check_rows, conv_down,
+    conv_in, conv_up, conv1, conv3, linear, linear_in,
 };
 use crate::error::ModelError;
 use crate::likelihood::Likelihood;
@@ -601,21 +601,7 @@ impl LadderVae {
 impl VaeConfig for LadderVaeConfig {
     const KIND: &'static str = "ladder";
 
-    fn build(&self, p: &nn::Path<'_>) -> Result<Box<dyn Vae>, ModelError> {
-        Ok(Box::new(LadderVae::new(p, self)?))
-    }
-
-    fn validate(&self) -> Result<(), ModelError> {
-        LadderVaeConfig::validate(self)
-    }
-
-    fn image_shape(&self) -> [i64; 3] {
-        [self.input_channels, self.input_height, self.input_width]
-    }
-
-    fn set_image_shape(&mut self, [c, h, w]: [i64; 3]) {
-        (self.input_channels, self.input_height, self.input_width) = (c, h, w);
-    }
+    config_basics!(LadderVae);
 
     /// The top group's.
     fn latent_dim(&self) -> i64 {
@@ -627,14 +613,6 @@ impl VaeConfig for LadderVaeConfig {
         1 + self.group_channels.iter().filter(|&&g| g > 0).count()
     }
 
-    fn likelihood(&self) -> Likelihood {
-        self.likelihood
-    }
-
-    fn set_likelihood(&mut self, likelihood: Likelihood) {
-        self.likelihood = likelihood;
-    }
-
     /// Each group's KL.
     fn has_kl_per_dimension(&self) -> bool {
         true
@@ -642,18 +620,7 @@ impl VaeConfig for LadderVaeConfig {
 }
 
 impl Vae for LadderVae {
-    fn config(&self) -> ModelConfig {
-        ModelConfig::new(self.config.clone())
-    }
-
-    fn device(&self) -> Device {
-        self.device
-    }
-
-    fn set_compute_kind(&mut self, kind: Kind) -> Result<(), ModelError> {
-        self.compute = check_compute_kind(kind)?;
-        Ok(())
-    }
+    model_basics!();
 
     /// q(z_top | x), the top group's posterior.
     fn encode(&self, x: &Tensor) -> Result<Posterior, ModelError> {

@@ -11,6 +11,11 @@
 //! [`LadderVae`] ([`LadderVaeConfig`]) the second: a top-down hierarchy of latent groups
 //! (spatial groups under a vector top, as in NVAE), whose per-group KLs
 //! [`ElboTerms::kl_groups`] reports.
+//!
+//! The kinds are open: a kind of your own is a [`VaeConfig`] (its settings, which build it)
+//! and a [`Vae`] (seven methods; the rest is provided), made known with [`register_kind`] so
+//! that its configs and checkpoints are read back; [`blocks`] has the layers, residual cell
+//! and checks the built-in kinds are made of, [`LatentPrior`] their prior.
 //! [`latent`] holds the maths for exploring a trained model (interpolation, traversals, PCA,
 //! active units); [`loss`] the densities and bounds.
 //!
@@ -32,6 +37,9 @@
 //! # let _ = (loss, logits, log_px);
 //! # Ok::<(), vae_model::ModelError>(())
 //! ```
+
+#[macro_use]
+mod macros;
 
 pub mod blocks;
 mod conv;

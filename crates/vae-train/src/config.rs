@@ -72,8 +72,9 @@ pub struct TrainConfig {
     pub precision: Precision,
 }
 
-/// `FromStr` and `Display` for a settings enum, by the lowercase names that config files and
-/// flags use.
+/// The names of a settings enum's values in config files and on the command line, the one
+/// table they are written in: `name`, `Display`, `FromStr` and serde's (de)serialisation by
+/// them. (Clap's `ValueEnum` derives the same kebab-case names; a test holds them equal.)
 macro_rules! named {
     ($ty:ident, $what:literal, $($variant:ident => $name:literal),+) => {
         impl $ty {
@@ -88,6 +89,22 @@ macro_rules! named {
         impl std::fmt::Display for $ty {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str(self.name())
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let name = String::deserialize(d)?;
+                match name.as_str() {
+                    $($name => Ok(Self::$variant),)+
+                    other => Err(serde::de::Error::unknown_variant(other, &[$($name),+])),
+                }
             }
         }
 
@@ -114,9 +131,8 @@ named!(LrSchedule, "learning-rate schedule", Constant => "constant", Cosine => "
 named!(Preset, "preset", Fast => "fast", Default => "default", Best => "best", Ladder => "ladder", LadderGpu => "ladder-gpu");
 
 /// The arithmetic precision of training.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
 pub enum Precision {
     /// bf16 where the device has bf16 matrix hardware that was measured faster, else f32:
     /// see [`Precision::resolve`].
@@ -129,9 +145,8 @@ pub enum Precision {
 }
 
 /// The optimiser's update rule.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
 pub enum Optimizer {
     /// Adam (Kingma & Ba 2015).
     #[default]
@@ -143,9 +158,8 @@ pub enum Optimizer {
 }
 
 /// The training objective.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
 pub enum Objective {
     /// The evidence lower bound (β-weighted, with warm-up and free bits if set).
     #[default]
@@ -155,9 +169,8 @@ pub enum Objective {
 }
 
 /// How the learning rate moves after the warm-up.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
-#[serde(rename_all = "lowercase")]
 pub enum LrSchedule {
     /// `lr` throughout.
     #[default]
@@ -344,8 +357,7 @@ impl Default for RunConfig {
 }
 
 /// Named starting points for a run; see [`RunConfig::preset`].
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum Preset {
     /// The PyTorch peer's model and protocol: the reference conv VAE with a standard-normal
@@ -364,7 +376,6 @@ pub enum Preset {
     /// 100-component VampPrior, KL warm-up and gradient clipping, 50 epochs.
     Ladder,
     /// The hierarchical VAE, wider and deeper, for about 30 minutes on one GPU.
-    #[serde(rename = "ladder-gpu")]
     LadderGpu,
 }
 
@@ -483,6 +494,23 @@ impl RunConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Clap's names are the `named!` table's, so flags and config files agree.
+    #[cfg(feature = "clap")]
+    #[test]
+    fn command_line_names_are_the_config_names() {
+        fn same<T: clap::ValueEnum + std::fmt::Display>() {
+            for v in T::value_variants() {
+                let clap = v.to_possible_value().unwrap();
+                assert_eq!(clap.get_name(), v.to_string());
+            }
+        }
+        same::<Precision>();
+        same::<Optimizer>();
+        same::<Objective>();
+        same::<LrSchedule>();
+        same::<Preset>();
+    }
 
     fn conv(run: &RunConfig) -> &vae_model::ConvVaeConfig {
         run.model.get::<vae_model::ConvVaeConfig>().unwrap()
