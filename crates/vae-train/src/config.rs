@@ -415,8 +415,8 @@ impl RunConfig {
     /// The ladder presets: the hierarchical VAE, KL warm-up over the first epochs, and
     /// gradient clipping (what hierarchical VAEs need to train stably; NVAE §3.3, Child 2021).
     fn ladder(gpu: bool) -> Self {
-        // A VampPrior on the top group (Tomczak & Welling 2018): +6% per step on the CPU
-        // with 100 pseudo-inputs, and 2 nats of test ELBO at the same epoch.
+        // A VampPrior on the top group (Tomczak & Welling 2018); what it costs and gives:
+        // docs/results.md, "The hierarchical VAE".
         let mut model = vae_model::LadderVaeConfig {
             top_prior: vae_model::Prior::Vamp { components: 100 },
             ..vae_model::LadderVaeConfig::default()

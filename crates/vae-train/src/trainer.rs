@@ -136,11 +136,15 @@ fn runtime(config: &TrainConfig, group: Option<&ProcessGroup>) -> Result<Device>
 
 /// A freshly initialised model (from the run's seed), its optimiser and moving average.
 #[allow(clippy::type_complexity)]
-fn fresh_model(
-    model_config: &ModelConfig,
-    config: &TrainConfig,
-    device: Device,
-) -> Result<(nn::VarStore, Box<dyn Vae>, Adam, Option<Vec<Tensor>>)> {
+/// A model with its variables and optimiser state: what a trainer trains.
+struct Parts {
+    vs: nn::VarStore,
+    model: Box<dyn Vae>,
+    adam: Adam,
+    ema: Option<Vec<Tensor>>,
+}
+
+fn fresh_model(model_config: &ModelConfig, config: &TrainConfig, device: Device) -> Result<Parts> {
     tch::manual_seed(mix(config.seed, 1, 0));
     let vs = nn::VarStore::new(device);
     let model = model_config.build(&vs.root())?;
@@ -149,7 +153,12 @@ fn fresh_model(
     let ema = config
         .ema_decay
         .map(|_| adam.params().iter().map(|p| p.detach().copy()).collect());
-    Ok((vs, model, adam, ema))
+    Ok(Parts {
+        vs,
+        model,
+        adam,
+        ema,
+    })
 }
 
 /// What rank 0 tells the other ranks before training: the run as it stands (fresh or resumed)
@@ -294,19 +303,17 @@ impl Trainer {
                 run_dir.display()
             )));
         }
-        let (vs, model, adam, ema) = fresh_model(&model_config, &config, device)?;
+        let parts = fresh_model(&model_config, &config, device)?;
+        let run = RunConfig {
+            model: model_config,
+            train: config,
+        };
         let mut trainer = Self::assemble(
             (run_dir, Some(lock)),
-            model_config,
-            config,
-            device,
-            vs,
-            model,
-            adam,
-            ema,
+            run,
+            (device, parts),
             TrainState::default(),
-            &train,
-            &validation,
+            (&train, &validation),
             group,
         )?;
         trainer.write_config()?;
@@ -385,18 +392,22 @@ impl Trainer {
             "resuming {}",
             run_dir.display()
         );
-        let mut trainer = Self::assemble(
-            (run_dir, Some(lock)),
-            model_config,
-            config,
-            device,
+        let run = RunConfig {
+            model: model_config,
+            train: config,
+        };
+        let parts = Parts {
             vs,
             model,
             adam,
             ema,
+        };
+        let mut trainer = Self::assemble(
+            (run_dir, Some(lock)),
+            run,
+            (device, parts),
             state,
-            &train,
-            &validation,
+            (&train, &validation),
             group,
         )?;
         trainer.lead(data, None)?;
@@ -451,19 +462,17 @@ impl Trainer {
         check_parallel(&config, group.world())?;
         let device = runtime(&config, Some(&group))?;
         let (train, validation) = split(data, &config)?;
-        let (vs, model, adam, ema) = fresh_model(&model_config, &config, device)?;
+        let parts = fresh_model(&model_config, &config, device)?;
+        let run = RunConfig {
+            model: model_config,
+            train: config,
+        };
         let mut trainer = Self::assemble(
             (run_dir.to_path_buf(), None),
-            model_config,
-            config,
-            device,
-            vs,
-            model,
-            adam,
-            ema,
+            run,
+            (device, parts),
             message.state,
-            &train,
-            &validation,
+            (&train, &validation),
             Some(group),
         )?;
         trainer.broadcast_state()?;
@@ -502,22 +511,26 @@ impl Trainer {
         Ok(())
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The trainer of `run` in `run_dir` (holding `lock` where it writes), from its model
+    /// `parts` on `device`, at `state`, on its split `data`.
     fn assemble(
         (run_dir, lock): (PathBuf, Option<RunLock>),
-        model_config: ModelConfig,
-        config: TrainConfig,
-        device: Device,
-        vs: nn::VarStore,
-        mut model: Box<dyn Vae>,
-        adam: Adam,
-        ema: Option<Vec<Tensor>>,
+        run: RunConfig,
+        (device, parts): (Device, Parts),
         state: TrainState,
-        train: &ImageDataset,
-        validation: &ImageDataset,
+        (train, validation): (&ImageDataset, &ImageDataset),
         group: Option<ProcessGroup>,
     ) -> Result<Self> {
-        let mut config = config;
+        let RunConfig {
+            model: model_config,
+            train: mut config,
+        } = run;
+        let Parts {
+            vs,
+            mut model,
+            adam,
+            ema,
+        } = parts;
         let mut choice = config.precision.resolve(device);
         // A model kind may compute in f32 only; `auto` then keeps to it.
         if config.precision == Precision::Auto

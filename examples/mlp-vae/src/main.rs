@@ -11,7 +11,7 @@ mod mlp;
 use std::path::PathBuf;
 
 use vae_data::{ImageDataset, Split};
-use vae_model::{Vae, register_kind};
+use vae_model::register_kind;
 use vae_train::{
     Checkpoint, Device, Outcome, RunConfig, Trainer, evaluate_elbo, evaluate_iw, files,
     images_tensor,
@@ -32,8 +32,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let all = ImageDataset::load(&data_dir, Split::Train)?;
     let data = all.select(&(0..images.min(all.len())).collect::<Vec<_>>());
-    let mut run = RunConfig::default();
-    run.model = MlpVaeConfig::default().into();
+    let mut run = RunConfig {
+        model: MlpVaeConfig::default().into(),
+        ..RunConfig::default()
+    };
     run.train.epochs = 1;
     run.train.batch_size = 32;
     run.train.validation_size = Some(data.len() / 5);
