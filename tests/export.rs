@@ -66,7 +66,9 @@ fn our_outputs(run: &Path, data: &Path, out: &Path) {
     let n = x.size()[0];
     let d = model.latent_dim();
     let z = Tensor::linspace(-2.0, 2.0, 5 * d, (Kind::Float, Device::Cpu)).view([5, d]);
-    let eps = Tensor::linspace(1.5, -1.5, n * d, (Kind::Float, Device::Cpu)).view([n, d]);
+    // Every group's noise, for a hierarchical model.
+    let e = model.noise_dim();
+    let eps = Tensor::linspace(1.5, -1.5, n * e, (Kind::Float, Device::Cpu)).view([n, e]);
     let (decoded, terms) = tch::no_grad(|| {
         (
             model.decode(&z).unwrap(),
@@ -82,6 +84,7 @@ fn our_outputs(run: &Path, data: &Path, out: &Path) {
             ("elbo", terms.elbo()),
             ("reconstruction", terms.reconstruction),
             ("kl", terms.kl),
+            ("kl_groups", Tensor::stack(&terms.kl_groups, 1)),
         ],
         out,
     )
@@ -96,7 +99,19 @@ model = Model.from_safetensors(sys.argv[1] + "/model.safetensors")
 ours = _read_safetensors(sys.argv[2])
 with torch.no_grad():
     decoded = model.decode(ours["z"])
-    elbo, rec, kl = model.elbo(ours["x"], ours["eps"])
+    terms = model.elbo(ours["x"], ours["eps"])
+    elbo, rec, kl = terms[:3]
+    # Each group's KL, for a hierarchical model; the one KL for the conv VAE.
+    groups = torch.stack(terms[3], 1) if len(terms) > 3 else kl.unsqueeze(1)
+    # The rest of the module runs too: the IW bound, samples, reconstructions.
+    torch.manual_seed(0)
+    iw = model.log_likelihood(ours["x"], k=8, chunk=3)
+    pictures = [model.sample(2), model.reconstruct(ours["x"])]
+images_ok = all(
+    p.shape[1:] == ours["x"].shape[1:] and bool(torch.isfinite(p).all())
+    and bool(((p >= 0) & (p <= 1)).all())
+    for p in pictures
+)
 def rel(a, b):
     return ((a - b).abs() / b.abs().clamp_min(1.0)).max().item()
 print(json.dumps({
@@ -104,7 +119,10 @@ print(json.dumps({
     "elbo": rel(elbo, ours["elbo"]),
     "reconstruction": rel(rec, ours["reconstruction"]),
     "kl": rel(kl, ours["kl"]),
+    "kl_groups": rel(groups, ours["kl_groups"]),
     "elbo_mean": elbo.mean().item(),
+    "iw_mean": iw.mean().item() if bool(torch.isfinite(iw).all()) else None,
+    "images_ok": images_ok,
 }))
 "#;
 
@@ -117,7 +135,22 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
     let runs = tempfile::tempdir().unwrap();
     let tied = runs.path().join("tied.toml");
     std::fs::write(&tied, "[model]\ntie_weights = true\n").unwrap();
-    let variants: [(&str, Vec<&str>); 8] = [
+    let ladder = runs.path().join("ladder.toml");
+    std::fs::write(
+        &ladder,
+        "[model]\nkind = \"ladder\"\nchannels = [8, 16]\ngroup_channels = [2, 3]\ntop_dim = 6\ncells = [2, 1]\n",
+    )
+    .unwrap();
+    let ladder_cfg = ladder.to_str().unwrap();
+    let standard_top = runs.path().join("ladder-standard.toml");
+    let base = std::fs::read_to_string(&ladder).unwrap();
+    std::fs::write(
+        &standard_top,
+        base + "top_prior = { kind = \"standard\" }\n",
+    )
+    .unwrap();
+    let standard_top = standard_top.to_str().unwrap();
+    let variants: [(&str, Vec<&str>); 11] = [
         ("fast", vec!["--preset", "fast"]),
         ("default", vec![]),
         ("best", vec!["--preset", "best"]),
@@ -145,9 +178,31 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
             vec!["--likelihood", "continuous-bernoulli"],
         ),
         ("colour", vec!["--preset", "best"]),
+        // The ladder: with its preset's VampPrior top, with a standard top and the logistic
+        // likelihood, and on colour images.
+        ("ladder", vec!["--preset", "ladder", "--config", ladder_cfg]),
+        (
+            "ladder-logistic",
+            vec![
+                "--preset",
+                "ladder",
+                "--config",
+                standard_top,
+                "--likelihood",
+                "logistic:2",
+            ],
+        ),
+        (
+            "ladder-colour",
+            vec!["--preset", "ladder", "--config", ladder_cfg],
+        ),
     ];
     for (name, extra) in variants {
-        let data = if name == "colour" { &colour } else { &grey };
+        let data = if name.ends_with("colour") {
+            &colour
+        } else {
+            &grey
+        };
         let run = runs.path().join(name);
         let args = train_args(
             data.path().to_str().unwrap(),
@@ -179,7 +234,7 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
         let line = stdout.lines().last().unwrap();
         eprintln!("{name}: {line}");
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        for key in ["decoded", "elbo", "reconstruction", "kl"] {
+        for key in ["decoded", "elbo", "reconstruction", "kl", "kl_groups"] {
             let diff = v[key].as_f64().unwrap();
             assert!(
                 diff < 1e-4,
@@ -190,6 +245,14 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
         assert!(
             v["elbo_mean"].as_f64().unwrap().is_finite(),
             "{name}: {line}"
+        );
+        assert!(
+            v["iw_mean"].is_f64(),
+            "{name}: a non-finite IW bound: {line}"
+        );
+        assert_eq!(
+            v["images_ok"], true,
+            "{name}: samples or reconstructions of the wrong shape or outside [0, 1]: {line}"
         );
     }
 }

@@ -80,8 +80,8 @@ pub fn run(a: ExportArgs) -> Result<u8> {
     let weights = dir.join("model.safetensors");
     let metadata = HashMap::from([("config".to_string(), json.clone())]);
     vae_data::write_atomic(&weights, &safetensors_bytes(&vars, Some(metadata))?)?;
-    if config.get::<vae_model::ConvVaeConfig>().is_none() {
-        // The PyTorch module covers the conv VAE; other kinds export their weights and config.
+    if !["conv", "ladder"].contains(&config.kind()) {
+        // The PyTorch module covers the built-in kinds; others export their weights and config.
         println!(
             "wrote {} ({} tensors, the {} model's config in its metadata; no PyTorch module is written for this kind)",
             weights.display(),

@@ -8,12 +8,17 @@ stores it.
     model = Model.from_safetensors("model.safetensors")
     log_px = model.log_likelihood(x, k=1000)    # x: [N, C, H, W] in [0, 1]
 
+`Model` is the class of the exported kind: `ConvModel` or `LadderModel`.
+
 The maths follows vae-rs's `ConvVae` op for op: an encoder of stride-2 4x4 convs (each
 followed by residual blocks) and a dense head giving the posterior's mean and log-variance,
 a decoder mirroring it (optionally sharing the encoder's conv weights) that gives the
 parameters of its likelihood (Bernoulli, discretised logistic mixture or continuous Bernoulli),
 an optional PixelCNN-style head over Bernoulli logits, and a standard-normal or VampPrior
-prior.
+prior. `LadderModel` follows its `LadderVae`: a top-down hierarchy of latent groups (a
+bottom-up path of residual cells, then from a vector top group down through each resolution a
+prior from the top-down features and a posterior correcting it from the bottom-up ones, NVAE
+§3.2), whose `elbo` also gives each group's KL.
 """
 
 import json
@@ -295,8 +300,8 @@ class Prior(nn.Module):
             self.pseudo_inputs = nn.Parameter(torch.empty(shape))
 
 
-class Model(nn.Module):
-    """The exported VAE: `elbo`, `log_likelihood`, `sample`, `reconstruct`."""
+class ConvModel(nn.Module):
+    """The exported conv VAE: `elbo`, `log_likelihood`, `sample`, `reconstruct`."""
 
     def __init__(self, config=None):
         super().__init__()
@@ -397,3 +402,243 @@ class Model(nn.Module):
         """Pixel probabilities of the reconstruction of x through the posterior mean."""
         mu, _ = self.encode(x)
         return self._means(self.decode(mu))
+
+
+def _silu(x):
+    return F.silu(x)
+
+
+def _soft_clamp(x, bound=5.0):
+    """NVAE's soft clamp, b tanh(x / b)."""
+    return torch.tanh(x / bound) * bound
+
+
+def _conv3(c_in, c_out):
+    return nn.Conv2d(c_in, c_out, 3, padding=1)
+
+
+class Cell(nn.Module):
+    """x + Conv3x3(SiLU(Conv3x3(SiLU(x)))): the ladder's pre-activation residual cell."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.conv1 = _conv3(c, c)
+        self.conv2 = _conv3(c, c)
+
+    def forward(self, x):
+        return x + self.conv2(_silu(self.conv1(_silu(x))))
+
+
+def _level(c, cells):
+    level = nn.Module()
+    for j in range(cells):
+        setattr(level, f"cell{j + 1}", Cell(c))
+    level.n_cells = cells
+    return level
+
+
+def _cells(level, h):
+    for j in range(level.n_cells):
+        h = getattr(level, f"cell{j + 1}")(h)
+    return h
+
+
+class LadderModel(nn.Module):
+    """The exported hierarchical VAE: `elbo` (with each group's KL), `log_likelihood`,
+    `sample`, `reconstruct`. Through `encode`/`decode`, z is the top group."""
+
+    def __init__(self, config=None):
+        super().__init__()
+        cfg = config or CONFIG
+        if cfg.get("kind") != "ladder":
+            raise ValueError(f"this module implements the ladder VAE, not {cfg.get('kind')!r}")
+        self.config = cfg
+        ch, groups, cells = cfg["channels"], cfg["group_channels"], cfg["cells"]
+        c_in = cfg["input_channels"]
+        last = len(ch) - 1
+        h, w = self._resolution(last)
+        flat = ch[last] * h * w
+        self.bottom_up = nn.Module()
+        self.top_down = nn.Module()
+        self.bottom_up.stem = nn.Conv2d(c_in, ch[0], 4, stride=2, padding=1)
+        for l, c in enumerate(ch):
+            name = f"level{l + 1}"
+            setattr(self.bottom_up, name, _level(c, cells[l]))
+            td = _level(c, cells[l])
+            if groups[l] > 0:
+                td.prior = _conv3(c, 2 * groups[l])
+                td.posterior = _conv3(2 * c, 2 * groups[l])
+                td.inject = nn.Conv2d(groups[l], c, 1)
+            setattr(self.top_down, name, td)
+            if l < last:
+                setattr(self.bottom_up, f"down{l + 1}", nn.Conv2d(c, ch[l + 1], 4, stride=2, padding=1))
+                setattr(self.top_down, f"up{l + 1}", nn.ConvTranspose2d(ch[l + 1], c, 4, stride=2, padding=1))
+        self.bottom_up.top = nn.Linear(flat, 2 * cfg["top_dim"])
+        self.top_down.fc = nn.Linear(cfg["top_dim"], flat)
+        self.top_down.out = nn.ConvTranspose2d(
+            ch[0], c_in * params_per_channel(cfg["likelihood"]), 4, stride=2, padding=1
+        )
+        self.prior = Prior({**cfg, "prior": cfg["top_prior"]})
+
+    @classmethod
+    def from_safetensors(cls, path, config=None):
+        """The model with the weights of a safetensors file written by `vae export`."""
+        model = cls(config)
+        model.load_state_dict(_read_safetensors(path))
+        return model.eval()
+
+    def _resolution(self, level):
+        f = 2 ** (level + 1)
+        return self.config["input_height"] // f, self.config["input_width"] // f
+
+    def _bottom_up(self, x):
+        ch = self.config["channels"]
+        h = self.bottom_up.stem(x)
+        features = []
+        for l in range(len(ch)):
+            h = _cells(getattr(self.bottom_up, f"level{l + 1}"), h)
+            features.append(h)
+            if l < len(ch) - 1:
+                h = getattr(self.bottom_up, f"down{l + 1}")(_silu(h))
+        mu, logvar = self.bottom_up.top(_silu(h).flatten(1)).chunk(2, 1)
+        return features, mu, logvar
+
+    def encode(self, x):
+        """q(z_top | x): means and log-variances, [N, top_dim] each."""
+        _, mu, logvar = self._bottom_up(x)
+        return mu, logvar
+
+    def _top_down(self, z_top, features=None, noise=None, temperature=None):
+        """The likelihood's parameters from z_top, each group's z drawn from the posterior
+        (with `features`) or the prior: at the given `noise` (one [N, c, h, w] per group,
+        coarsest first), fresh noise scaled by `temperature`, or else the mean. Also each
+        group's (posterior or None, prior) as (mu, logvar) pairs, coarsest first."""
+        cfg = self.config
+        ch, groups = cfg["channels"], cfg["group_channels"]
+        last = len(ch) - 1
+        h, w = self._resolution(last)
+        d = self.top_down.fc(z_top).view(-1, ch[last], h, w)
+        draws = []
+        for l in range(last, -1, -1):
+            if l < last:
+                d = getattr(self.top_down, f"up{l + 1}")(_silu(d))
+            level = getattr(self.top_down, f"level{l + 1}")
+            if groups[l] > 0:
+                a = _silu(d)
+                raw_mu, raw_ls = level.prior(a).chunk(2, 1)
+                prior = (_soft_clamp(raw_mu), _soft_clamp(raw_ls) * 2.0)
+                post = None
+                if features is not None:
+                    both = torch.cat([a, _silu(features[l])], 1)
+                    d_mu, d_ls = level.posterior(both).chunk(2, 1)
+                    post = (_soft_clamp(prior[0] + d_mu), _soft_clamp(prior[1] * 0.5 + d_ls) * 2.0)
+                mu, logvar = post if post is not None else prior
+                if noise is not None:
+                    z = mu + torch.exp(logvar * 0.5) * noise[len(draws)]
+                elif temperature is not None:
+                    z = mu + torch.exp(logvar * 0.5) * (torch.randn_like(mu) * temperature)
+                else:
+                    z = mu
+                d = d + level.inject(z)
+                draws.append((z, post, prior))
+            d = _cells(level, d)
+        return self.top_down.out(_silu(d)), draws
+
+    def decode(self, z):
+        """The likelihood's parameters with the top group at z and every lower group at its
+        prior mean."""
+        return self._top_down(z)[0]
+
+    def log_prior(self, z):
+        """log p(z_top) for top latents [..., top_dim]."""
+        if self.prior.kind == "standard":
+            return (z.pow(2) + LN_2PI).sum(-1) * -0.5
+        mu, logvar = self.encode(torch.sigmoid(self.prior.pseudo_inputs))
+        flat = z.reshape(-1, z.shape[-1])
+        return mixture_log_density(flat, mu, logvar).view(z.shape[:-1])
+
+    def _split_noise(self, eps):
+        cfg = self.config
+        n = eps.shape[0]
+        sizes, shapes = [cfg["top_dim"]], []
+        for l in range(len(cfg["channels"]) - 1, -1, -1):
+            g = cfg["group_channels"][l]
+            if g > 0:
+                h, w = self._resolution(l)
+                sizes.append(g * h * w)
+                shapes.append((n, g, h, w))
+        parts = eps.split(sizes, 1)
+        return parts[0], [p.reshape(s) for p, s in zip(parts[1:], shapes)]
+
+    def elbo(self, x, eps=None):
+        """Per-image ELBO terms at noise eps ~ N(0, I) ([N, noise_dim]: the top group's, then
+        each spatial group's, coarsest first, flattened; drawn if not given): (elbo,
+        reconstruction, kl, [kl of each group, the top first]), each [N]."""
+        features, mu, logvar = self._bottom_up(x)
+        if eps is None:
+            eps_top, noise, temperature = torch.randn_like(mu), None, 1.0
+        else:
+            (eps_top, noise), temperature = self._split_noise(eps), None
+        z_top = mu + torch.exp(0.5 * logvar) * eps_top
+        params, draws = self._top_down(z_top, features, noise, temperature)
+        if self.prior.kind == "standard":
+            kl_top = (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1) * 0.5
+        else:
+            kl_top = (eps_top.pow(2) + logvar + LN_2PI).sum(-1) * -0.5 - self.log_prior(z_top)
+        kls = [kl_top]
+        for _, (q_mu, q_lv), (p_mu, p_lv) in draws:
+            kl = ((q_lv.exp() + (q_mu - p_mu).pow(2)) * torch.exp(-p_lv) + p_lv - q_lv - 1.0) * 0.5
+            kls.append(kl.flatten(1).sum(-1))
+        rec = likelihood_nll(self.config["likelihood"], params, x)
+        kl = torch.stack(kls, 1).sum(-1)
+        return -(rec + kl), rec, kl, kls
+
+    @torch.no_grad()
+    def log_likelihood(self, x, k=1000, chunk=100):
+        """The importance-weighted estimate of log p(x) with k samples per image, [N] (nats):
+        log p(x, z) - log q(z | x) summed over every group."""
+        features, mu, logvar = self._bottom_up(x)
+        n = x.shape[0]
+        weights = []
+        done = 0
+        while done < k:
+            s = min(chunk, k - done)
+            rep = lambda t: t.unsqueeze(0).expand(s, *t.shape).reshape(s * t.shape[0], *t.shape[1:])
+            m, lv = rep(mu), rep(logvar)
+            eps = torch.randn_like(m)
+            z_top = m + torch.exp(0.5 * lv) * eps
+            params, draws = self._top_down(z_top, [rep(f) for f in features], None, 1.0)
+            images = rep(x)
+            log_px = -likelihood_nll(self.config["likelihood"], params, images)
+            log_q = (eps.pow(2) + lv + LN_2PI).sum(-1) * -0.5
+            log_p = self.log_prior(z_top)
+            for z, (q_mu, q_lv), (p_mu, p_lv) in draws:
+                log_q = log_q + normal_log_density(z.flatten(1), q_mu.flatten(1), q_lv.flatten(1))
+                log_p = log_p + normal_log_density(z.flatten(1), p_mu.flatten(1), p_lv.flatten(1))
+            weights.append((log_px + log_p - log_q).view(s, n))
+            done += s
+        w = torch.cat(weights, 0)
+        return torch.logsumexp(w, 0) - math.log(k)
+
+    @torch.no_grad()
+    def sample(self, n, temperature=1.0):
+        """n images from the prior (the likelihood's means), every group's noise scaled by
+        temperature, [n, C, H, W]."""
+        eps = torch.randn(n, self.config["top_dim"]) * temperature
+        if self.prior.kind == "standard":
+            z = eps
+        else:
+            mu, logvar = self.encode(torch.sigmoid(self.prior.pseudo_inputs))
+            pick = torch.randint(mu.shape[0], (n,))
+            z = mu[pick] + torch.exp(0.5 * logvar[pick]) * eps
+        return likelihood_mean(self.config["likelihood"], self._top_down(z, None, None, temperature)[0])
+
+    @torch.no_grad()
+    def reconstruct(self, x):
+        """The likelihood's means through the posterior means of every group."""
+        features, mu, _ = self._bottom_up(x)
+        return likelihood_mean(self.config["likelihood"], self._top_down(mu, features)[0])
+
+
+# The class of the kind this file was exported for.
+Model = LadderModel if CONFIG.get("kind") == "ladder" else ConvModel
