@@ -151,11 +151,6 @@ impl ConvVaeConfig {
         )
     }
 
-    /// The image shape, (C, H, W).
-    pub fn image_shape(&self) -> [i64; 3] {
-        [self.input_channels, self.input_height, self.input_width]
-    }
-
     /// Number of pixels (C·H·W) of one image.
     pub fn pixels(&self) -> i64 {
         self.input_channels * self.input_height * self.input_width
@@ -276,7 +271,7 @@ impl ConvVae {
             });
             c_in = c;
         }
-        let prior = LatentPrior::new(p, config.prior, config.image_shape());
+        let prior = LatentPrior::new(p, config.prior, VaeConfig::image_shape(config));
         let pixel = config
             .pixel_head
             .map(|head| PixelCnn::new(&(&dec / "pixel_head"), &head));

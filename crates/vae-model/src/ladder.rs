@@ -349,15 +349,7 @@ impl LadderVae {
             config.channels[0],
             config.input_channels * config.likelihood.params_per_channel(),
         );
-        let prior = LatentPrior::new(
-            p,
-            config.top_prior,
-            [
-                config.input_channels,
-                config.input_height,
-                config.input_width,
-            ],
-        );
+        let prior = LatentPrior::new(p, config.top_prior, VaeConfig::image_shape(config));
         Ok(Self {
             config: config.clone(),
             bottom_up: BottomUp {

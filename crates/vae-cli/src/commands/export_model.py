@@ -300,7 +300,39 @@ class Prior(nn.Module):
             self.pseudo_inputs = nn.Parameter(torch.empty(shape))
 
 
-class ConvModel(nn.Module):
+class _Exported(nn.Module):
+    """What both kinds share: loading, and the prior over z (the top group's, for the ladder)
+    from `self.prior` and `self.encode`."""
+
+    @classmethod
+    def from_safetensors(cls, path, config=None):
+        """The model with the weights of a safetensors file written by `vae export`."""
+        model = cls(config)
+        model.load_state_dict(_read_safetensors(path))
+        return model.eval()
+
+    def _prior_components(self):
+        return self.encode(torch.sigmoid(self.prior.pseudo_inputs))
+
+    def log_prior(self, z):
+        """log p(z) for latents [..., latent]."""
+        if self.prior.kind == "standard":
+            return (z.pow(2) + LN_2PI).sum(-1) * -0.5
+        mu, logvar = self._prior_components()
+        flat = z.reshape(-1, z.shape[-1])
+        return mixture_log_density(flat, mu, logvar).view(z.shape[:-1])
+
+    def _sample_prior(self, n, dim, temperature):
+        """n latents from the prior, the Gaussian noise scaled by temperature."""
+        eps = torch.randn(n, dim) * temperature
+        if self.prior.kind == "standard":
+            return eps
+        mu, logvar = self._prior_components()
+        pick = torch.randint(mu.shape[0], (n,))
+        return mu[pick] + torch.exp(0.5 * logvar[pick]) * eps
+
+
+class ConvModel(_Exported):
     """The exported conv VAE: `elbo`, `log_likelihood`, `sample`, `reconstruct`."""
 
     def __init__(self, config=None):
@@ -312,13 +344,6 @@ class ConvModel(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.prior = Prior(cfg)
-
-    @classmethod
-    def from_safetensors(cls, path, config=None):
-        """The model with the weights of a safetensors file written by `vae export`."""
-        model = cls(config)
-        model.load_state_dict(_read_safetensors(path))
-        return model.eval()
 
     def encode(self, x):
         """q(z | x): means and log-variances, [N, latent] each."""
@@ -337,17 +362,6 @@ class ConvModel(nn.Module):
         if head is None:
             return likelihood_mean(self.config["likelihood"], base)
         return head.sample(base)
-
-    def _prior_components(self):
-        return self.encode(torch.sigmoid(self.prior.pseudo_inputs))
-
-    def log_prior(self, z):
-        """log p(z) for latents [..., latent]."""
-        if self.prior.kind == "standard":
-            return (z.pow(2) + LN_2PI).sum(-1) * -0.5
-        mu, logvar = self._prior_components()
-        flat = z.reshape(-1, z.shape[-1])
-        return mixture_log_density(flat, mu, logvar).view(z.shape[:-1])
 
     def elbo(self, x, eps=None):
         """Per-image ELBO terms at noise eps ~ N(0, I) ([N, latent]; drawn if not given):
@@ -387,14 +401,7 @@ class ConvModel(nn.Module):
     @torch.no_grad()
     def sample(self, n, temperature=1.0):
         """n images from the prior (pixel probabilities), [n, C, H, W]."""
-        latent = self.config["latent_dim"]
-        eps = torch.randn(n, latent) * temperature
-        if self.prior.kind == "standard":
-            z = eps
-        else:
-            mu, logvar = self._prior_components()
-            pick = torch.randint(mu.shape[0], (n,))
-            z = mu[pick] + torch.exp(0.5 * logvar[pick]) * eps
+        z = self._sample_prior(n, self.config["latent_dim"], temperature)
         return self._means(self.decode(z))
 
     @torch.no_grad()
@@ -443,7 +450,7 @@ def _cells(level, h):
     return h
 
 
-class LadderModel(nn.Module):
+class LadderModel(_Exported):
     """The exported hierarchical VAE: `elbo` (with each group's KL), `log_likelihood`,
     `sample`, `reconstruct`. Through `encode`/`decode`, z is the top group."""
 
@@ -479,13 +486,6 @@ class LadderModel(nn.Module):
             ch[0], c_in * params_per_channel(cfg["likelihood"]), 4, stride=2, padding=1
         )
         self.prior = Prior({**cfg, "prior": cfg["top_prior"]})
-
-    @classmethod
-    def from_safetensors(cls, path, config=None):
-        """The model with the weights of a safetensors file written by `vae export`."""
-        model = cls(config)
-        model.load_state_dict(_read_safetensors(path))
-        return model.eval()
 
     def _resolution(self, level):
         f = 2 ** (level + 1)
@@ -548,14 +548,6 @@ class LadderModel(nn.Module):
         """The likelihood's parameters with the top group at z and every lower group at its
         prior mean."""
         return self._top_down(z)[0]
-
-    def log_prior(self, z):
-        """log p(z_top) for top latents [..., top_dim]."""
-        if self.prior.kind == "standard":
-            return (z.pow(2) + LN_2PI).sum(-1) * -0.5
-        mu, logvar = self.encode(torch.sigmoid(self.prior.pseudo_inputs))
-        flat = z.reshape(-1, z.shape[-1])
-        return mixture_log_density(flat, mu, logvar).view(z.shape[:-1])
 
     def _split_noise(self, eps):
         cfg = self.config
@@ -624,13 +616,7 @@ class LadderModel(nn.Module):
     def sample(self, n, temperature=1.0):
         """n images from the prior (the likelihood's means), every group's noise scaled by
         temperature, [n, C, H, W]."""
-        eps = torch.randn(n, self.config["top_dim"]) * temperature
-        if self.prior.kind == "standard":
-            z = eps
-        else:
-            mu, logvar = self.encode(torch.sigmoid(self.prior.pseudo_inputs))
-            pick = torch.randint(mu.shape[0], (n,))
-            z = mu[pick] + torch.exp(0.5 * logvar[pick]) * eps
+        z = self._sample_prior(n, self.config["top_dim"], temperature)
         return likelihood_mean(self.config["likelihood"], self._top_down(z, None, None, temperature)[0])
 
     @torch.no_grad()
