@@ -254,5 +254,49 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
             v["images_ok"], true,
             "{name}: samples or reconstructions of the wrong shape or outside [0, 1]: {line}"
         );
+        if name == "ladder" {
+            ladder_peer_runs(&export, data.path());
+        }
+    }
+}
+
+/// `xtask/ladder_peer.py`, the ladder's peer in `cargo xtask bench --model ladder`, trains and
+/// evaluates the exported module and prints the JSON line the bench reads.
+fn ladder_peer_runs(export: &Path, data: &Path) {
+    let script = root().join("xtask/ladder_peer.py");
+    for (task, args, key) in [
+        (
+            "train",
+            ["--steps", "2", "--batch", "8"],
+            "train_images_per_s",
+        ),
+        ("eval", ["--k", "6", "--images", "3"], "image_samples_per_s"),
+    ] {
+        let out = Command::new(torch_python())
+            .arg(&script)
+            .arg(task)
+            .arg("--export")
+            .arg(export)
+            .arg("--data")
+            .arg(data)
+            .args(["--threads", "1"])
+            .args(args)
+            .env("PYTHONWARNINGS", "ignore")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert!(
+            out.status.success(),
+            "ladder_peer.py {task}: {stdout}\n{stderr}"
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+        assert!(v[key].as_f64().unwrap() > 0.0, "{task}: {v}");
+        if task == "eval" {
+            let ll = v["log_likelihood"].as_f64().unwrap();
+            assert!(
+                ll.is_finite() && ll < 0.0,
+                "a log-likelihood of binary images: {v}"
+            );
+        }
     }
 }

@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+mod ladder;
+
 /// Settings of a bench run.
 #[derive(Debug, Clone)]
 pub struct BenchArgs {
@@ -32,8 +34,28 @@ pub struct BenchArgs {
     pub python: Option<PathBuf>,
     pub peer_allocator: Option<PathBuf>,
     pub precision: Option<String>,
-    /// The peer configurations timed in each pair, in this order.
+    /// The peer configurations timed in each pair, in this order (the conv model's bench).
     pub peers: Vec<PeerConfig>,
+    /// Whether `peers` was left to its default (all, less the bf16 ones on a CPU without
+    /// bf16 hardware).
+    pub default_peers: bool,
+    /// The model benchmarked.
+    pub model: BenchModel,
+    /// With the ladder: time the importance-weighted evaluation instead of training.
+    pub eval: bool,
+    /// With the ladder: the run to export and evaluate [default: one trained here].
+    pub run: Option<PathBuf>,
+    /// With the ladder and no `run`: epochs of the run trained here.
+    pub ladder_epochs: usize,
+}
+
+/// Which model a bench times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchModel {
+    /// The reference conv VAE (`--preset fast`) against `ref_pytorch_vae.py`.
+    Conv,
+    /// The `ladder` preset against its exported PyTorch module.
+    Ladder,
 }
 
 /// The allocator setting `vae` applies to itself (mimalloc keeping freed memory committed,
@@ -204,6 +226,11 @@ impl PeerConfig {
     ];
 
     /// Its name on the command line and in the JSON.
+    /// Whether the configuration computes in bf16.
+    pub fn is_bf16(self) -> bool {
+        matches!(self, Self::Bf16ChannelsLast | Self::CompileBf16ChannelsLast)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Self::Eager => "eager",
@@ -690,7 +717,11 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         peer,
         variants: root.join("xtask/peer_variants.py"),
         mimalloc: match &a.peer_allocator {
-            _ if a.pairs == 0 || !a.peers.contains(&PeerConfig::EagerMalloc) => None,
+            _ if a.pairs == 0
+                || (a.model == BenchModel::Conv && !a.peers.contains(&PeerConfig::EagerMalloc)) =>
+            {
+                None
+            }
             Some(p) if p.is_file() => Some(p.clone()),
             Some(p) => bail!("--peer-allocator {}: no such file", p.display()),
             None => Some(build_mimalloc(root, cargo)?),
@@ -700,7 +731,23 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
     };
     let machine = machine(&tools, a)?;
     let precision = a.precision.as_deref().unwrap_or("auto");
-    if !a.json {
+    // The bf16 peer columns emulate bf16 on a CPU without bf16 hardware (~12x slower than
+    // fp32 on Zen 3): no user of that CPU would pick them, so by default they are left out.
+    let bf16_hardware = machine["cpu"]["flags"].as_array().is_some_and(|f| {
+        f.iter()
+            .any(|x| x.as_str().is_some_and(|x| x.contains("bf16")))
+    });
+    let mut a = a.clone();
+    if a.default_peers && a.device == "cpu" && !bf16_hardware {
+        a.peers.retain(|p| !p.is_bf16());
+        if !a.json && a.model == BenchModel::Conv {
+            println!(
+                "note: this CPU has no bf16 hardware (AVX-512-BF16 or AMX-BF16), so the bf16 peer configurations are skipped (name them with --peers to time them anyway)"
+            );
+        }
+    }
+    let a = &a;
+    if !a.json && a.model == BenchModel::Conv {
         let names: Vec<&str> = a.peers.iter().map(|c| c.name()).collect();
         println!(
             "bench: {} steps x batch {} on {}, {} threads, {} pairs; ours with --precision {precision} ({}); peer configurations: {}",
@@ -712,6 +759,16 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
             machine["ours_precision"].as_str().unwrap_or("?"),
             names.join(", ")
         );
+    } else if !a.json {
+        println!(
+            "bench: the ladder on {}, {} threads, {} pairs; ours with --precision {precision} ({})",
+            a.device,
+            a.threads,
+            a.pairs,
+            machine["ours_precision"].as_str().unwrap_or("?"),
+        );
+    }
+    if !a.json {
         println!(
             "machine: {} ({}), torch {}",
             machine["cpu"]["model"].as_str().unwrap_or("?"),
@@ -729,7 +786,9 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
     }
     let mut report = json!({"device": a.device, "threads": a.threads, "batch": a.batch, "steps": a.steps, "pairs": a.pairs,
         "precision": precision, "machine": machine});
-    if a.pairs > 0 {
+    if a.model == BenchModel::Ladder {
+        report["ladder"] = ladder::run(&tools, a)?;
+    } else if a.pairs > 0 {
         report["speed"] = speed(&tools, a)?;
     }
     if a.quality {

@@ -36,6 +36,8 @@ enum Only {
     Data,
 }
 
+// Parsed once per run: the bench's many flags make its variant large, which costs nothing here.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Task {
     /// Make libtorch 2.11 available to the build and fetch datasets into data/<name>/.
@@ -117,6 +119,21 @@ enum Task {
         /// compile, compile-bf16-channels-last [default: all].
         #[arg(long, value_delimiter = ',')]
         peers: Option<Vec<bench::PeerConfig>>,
+        /// The model: conv (the reference conv VAE against ref_pytorch_vae.py) or ladder (the
+        /// ladder preset against the PyTorch module `vae export` writes for it).
+        #[arg(long, value_enum, default_value = "conv")]
+        model: bench::BenchModel,
+        /// With --model ladder: time the importance-weighted evaluation (k = --iw samples of
+        /// each of the first --iw-images test images) instead of training.
+        #[arg(long)]
+        eval: bool,
+        /// With --model ladder: the ladder run to export and time [default: one trained here
+        /// for --ladder-epochs].
+        #[arg(long)]
+        run: Option<PathBuf>,
+        /// With --model ladder and no --run: epochs of the run trained first.
+        #[arg(long, default_value_t = 1)]
+        ladder_epochs: usize,
     },
     /// Train with the release binary on the GPU if there is one (after making sure libtorch
     /// and data are present); arguments after `--` go to `vae train`.
@@ -276,7 +293,12 @@ fn main() -> ExitCode {
             json,
             precision,
             peers,
+            model,
+            eval,
+            run,
+            ladder_epochs,
         } => {
+            let default_peers = peers.is_none();
             let mut peers = peers.unwrap_or_else(|| bench::PeerConfig::ALL.to_vec());
             if !peers.contains(&bench::PeerConfig::Eager) {
                 // Every ratio is against the reference script as users run it.
@@ -300,8 +322,19 @@ fn main() -> ExitCode {
                 peer_allocator,
                 precision,
                 peers,
+                default_peers,
+                model,
+                eval,
+                run,
+                ladder_epochs,
             };
-            bench::run(&root(), &cargo(), &args)
+            if eval && model != bench::BenchModel::Ladder {
+                Err(anyhow::anyhow!(
+                    "--eval times the ladder's evaluation: add --model ladder"
+                ))
+            } else {
+                bench::run(&root(), &cargo(), &args)
+            }
         }
         Task::Train {
             cuda,

@@ -264,6 +264,11 @@ pub struct EvalArgs {
     /// Seed of the binarisation and sampling noise.
     #[arg(long, default_value_t = 123)]
     pub seed: u64,
+    /// Compute the importance-weighted estimate with the model's reference pass instead of its
+    /// prepared evaluator (the same estimate at the same draws, slower; to check one against
+    /// the other).
+    #[arg(long)]
+    pub iw_reference: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

@@ -97,6 +97,40 @@ pub fn to_channels_last(t: &Tensor) -> Tensor {
     out
 }
 
+/// The weight `[4·o, i, 3, 3]` and bias `[4·o]` of the 3×3 conv (padding 1) whose output,
+/// pixel-shuffled by 2, is the stride-2 k4 p1 transposed conv with `weight` `[i, o, 4, 4]` and
+/// `bias` `[o]` (the sub-pixel convolution of Shi et al., "Real-Time Single Image and Video
+/// Super-Resolution Using an Efficient Sub-Pixel Convolutional Neural Network", CVPR 2016).
+///
+/// Output pixel (2p + a, 2q + b) of the transposed conv sums input pixel (p + di, q + dj) times
+/// kernel tap (a + 1 − 2·di, b + 1 − 2·dj) over the taps inside the 4×4 kernel, which is the 3×3
+/// conv's tap (di + 1, dj + 1) on output channel 4·o + 2·a + b.
+pub fn subpixel_weight(weight: &Tensor, bias: &Tensor) -> (Tensor, Tensor) {
+    let (i, o) = (weight.size()[0], weight.size()[1]);
+    let w = Tensor::zeros([o, 2, 2, i, 3, 3], (weight.kind(), weight.device()));
+    for a in 0..2i64 {
+        for b in 0..2i64 {
+            for di in -1..=1i64 {
+                for dj in -1..=1i64 {
+                    let (kh, kw) = (a + 1 - 2 * di, b + 1 - 2 * dj);
+                    if (0..4).contains(&kh) && (0..4).contains(&kw) {
+                        let mut tap = w
+                            .select(1, a)
+                            .select(1, b)
+                            .select(2, di + 1)
+                            .select(2, dj + 1);
+                        tap.copy_(&weight.select(2, kh).select(2, kw).tr());
+                    }
+                }
+            }
+        }
+    }
+    (
+        w.reshape([4 * o, i, 3, 3]),
+        bias.repeat_interleave_self_int(4, None, None),
+    )
+}
+
 /// How a conv's input is laid out in memory; the function computed is the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Layout {
@@ -167,6 +201,11 @@ impl Deconv {
         }
     }
 
+    /// The weight `[i, o, 4, 4]` and bias `[o]`.
+    pub(crate) fn weight_bias(&self) -> (&Tensor, &Tensor) {
+        (&self.weight, &self.bias)
+    }
+
     /// The transposed conv of `x`, computed in `kind`.
     pub fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
         let (weight, bias) = (cast(&self.weight, kind), cast(&self.bias, kind));
@@ -216,6 +255,11 @@ impl ResidualCell {
     /// `n` cells of width `c`, named `name(j)` under `p`.
     pub fn stack(p: &nn::Path<'_>, c: i64, n: usize, name: impl Fn(usize) -> String) -> Vec<Self> {
         (0..n).map(|j| Self::new(p / name(j), c)).collect()
+    }
+
+    /// The two convs, in the order they run.
+    pub(crate) fn convs(&self) -> [&nn::Conv2D; 2] {
+        [&self.conv1, &self.conv2]
     }
 
     /// x + Conv3x3(σ(Conv3x3(`activated`))) for `activated` = x, or x after its activation.

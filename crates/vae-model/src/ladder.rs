@@ -20,7 +20,9 @@ use crate::error::ModelError;
 use crate::likelihood::Likelihood;
 use crate::loss;
 use crate::prior::{LatentPrior, Prior};
-use crate::vae::{ElboTerms, ImportanceTerms, ModelConfig, Posterior, Vae, VaeConfig};
+use crate::vae::{ElboTerms, ImportanceTerms, IwEvaluator, ModelConfig, Posterior, Vae, VaeConfig};
+
+mod iw;
 
 /// The architecture of a [`LadderVae`].
 ///
@@ -142,6 +144,16 @@ impl LadderVaeConfig {
     pub(crate) fn closed_form_top(&self) -> bool {
         self.top_prior == Prior::Standard
     }
+}
+
+/// `t` (`[N, ...]`) repeated `s` times along its rows, `[s·N, ...]`, sample-major: row
+/// i·N + j is row j of `t`.
+fn repeat_rows(t: &Tensor, s: i64) -> Tensor {
+    let mut size = t.size();
+    let mut expanded = vec![s];
+    expanded.extend(&size);
+    size[0] *= s;
+    t.unsqueeze(0).expand(&expanded, false).reshape(&size)
 }
 
 /// NVAE's soft clamp, b·tanh(x / b): the identity near 0, bounded by ±b, with a gradient
@@ -519,13 +531,7 @@ impl LadderVae {
     fn weights(&self, x: &Tensor, s: i64) -> ImportanceTerms {
         let n = x.size()[0];
         let bu = self.bottom_up.forward(x, self.compute);
-        let repeat = |t: &Tensor| {
-            let mut size = t.size();
-            let mut expanded = vec![s];
-            expanded.extend(&size);
-            size[0] *= s;
-            t.unsqueeze(0).expand(&expanded, false).reshape(&size)
-        };
+        let repeat = |t: &Tensor| repeat_rows(t, s);
         let features: Vec<Tensor> = bu.features.iter().map(repeat).collect();
         let (mu, logvar) = (repeat(&bu.top.mu), repeat(&bu.top.logvar));
         let eps_top = mu.randn_like();
@@ -673,6 +679,12 @@ impl Vae for LadderVae {
     fn prior_images(&self) -> Option<Tensor> {
         self.prior.images()
     }
+
+    /// The ladder's own evaluator (`ladder/iw.rs`): the VampPrior's components once, the posterior's bottom-up half once
+    /// per image, and the top-down pass in fused channels-last kernels.
+    fn iw_evaluator(&self) -> Option<Box<dyn IwEvaluator + '_>> {
+        (self.compute == Kind::Float).then(|| Box::new(iw::LadderIw::new(self)) as _)
+    }
 }
 
 #[cfg(test)]
@@ -812,6 +824,66 @@ mod tests {
                 .mean(Kind::Float);
             assert!(value(&k200) > value(&k1));
         });
+    }
+
+    #[test]
+    fn the_iw_evaluator_gives_the_models_bound_at_the_same_draws() {
+        let _g = lock();
+        let colour = LadderVaeConfig {
+            input_channels: 3,
+            channels: vec![4, 6, 8],
+            group_channels: vec![2, 0, 3],
+            cells: vec![2, 0, 1],
+            input_height: 16,
+            input_width: 16,
+            likelihood: Likelihood::Logistic { components: 2 },
+            ..toy(vec![2, 3])
+        };
+        for (i, config) in [
+            toy(vec![2, 3]),
+            toy(vec![0, 2]),
+            LadderVaeConfig {
+                top_prior: Prior::Vamp { components: 5 },
+                cells: vec![2, 1],
+                ..toy(vec![3, 2])
+            },
+            colour,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            tch::manual_seed(10 + i as i64);
+            let (_vs, model) = build(&config);
+            let shape = [
+                4,
+                config.input_channels,
+                config.input_height,
+                config.input_width,
+            ];
+            let x = Tensor::rand(shape, (Kind::Float, Device::Cpu));
+            let x = if config.likelihood == Likelihood::Bernoulli {
+                x.round()
+            } else {
+                (x * 255.0).round() / 255.0
+            };
+            let fast = model.iw_evaluator().expect("the ladder has an evaluator");
+            // Several chunks (7 rows at most: 1 sample of 4 images per chunk), and one chunk.
+            for (k, max_rows) in [(5, 7), (3, 100)] {
+                tch::manual_seed(99);
+                let want = tch::no_grad(|| model.log_likelihood_iw(&x, k, max_rows)).unwrap();
+                tch::manual_seed(99);
+                let got = fast.log_likelihood_iw(&x, k, max_rows).unwrap();
+                let rel = ((&got - &want).abs() / want.abs()).max().double_value(&[]);
+                assert!(
+                    rel < 1e-5,
+                    "config {i}, k = {k}: {got:?} vs {want:?} ({rel})"
+                );
+            }
+            let err = fast
+                .log_likelihood_iw(&x.narrow(2, 0, 4), 2, 10)
+                .unwrap_err();
+            assert!(err.to_string().contains("images"), "{err}");
+        }
     }
 
     #[test]

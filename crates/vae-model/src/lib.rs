@@ -44,6 +44,7 @@ mod macros;
 pub mod blocks;
 mod conv;
 mod error;
+mod fused;
 mod kinds;
 mod ladder;
 pub mod latent;
@@ -60,7 +61,9 @@ pub use ladder::{LadderVae, LadderVaeConfig};
 pub use likelihood::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood};
 pub use pixel::PixelHead;
 pub use prior::{DEFAULT_PSEUDO_INPUTS, LatentPrior, Prior};
-pub use vae::{ElboTerms, ImportanceTerms, IwaeTerms, ModelConfig, Posterior, Vae, VaeConfig};
+pub use vae::{
+    ElboTerms, ImportanceTerms, IwEvaluator, IwaeTerms, ModelConfig, Posterior, Vae, VaeConfig,
+};
 
 #[cfg(test)]
 mod tests;

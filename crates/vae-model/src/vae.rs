@@ -253,6 +253,23 @@ pub trait Vae: fmt::Debug {
         }
         Ok(loss::log_mean_exp(&Tensor::cat(&chunks, 0)))
     }
+
+    /// An evaluator of [`log_likelihood_iw`](Vae::log_likelihood_iw) over many calls (a test
+    /// set, image after image) that prepares what depends only on the weights once: the same
+    /// bound at the same random draws, faster. `None` (the default) where the kind has none or
+    /// computes in other than f32. It borrows the model: keep the weights unchanged while it
+    /// lives.
+    fn iw_evaluator(&self) -> Option<Box<dyn IwEvaluator + '_>> {
+        None
+    }
+}
+
+/// What [`Vae::iw_evaluator`] gives: the importance-weighted bound with the model's
+/// preparation done once.
+pub trait IwEvaluator {
+    /// What [`Vae::log_likelihood_iw`] gives for `x`, `k` and `max_rows`, drawing the same
+    /// noise from libtorch's generator.
+    fn log_likelihood_iw(&self, x: &Tensor, k: i64, max_rows: i64) -> Result<Tensor, ModelError>;
 }
 
 /// A model kind's configuration: what builds the model, and what the trainer and the

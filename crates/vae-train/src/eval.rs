@@ -167,12 +167,43 @@ pub struct IwEstimate {
     pub images: usize,
 }
 
+/// Which computation [`evaluate_iw`] runs; both give the same bound at the same draws.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IwPath {
+    /// The model's [`Vae::iw_evaluator`] where it has one, prepared once for all the images.
+    #[default]
+    Fast,
+    /// [`Vae::log_likelihood_iw`] batch after batch: the reference the fast path is checked
+    /// against.
+    Reference,
+}
+
 /// The importance-weighted bound with `k` samples for each of `images_u8`, binarised with
-/// noise from `seed`. `progress(done, total)` is called after each batch of images.
+/// noise from `seed`, by the model's fastest path ([`IwPath::Fast`]). `progress(done, total)`
+/// is called after each batch of images.
 pub fn evaluate_iw(
     model: &dyn Vae,
     images_u8: &Tensor,
     k: i64,
+    binarize: bool,
+    seed: u64,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<IwEstimate> {
+    evaluate_iw_by(
+        model,
+        images_u8,
+        (k, IwPath::Fast),
+        binarize,
+        seed,
+        progress,
+    )
+}
+
+/// [`evaluate_iw`] computed by `path`: both paths give the same bound at the same draws.
+pub fn evaluate_iw_by(
+    model: &dyn Vae,
+    images_u8: &Tensor,
+    (k, path): (i64, IwPath),
     binarize: bool,
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
@@ -189,6 +220,10 @@ pub fn evaluate_iw(
     let batch = (max_rows / k).clamp(1, 100);
     let mut per_image = Vec::with_capacity(n as usize);
     tch::no_grad(|| -> Result<()> {
+        let fast = match path {
+            IwPath::Fast => model.iw_evaluator(),
+            IwPath::Reference => None,
+        };
         let mut start = 0;
         while start < n {
             let len = batch.min(n - start);
@@ -196,7 +231,10 @@ pub fn evaluate_iw(
                 &images_u8.narrow(0, start, len).to_device(model.device()),
                 binarize,
             );
-            let ll = model.log_likelihood_iw(&x, k, max_rows)?;
+            let ll = match &fast {
+                Some(e) => e.log_likelihood_iw(&x, k, max_rows)?,
+                None => model.log_likelihood_iw(&x, k, max_rows)?,
+            };
             per_image.push(ll.to_kind(Kind::Double));
             start += len;
             progress(start as usize, n as usize);

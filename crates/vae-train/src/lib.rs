@@ -59,7 +59,8 @@ pub use device::{Device, device_name, libtorch_has_cuda};
 pub use dist::{Backends, COLLECTIVE_TIMEOUT, ProcessGroup, Rendezvous, StoreServer, backends};
 pub use error::{Result, TrainError};
 pub use eval::{
-    ElboSummary, IwEstimate, encode_images, evaluate_elbo, evaluate_iw, images_tensor, prepare,
+    ElboSummary, IwEstimate, IwPath, encode_images, evaluate_elbo, evaluate_iw, evaluate_iw_by,
+    images_tensor, prepare,
 };
 pub use observe::{MetricsCsv, Observer, StepProgress};
 pub use precision::PrecisionChoice;

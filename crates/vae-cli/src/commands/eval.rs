@@ -3,7 +3,7 @@
 use anyhow::{Result, bail};
 use vae_data::Split;
 use vae_model::Likelihood;
-use vae_train::{evaluate_elbo, evaluate_iw, images_tensor};
+use vae_train::{IwPath, evaluate_elbo, evaluate_iw_by, images_tensor};
 
 use crate::args::EvalArgs;
 use crate::commands::load_split;
@@ -31,16 +31,22 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             bail!("--images must be at least 1");
         }
         let pb = iw_bar(args.iw_samples, n, !args.json);
-        let estimate = evaluate_iw(
+        let path = if args.iw_reference {
+            IwPath::Reference
+        } else {
+            IwPath::Fast
+        };
+        let started = std::time::Instant::now();
+        let estimate = evaluate_iw_by(
             model,
             &x.narrow(0, 0, n as i64),
-            args.iw_samples,
+            (args.iw_samples, path),
             binarize,
             args.seed,
             &mut |done, _| pb.set_position(done as u64),
         )?;
         pb.finish_and_clear();
-        Some(estimate)
+        Some((estimate, started.elapsed().as_secs_f64()))
     } else {
         None
     };
@@ -51,6 +57,9 @@ pub fn run(args: EvalArgs) -> Result<u8> {
         .is_8bit()
         .then(|| ((c * h * w) as f64) * std::f64::consts::LN_2);
     let bits = |nats: f64| per_dim.map(|d| nats / d);
+    // Image-samples per second: the evaluation's speed whatever k and the number of images.
+    let rate = iw.map(|(e, s)| (e.k as f64 * e.images as f64) / s.max(1e-9));
+    let (iw, iw_seconds) = (iw.map(|(e, _)| e), iw.map(|(_, s)| s));
     if args.json {
         let v = serde_json::json!({
             "likelihood": model.likelihood().name(),
@@ -69,6 +78,8 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             "iw_std_error": iw.map(|e| e.std_error),
             "iw_k": iw.map(|e| e.k),
             "iw_images": iw.map(|e| e.images),
+            "iw_seconds": iw_seconds,
+            "iw_image_samples_per_s": rate,
         });
         println!("{v}");
     } else {
@@ -125,7 +136,13 @@ pub fn run(args: EvalArgs) -> Result<u8> {
                 e.std_error,
                 in_bits(-e.log_likelihood),
                 e.k,
-                e.images
+                e.images,
+            );
+            // On stderr: the figures above are the same every run, the time is not.
+            eprintln!(
+                "importance-weighted evaluation: {:.1} s, {:.0} image-samples/s",
+                iw_seconds.unwrap_or(0.0),
+                rate.unwrap_or(0.0)
             );
         }
     }
