@@ -87,8 +87,7 @@ pub fn cast(t: &Tensor, kind: Kind) -> Tensor {
 /// dimension unit stride, which libtorch reads to choose the layout of a one-channel conv.
 pub fn to_channels_last(t: &Tensor) -> Tensor {
     let size = t.size();
-    let (c, h, w) = (size[1], size[2], size[3]);
-    let strides = [c * h * w, 1, w * c, c];
+    let strides = channels_last_strides(&size);
     if t.stride() == strides {
         return t.shallow_clone();
     }
@@ -129,6 +128,12 @@ pub fn subpixel_weight(weight: &Tensor, bias: &Tensor) -> (Tensor, Tensor) {
         w.reshape([4 * o, i, 3, 3]),
         bias.repeat_interleave_self_int(4, None, None),
     )
+}
+
+/// The strides of a dense channels-last (NHWC) tensor of `size` `[N, C, H, W]`.
+pub(crate) fn channels_last_strides(size: &[i64]) -> [i64; 4] {
+    let (c, h, w) = (size[1], size[2], size[3]);
+    [c * h * w, 1, w * c, c]
 }
 
 /// How a conv's input is laid out in memory; the function computed is the same.

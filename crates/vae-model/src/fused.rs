@@ -47,18 +47,17 @@ fn fused_for(x: &Tensor) -> bool {
     x.device() == Device::Cpu && x.kind() == Kind::Float && available()
 }
 
-/// epilogue(conv2d(x, w) + b [+ add]) with `stride` and `padding`.
+/// epilogue(conv2d(x, w) + b) with `stride` and `padding`.
 pub(crate) fn conv(
     x: &Tensor,
     (w, b): (&Tensor, &Tensor),
     (stride, padding): (i64, i64),
-    add: Option<&Tensor>,
     epilogue: Epilogue,
 ) -> Tensor {
     if fused_for(x)
         && let Ok(y) = ffi::conv(
             x,
-            add,
+            None,
             w,
             b,
             [padding; 2],
@@ -69,11 +68,7 @@ pub(crate) fn conv(
     {
         return y;
     }
-    let y = x.conv2d(w, Some(b), [stride, stride], [padding, padding], [1, 1], 1);
-    epilogue.apply(match add {
-        Some(a) => y + a,
-        None => y,
-    })
+    epilogue.apply(x.conv2d(w, Some(b), [stride, stride], [padding, padding], [1, 1], 1))
 }
 
 /// `acc += conv2d(x, w) + b` with `stride` and `padding`, in place: the fused kernel writes
@@ -105,9 +100,7 @@ pub(crate) fn conv_accumulate(
 
 /// Whether `t` (4-D) is dense with channels-last strides.
 fn is_channels_last(t: &Tensor) -> bool {
-    let size = t.size();
-    let (c, h, w) = (size[1], size[2], size[3]);
-    t.stride() == [c * h * w, 1, w * c, c]
+    t.stride() == crate::blocks::channels_last_strides(&t.size())
 }
 
 /// Which kernel [`ffi::conv`] runs.
@@ -279,10 +272,8 @@ mod tests {
             assert!(max_diff(&fused(None, Epilogue::Identity), &plain) < 1e-4);
             assert!(max_diff(&fused(None, Epilogue::Silu), &plain.silu()) < 1e-4);
             assert!(max_diff(&fused(Some(&add), Epilogue::Identity), &(&plain + &add)) < 1e-4);
-            // oneDNN fuses an add and an activation for channels-last input only; the wrapper
-            // computes the rest with separate ops.
-            let both = conv(&x, (&w, &b), (1, 1), Some(&add), Epilogue::Silu);
-            assert!(max_diff(&both, &(&plain + &add).silu()) < 1e-4);
+            let activated = conv(&x, (&w, &b), (1, 1), Epilogue::Silu);
+            assert!(max_diff(&activated, &plain.silu()) < 1e-4);
             // In place, into a channels-last tensor (fused) and into a plain one (not).
             for acc in [crate::blocks::to_channels_last(&add), add.copy()] {
                 let mut acc = acc;

@@ -181,13 +181,7 @@ impl<'a> LadderIw<'a> {
             }
             if let Some(g) = &level.group {
                 let part = parts[l].as_ref().expect("a group has its bottom-up part");
-                let both = fused::conv(
-                    &act(&d),
-                    g.from_top_down.wb(),
-                    (1, 1),
-                    None,
-                    Epilogue::Identity,
-                );
+                let both = fused::conv(&act(&d), g.from_top_down.wb(), (1, 1), Epilogue::Identity);
                 let k = g.g;
                 let (rh, rw) = c.resolution(l);
                 // The posterior's correction: its top-down half, plus its bottom-up half of the
@@ -221,12 +215,12 @@ impl<'a> LadderIw<'a> {
                 fused::conv_accumulate(&mut d, &z, g.inject.wb(), (1, 0));
             }
             for [c1, c2] in &level.cells {
-                let inner = fused::conv(&act(&d), c1.wb(), (1, 1), None, Epilogue::Silu);
+                let inner = fused::conv(&act(&d), c1.wb(), (1, 1), Epilogue::Silu);
                 fused::conv_accumulate(&mut d, &inner, c2.wb(), (1, 1));
             }
         }
         let params =
-            fused::conv(&act(&d), self.out.wb(), (1, 1), None, Epilogue::Identity).pixel_shuffle(2);
+            fused::conv(&act(&d), self.out.wb(), (1, 1), Epilogue::Identity).pixel_shuffle(2);
         // One image: its rows are a broadcast view, no copy.
         let images = if n == 1 {
             x.expand(params.size(), false)
@@ -256,7 +250,7 @@ impl IwEvaluator for LadderIw<'_> {
                 .map(|(level, f)| {
                     level.group.as_ref().map(|g| {
                         let a = act(f);
-                        fused::conv(&a, g.from_bottom_up.wb(), (1, 1), None, Epilogue::Identity)
+                        fused::conv(&a, g.from_bottom_up.wb(), (1, 1), Epilogue::Identity)
                     })
                 })
                 .collect();
