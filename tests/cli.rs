@@ -205,3 +205,102 @@ fn untimed_warm_up_steps_are_left_out_of_the_printed_timing() {
         "{stderr}"
     );
 }
+
+/// `--profile` (for `cargo xtask bench --breakdown`) writes libtorch's operators of the timed
+/// steps, and only theirs, as a Chrome trace.
+#[test]
+fn the_profile_holds_the_timed_steps_operators() {
+    let data = tempfile::tempdir().unwrap();
+    synthetic_mnist(data.path(), 96, 24, 8);
+    let runs = tempfile::tempdir().unwrap();
+    let trace = runs.path().join("trace.json");
+    let run = runs.path().join("run");
+    let mut args = vec![
+        "train",
+        "--data",
+        data.path().to_str().unwrap(),
+        "--out",
+        run.to_str().unwrap(),
+    ];
+    args.extend_from_slice(TINY);
+    args.extend_from_slice(&["--untimed-steps", "1", "--max-steps", "3"]);
+    args.extend_from_slice(&["--profile", trace.to_str().unwrap()]);
+    let out = vae(&args);
+    let (_, stderr) = text(&out);
+    assert!(out.status.success(), "{stderr}");
+    let trace: serde_json::Value = serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+    let count = |name: &str| {
+        trace["traceEvents"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["name"] == name && e["cat"] == "cpu_op")
+            .count()
+    };
+    // The Bernoulli loss runs once a step: 3 timed steps, not the warm-up one.
+    assert_eq!(count("aten::binary_cross_entropy_with_logits"), 3);
+    // Backward is recorded too: the same convolutions' gradients every step.
+    let backward = count("aten::convolution_backward");
+    assert!(backward > 0 && backward % 3 == 0, "{backward}");
+
+    // Without --untimed-steps there are no timed steps to record.
+    let out = vae(&["train", "--profile", "x.json", "--max-steps", "1"]);
+    let (_, stderr) = text(&out);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--untimed-steps"), "{stderr}");
+}
+
+/// `vae eval` keeps each image's importance-weighted bound beside the checkpoint: a second
+/// run reads them back (the same estimate, nothing computed), one whose record was cut short
+/// computes only the rest, and `--fresh` starts over.
+#[test]
+fn an_evaluation_resumes_from_its_record() {
+    let (data, _runs, run, _) = train_tiny(&[]);
+    let (d, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
+    let eval = |extra: &[&str]| {
+        let mut args = vec![
+            "eval",
+            "--run",
+            r,
+            "--data",
+            d,
+            "--iw-samples",
+            "600",
+            "--images",
+            "8",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = vae(&args);
+        let (stdout, stderr) = text(&out);
+        assert!(out.status.success(), "{stderr}");
+        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
+    };
+    let first = eval(&[]);
+    let record = run.join("best.safetensors.iw-k600-seed123-n8.csv");
+    assert_eq!(first["iw_record"], record.to_str().unwrap());
+    assert_eq!(first["iw_resumed_images"], 0);
+    let text = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(text.lines().count(), 2 + 8, "{text}");
+
+    let again = eval(&[]);
+    assert_eq!(again["iw_resumed_images"], 8);
+    assert_eq!(again["iw_log_likelihood"], first["iw_log_likelihood"]);
+    assert_eq!(again["iw_image_samples_per_s"], serde_json::Value::Null);
+
+    // As if stopped after 5 images (k = 600: one image per batch on the CPU).
+    let kept: Vec<&str> = text.lines().take(2 + 5).collect();
+    std::fs::write(&record, kept.join("\n") + "\n").unwrap();
+    let resumed = eval(&[]);
+    assert_eq!(resumed["iw_resumed_images"], 5);
+    assert_eq!(resumed["iw_log_likelihood"], first["iw_log_likelihood"]);
+    assert_eq!(std::fs::read_to_string(&record).unwrap(), text);
+
+    let fresh = eval(&["--fresh"]);
+    assert_eq!(fresh["iw_resumed_images"], 0);
+    assert_eq!(fresh["iw_log_likelihood"], first["iw_log_likelihood"]);
+    // The model's reference pass is a check of the computation: it reads no record.
+    let reference = eval(&["--iw-reference"]);
+    assert_eq!(reference["iw_resumed_images"], 0);
+    assert_eq!(reference["iw_record"], serde_json::Value::Null);
+}

@@ -261,16 +261,23 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
 }
 
 /// `xtask/ladder_peer.py`, the ladder's peer in `cargo xtask bench --model ladder`, trains and
-/// evaluates the exported module and prints the JSON line the bench reads.
+/// evaluates the exported module and prints the JSON line the bench reads; its training steps'
+/// profile (`cargo xtask bench --breakdown`) is a Chrome trace of their operators.
 fn ladder_peer_runs(export: &Path, data: &Path) {
     let script = root().join("xtask/ladder_peer.py");
+    let trace = export.join("peer.trace.json");
+    let trace_arg = trace.to_str().unwrap();
     for (task, args, key) in [
         (
             "train",
-            ["--steps", "2", "--batch", "8"],
+            vec!["--steps", "2", "--batch", "8", "--profile", trace_arg],
             "train_images_per_s",
         ),
-        ("eval", ["--k", "6", "--images", "3"], "image_samples_per_s"),
+        (
+            "eval",
+            vec!["--k", "6", "--images", "3"],
+            "image_samples_per_s",
+        ),
     ] {
         let out = Command::new(torch_python())
             .arg(&script)
@@ -291,6 +298,17 @@ fn ladder_peer_runs(export: &Path, data: &Path) {
         );
         let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         assert!(v[key].as_f64().unwrap() > 0.0, "{task}: {v}");
+        if task == "train" {
+            let t: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&trace).unwrap()).unwrap();
+            let backward = t["traceEvents"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["name"] == "aten::convolution_backward")
+                .count();
+            assert!(backward > 0 && backward % 2 == 0, "2 steps: {backward}");
+        }
         if task == "eval" {
             let ll = v["log_likelihood"].as_f64().unwrap();
             assert!(

@@ -9,6 +9,8 @@ tests/export.rs), run as a PyTorch user would run it.
          CPU); prints image-samples/s and the mean estimate.
 
   --channels-last  the model and its inputs in torch.channels_last memory format
+  --profile PATH   train: record the timed steps with torch.profiler (CPU activity, shapes)
+                   and write its Chrome trace to PATH (`cargo xtask bench --breakdown`)
 
 Prints one JSON line.
 """
@@ -50,6 +52,7 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--k", type=int, default=1000)
     ap.add_argument("--images", type=int, default=20)
+    ap.add_argument("--profile", help="train: write a torch.profiler Chrome trace of the timed steps here")
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -78,10 +81,17 @@ def main():
 
         for _ in range(5):
             step()
+        profiler = None
+        if a.profile:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+            profiler.__enter__()
         t0 = time.perf_counter()
         for _ in range(a.steps):
             step()
         dt = time.perf_counter() - t0
+        if profiler is not None:
+            profiler.__exit__(None, None, None)
+            profiler.export_chrome_trace(a.profile)
         out.update(steps=a.steps, batch=a.batch, seconds=round(dt, 3),
                    train_images_per_s=round(a.steps * a.batch / dt, 1))
     else:

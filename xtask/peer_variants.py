@@ -8,6 +8,8 @@ tuning for speed would:
   --channels-last    the model and each batch in torch.channels_last memory format
   --compile          torch.compile(model) (inductor); the compile happens in the warm-up steps,
                      whose time is reported apart as compile_s
+  --profile PATH     record the timed steps with torch.profiler (CPU activity, shapes) and
+                     write its Chrome trace to PATH (`cargo xtask bench --breakdown`)
 
 Prints one JSON line: train images/s over the timed steps (after 5 warm-up steps, as the peer).
 """
@@ -38,6 +40,7 @@ def main():
     ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--profile", help="write a torch.profiler Chrome trace of the timed steps here")
     a = ap.parse_args()
     peer = load_peer(a.peer)
     import torch
@@ -85,11 +88,18 @@ def main():
         step()
     sync()
     warm = time.perf_counter() - t0
+    profiler = None
+    if a.profile:
+        profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True)
+        profiler.__enter__()
     t0 = time.perf_counter()
     for _ in range(a.steps):
         step()
     sync()
     dt = time.perf_counter() - t0
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        profiler.export_chrome_trace(a.profile)
     name = "pytorch-" + ("compile" if a.compile else "eager")
     if a.autocast != "none":
         name += "-" + a.autocast

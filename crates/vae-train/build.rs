@@ -1,6 +1,7 @@
 //! Links examples and tests against libtorch: rpath, and libtorch_cuda where there is one (see
 //! `../vae-model/build_libtorch.rs`); compiles `src/fused_adam.cpp`, the binding to libtorch's
-//! fused Adam kernel (tch has none), against the same libtorch; and `src/dist.cpp`, the binding
+//! fused Adam kernel (tch has none), against the same libtorch; `src/profiler.cpp`, the binding
+//! to its operator profiler (`cfg(profiler)`); and `src/dist.cpp`, the binding
 //! to libtorch's c10d process groups (Gloo with the headers in `third_party/gloo`, NCCL where
 //! the CUDA and NCCL headers of the PyTorch wheel are found), setting `cfg(dist)`.
 include!("../vae-model/build_libtorch.rs");
@@ -8,8 +9,10 @@ include!("../vae-model/build_libtorch.rs");
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(fused_adam)");
     println!("cargo::rustc-check-cfg=cfg(dist)");
+    println!("cargo::rustc-check-cfg=cfg(profiler)");
     println!("cargo:rerun-if-changed=src/fused_adam.cpp");
     println!("cargo:rerun-if-changed=src/dist.cpp");
+    println!("cargo:rerun-if-changed=src/profiler.cpp");
     println!("cargo:rerun-if-changed=third_party/gloo");
     println!("cargo:rerun-if-env-changed=LIBTORCH_CXX11_ABI");
     if let Some(lib) = link_libtorch() {
@@ -30,6 +33,17 @@ fn main() {
                 .extra_warnings(false)
                 .compile("vae_fused_adam");
             println!("cargo:rustc-cfg=fused_adam");
+            cc::Build::new()
+                .cpp(true)
+                .file("src/profiler.cpp")
+                .include(&include)
+                .include(include.join("torch/csrc/api/include"))
+                .flag("-std=c++17")
+                .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+                .warnings(false)
+                .extra_warnings(false)
+                .compile("vae_profiler");
+            println!("cargo:rustc-cfg=profiler");
             compile_dist(&lib, &include, &abi);
         }
     }

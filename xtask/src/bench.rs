@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+mod breakdown;
 mod ladder;
 
 /// Settings of a bench run.
@@ -47,6 +48,8 @@ pub struct BenchArgs {
     pub run: Option<PathBuf>,
     /// With the ladder and no `run`: epochs of the run trained here.
     pub ladder_epochs: usize,
+    /// One profiled run of each side and the step's time by operation, instead of the pairs.
+    pub breakdown: bool,
 }
 
 /// Which model a bench times.
@@ -718,6 +721,7 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         variants: root.join("xtask/peer_variants.py"),
         mimalloc: match &a.peer_allocator {
             _ if a.pairs == 0
+                || a.breakdown
                 || (a.model == BenchModel::Conv && !a.peers.contains(&PeerConfig::EagerMalloc)) =>
             {
                 None
@@ -747,7 +751,9 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
         }
     }
     let a = &a;
-    if !a.json && a.model == BenchModel::Conv {
+    if a.json || a.breakdown {
+        // The breakdown prints its own header.
+    } else if a.model == BenchModel::Conv {
         let names: Vec<&str> = a.peers.iter().map(|c| c.name()).collect();
         println!(
             "bench: {} steps x batch {} on {}, {} threads, {} pairs; ours with --precision {precision} ({}); peer configurations: {}",
@@ -759,7 +765,7 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
             machine["ours_precision"].as_str().unwrap_or("?"),
             names.join(", ")
         );
-    } else if !a.json {
+    } else {
         println!(
             "bench: the ladder on {}, {} threads, {} pairs; ours with --precision {precision} ({})",
             a.device,
@@ -786,7 +792,9 @@ pub fn run(root: &Path, cargo: &str, a: &BenchArgs) -> Result<()> {
     }
     let mut report = json!({"device": a.device, "threads": a.threads, "batch": a.batch, "steps": a.steps, "pairs": a.pairs,
         "precision": precision, "machine": machine});
-    if a.model == BenchModel::Ladder {
+    if a.breakdown {
+        report["breakdown"] = breakdown::run(&tools, a)?;
+    } else if a.model == BenchModel::Ladder {
         report["ladder"] = ladder::run(&tools, a)?;
     } else if a.pairs > 0 {
         report["speed"] = speed(&tools, a)?;

@@ -134,6 +134,11 @@ enum Task {
         /// With --model ladder and no --run: epochs of the run trained first.
         #[arg(long, default_value_t = 1)]
         ladder_epochs: usize,
+        /// Instead of the pairs: one profiled training run of ours and one of the peer (eager),
+        /// each --steps timed steps under libtorch's profiler, and the step's time by
+        /// operation, ours beside the peer's (with --model: conv or ladder).
+        #[arg(long, conflicts_with_all = ["eval", "quality"])]
+        breakdown: bool,
     },
     /// Train with the release binary on the GPU if there is one (after making sure libtorch
     /// and data are present); arguments after `--` go to `vae train`.
@@ -297,6 +302,7 @@ fn main() -> ExitCode {
             eval,
             run,
             ladder_epochs,
+            breakdown,
         } => {
             let default_peers = peers.is_none();
             let mut peers = peers.unwrap_or_else(|| bench::PeerConfig::ALL.to_vec());
@@ -327,6 +333,7 @@ fn main() -> ExitCode {
                 eval,
                 run,
                 ladder_epochs,
+                breakdown,
             };
             if eval && model != bench::BenchModel::Ladder {
                 Err(anyhow::anyhow!(

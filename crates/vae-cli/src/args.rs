@@ -89,6 +89,11 @@ pub struct TrainArgs {
     /// the timed steps' images/s as a JSON line (as the PyTorch peer skips its warm-up steps).
     #[arg(long, hide = true, requires = "max_steps", conflicts_with = "resume")]
     pub untimed_steps: Option<u64>,
+    /// Benchmarks: record libtorch's operators during the timed steps of `--untimed-steps`
+    /// into this Chrome trace (chrome://tracing, Perfetto), as torch.profiler does; `cargo
+    /// xtask bench --breakdown` reads it.
+    #[arg(long, hide = true, requires = "untimed_steps")]
+    pub profile: Option<PathBuf>,
     /// Train data-parallel on this many processes of this machine (Gloo on the CPU, NCCL on
     /// GPUs), as `torchrun --nproc-per-node N` would launch them; `--batch-size` stays the
     /// global batch. Without it, the torchrun variables (WORLD_SIZE, RANK, ...) are honoured.
@@ -269,6 +274,12 @@ pub struct EvalArgs {
     /// the other).
     #[arg(long)]
     pub iw_reference: bool,
+    /// Start the importance-weighted evaluation over, ignoring its record. The evaluation
+    /// keeps each image's bound beside the checkpoint as it goes
+    /// (`<checkpoint>.iw-k<K>-seed<S>-n<N>.csv`), so one that is stopped resumes where it
+    /// stopped when run again, with the same result.
+    #[arg(long, conflicts_with = "iw_reference")]
+    pub fresh: bool,
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,

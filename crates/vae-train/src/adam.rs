@@ -629,6 +629,7 @@ mod tests {
         // Two "ranks" whose losses differ: summing their flat gradients in `reduce` and
         // scaling by 1/2 must step as one optimiser on the mean loss would, with and without
         // clipping, on the fused and the flat update; the tail comes back reduced.
+        let _guard = crate::tests::lock();
         for (fused, clip) in [(true, Some(0.5)), (false, Some(0.5)), (false, None)] {
             let make = |seed| {
                 tch::manual_seed(seed);

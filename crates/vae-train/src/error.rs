@@ -69,6 +69,9 @@ pub enum TrainError {
     /// disagree.
     #[error("{0}")]
     Distributed(String),
+    /// libtorch's profiler could not start or write its trace.
+    #[error("{0}")]
+    Profiler(String),
 }
 
 impl From<tch::TchError> for TrainError {

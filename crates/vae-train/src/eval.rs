@@ -179,7 +179,8 @@ pub enum IwPath {
 }
 
 /// The importance-weighted bound with `k` samples for each of `images_u8`, binarised with
-/// noise from `seed`, by the model's fastest path ([`IwPath::Fast`]). `progress(done, total)`
+/// noise from `seed` (each batch of images from a seed derived from `seed` and its first
+/// image), by the model's fastest path ([`IwPath::Fast`]). `progress(done, total)`
 /// is called after each batch of images.
 pub fn evaluate_iw(
     model: &dyn Vae,
@@ -208,25 +209,91 @@ pub fn evaluate_iw_by(
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<IwEstimate> {
-    tch::manual_seed(seed as i64);
     let n = images_u8.size()[0];
+    let mut per_image = Vec::with_capacity(n.max(0) as usize);
+    iw_batches(
+        model,
+        images_u8,
+        (k, path),
+        binarize,
+        seed,
+        0,
+        &mut |_, values| {
+            per_image.extend_from_slice(values);
+            progress(per_image.len(), n as usize);
+            Ok(())
+        },
+    )?;
+    Ok(summarize_iw(&per_image, k))
+}
+
+/// The mean and its standard error over images of per-image bounds.
+pub(crate) fn summarize_iw(per_image: &[f64], k: i64) -> IwEstimate {
+    let n = per_image.len();
+    let mean = per_image.iter().sum::<f64>() / n.max(1) as f64;
+    let std_error = if n > 1 {
+        let var = per_image.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+        (var / n as f64).sqrt()
+    } else {
+        f64::NAN
+    };
+    IwEstimate {
+        log_likelihood: mean,
+        std_error,
+        k,
+        images: n,
+    }
+}
+
+/// The purpose of an importance-weighted batch's seed in [`mix`].
+const IW_BATCH: u64 = 5;
+
+/// Images per batch of an importance-weighted evaluation with `k` samples on `device`, and the
+/// most rows (image-samples) the model computes at once.
+pub(crate) fn iw_batching(device: Device, k: i64) -> (i64, i64) {
     // On the CPU, 1k decoder rows at once keep each activation (~25 MB for the default model)
     // under the allocator's mmap threshold: 4k rows spent much of the time in page faults.
-    let max_rows: i64 = if model.device() == Device::Cpu {
-        1024
+    let max_rows: i64 = if device == Device::Cpu { 1024 } else { 65536 };
+    ((max_rows / k.max(1)).clamp(1, 100), max_rows)
+}
+
+/// The seed of the batch of an importance-weighted evaluation that starts at image `start`:
+/// `seed` itself for the first batch, then one derived from (`seed`, `start`). Each batch draws
+/// the same binarisation and samples however the evaluation was interrupted and resumed.
+fn iw_batch_seed(seed: u64, start: i64) -> i64 {
+    if start == 0 {
+        seed as i64
     } else {
-        65536
-    };
-    let batch = (max_rows / k).clamp(1, 100);
-    let mut per_image = Vec::with_capacity(n as usize);
+        mix(seed, IW_BATCH, start as u64)
+    }
+}
+
+/// The batches of an importance-weighted evaluation from image `from` (a batch boundary) on:
+/// each batch's per-image bounds go to `on_batch(start, bounds)` as they are computed.
+pub(crate) fn iw_batches(
+    model: &dyn Vae,
+    images_u8: &Tensor,
+    (k, path): (i64, IwPath),
+    binarize: bool,
+    seed: u64,
+    from: i64,
+    on_batch: &mut dyn FnMut(i64, &[f64]) -> Result<()>,
+) -> Result<()> {
+    let n = images_u8.size()[0];
+    let (batch, max_rows) = iw_batching(model.device(), k);
+    debug_assert!(
+        from % batch == 0 || from >= n,
+        "batches start at multiples of {batch}"
+    );
     tch::no_grad(|| -> Result<()> {
         let fast = match path {
             IwPath::Fast => model.iw_evaluator(),
             IwPath::Reference => None,
         };
-        let mut start = 0;
+        let mut start = from;
         while start < n {
             let len = batch.min(n - start);
+            tch::manual_seed(iw_batch_seed(seed, start));
             let x = prepare(
                 &images_u8.narrow(0, start, len).to_device(model.device()),
                 binarize,
@@ -235,24 +302,11 @@ pub fn evaluate_iw_by(
                 Some(e) => e.log_likelihood_iw(&x, k, max_rows)?,
                 None => model.log_likelihood_iw(&x, k, max_rows)?,
             };
-            per_image.push(ll.to_kind(Kind::Double));
+            let values: Vec<f64> = Vec::try_from(ll.to_kind(Kind::Double).to_device(Device::Cpu))?;
+            on_batch(start, &values)?;
             start += len;
-            progress(start as usize, n as usize);
         }
         Ok(())
-    })?;
-    let all = Tensor::cat(&per_image, 0);
-    let mean = all.mean(Kind::Double).double_value(&[]);
-    let std_error = if n > 1 {
-        all.std(true).double_value(&[]) / (n as f64).sqrt()
-    } else {
-        f64::NAN
-    };
-    Ok(IwEstimate {
-        log_likelihood: mean,
-        std_error,
-        k,
-        images: n as usize,
     })
 }
 
@@ -290,6 +344,7 @@ mod tests {
     fn binarised_pixels_are_bernoulli_of_the_intensity() {
         // Every intensity 0..=255, 2000 draws each: binary values whose frequency is the
         // intensity / 255 (within 5 standard errors), exactly 0 for 0 and 1 for 255.
+        let _guard = crate::tests::lock();
         tch::manual_seed(7);
         let levels = Tensor::arange(256, (Kind::Uint8, Device::Cpu));
         let images = levels.view([1, 1, 1, 256]).repeat([2000, 1, 1, 1]);

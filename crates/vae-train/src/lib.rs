@@ -16,8 +16,10 @@
 //! processes, data-parallel, over a [`ProcessGroup`] on libtorch's own c10d (Gloo on the CPU,
 //! NCCL on CUDA) met through a [`Rendezvous`] that torchrun's variables describe.
 //!
-//! [`evaluate_elbo`] and [`evaluate_iw`] score a model on a test set; [`Checkpoint`] reads a
-//! checkpoint back into a model; [`TensorBoard`] logs a run as TensorBoard event files.
+//! [`evaluate_elbo`] and [`evaluate_iw`] score a model on a test set ([`evaluate_iw_recorded`]
+//! resumably, keeping each image's bound in a file); [`Checkpoint`] reads a
+//! checkpoint back into a model; [`TensorBoard`] logs a run as TensorBoard event files;
+//! [`Profiler`] records libtorch's operators as a Chrome trace, as `torch.profiler` does.
 //!
 //! ```no_run
 //! use vae_data::{ImageDataset, Split};
@@ -42,9 +44,11 @@ mod dist;
 mod error;
 mod eval;
 mod fused;
+mod iw_record;
 mod lock;
 mod observe;
 mod precision;
+mod profile;
 mod tensorboard;
 mod trainer;
 
@@ -62,10 +66,24 @@ pub use eval::{
     ElboSummary, IwEstimate, IwPath, encode_images, evaluate_elbo, evaluate_iw, evaluate_iw_by,
     images_tensor, prepare,
 };
+pub use iw_record::{IwRecord, IwRun, evaluate_iw_recorded};
 pub use observe::{MetricsCsv, Observer, StepProgress};
 pub use precision::PrecisionChoice;
+pub use profile::Profiler;
 pub use tensorboard::{
     EventWriter, ImageMaker, Images, LoggedEvent, LoggedValue, TensorBoard, events_fuzz_input,
     parse_events, read_event_file, truncate_event_files,
 };
 pub use trainer::{Outcome, Trainer, files};
+
+#[cfg(test)]
+mod tests {
+    /// libtorch's generator is global to the process: every unit test that seeds or draws
+    /// takes this lock, so a parallel test cannot draw between another's seeding and its
+    /// draws.
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    pub(crate) fn lock() -> std::sync::MutexGuard<'static, ()> {
+        RNG.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}

@@ -20,6 +20,15 @@ impl RunLock {
     /// Takes the lock on `run_dir` (which must exist), or says which process holds it.
     pub(crate) fn acquire(run_dir: &Path) -> Result<Self> {
         let path = run_dir.join(LOCK_FILE);
+        let mut file = match open_locked(&path)? {
+            Ok(file) => file,
+            Err(mut held) => {
+                return Err(TrainError::Busy {
+                    path: run_dir.to_path_buf(),
+                    pid: holder(&mut held),
+                });
+            }
+        };
         let io = |action: &'static str, path: &PathBuf| {
             let path = path.clone();
             move |cause| TrainError::Io {
@@ -28,29 +37,6 @@ impl RunLock {
                 cause,
             }
         };
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io("open the lock file", &path))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(TryLockError::WouldBlock) => {
-                return Err(TrainError::Busy {
-                    path: run_dir.to_path_buf(),
-                    pid: holder(&mut file),
-                });
-            }
-            Err(TryLockError::Error(cause)) => {
-                return Err(TrainError::Io {
-                    action: "lock",
-                    path,
-                    cause,
-                });
-            }
-        }
         // Who holds it, for the message a second process prints.
         let pid = std::process::id().to_string();
         file.set_len(0)
@@ -59,6 +45,31 @@ impl RunLock {
             .and_then(|()| file.flush())
             .map_err(io("write the lock file", &path))?;
         Ok(Self { _file: file })
+    }
+}
+
+/// Opens `path` for reading and writing, creating it, and takes its advisory lock, which the
+/// OS releases when the process ends however it ends: `Ok(Err(file))` when another process
+/// holds it.
+pub(crate) fn open_locked(path: &Path) -> Result<std::result::Result<File, File>> {
+    let fail = |action: &'static str| {
+        move |cause| TrainError::Io {
+            action,
+            path: path.to_path_buf(),
+            cause,
+        }
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(fail("open"))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Ok(file)),
+        Err(TryLockError::WouldBlock) => Ok(Err(file)),
+        Err(TryLockError::Error(cause)) => Err(fail("lock")(cause)),
     }
 }
 

@@ -30,7 +30,7 @@ struct Column {
 }
 
 /// The ladder run the bench uses: `--run`, or a fresh `vae train --preset ladder`, exported.
-fn ladder_run(t: &Tools, a: &BenchArgs) -> Result<(PathBuf, PathBuf)> {
+pub(super) fn ladder_run(t: &Tools, a: &BenchArgs) -> Result<(PathBuf, PathBuf)> {
     let run = match &a.run {
         Some(r) => r.clone(),
         None => {
@@ -72,7 +72,8 @@ fn ladder_run(t: &Tools, a: &BenchArgs) -> Result<(PathBuf, PathBuf)> {
     Ok((run, export))
 }
 
-fn peer(
+/// The module's `ladder_peer.py` doing `task` on the export, with our allocator when `tuned`.
+pub(super) fn peer(
     t: &Tools,
     a: &BenchArgs,
     task: &str,
@@ -108,6 +109,9 @@ fn columns(t: &Tools, a: &BenchArgs, run: &Path, export: &Path, pair: usize) -> 
             ]);
             if reference {
                 c.arg("--iw-reference");
+            } else {
+                // Computed in every pair, not read back from the previous pair's record.
+                c.arg("--fresh");
             }
             c
         };

@@ -1,9 +1,13 @@
 //! `vae eval`.
 
-use anyhow::{Result, bail};
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
 use vae_data::Split;
 use vae_model::Likelihood;
-use vae_train::{IwPath, evaluate_elbo, evaluate_iw_by, images_tensor};
+use vae_train::{
+    IwPath, IwRecord, IwRun, evaluate_elbo, evaluate_iw_by, evaluate_iw_recorded, images_tensor,
+};
 
 use crate::args::EvalArgs;
 use crate::commands::load_split;
@@ -12,6 +16,47 @@ use crate::progress::iw_bar;
 /// A latent group whose mean KL is below this many nats carries almost nothing about the
 /// image: it is reported as inactive.
 const INACTIVE_NATS: f64 = 0.1;
+
+/// The record of an importance-weighted evaluation of `checkpoint`, beside it, or `None`
+/// (with a warning) where the checkpoint cannot be read back to identify it.
+fn iw_record(checkpoint: &Path, k: i64, seed: u64, n: usize, fresh: bool) -> Option<IwRecord> {
+    use sha2::{Digest, Sha256};
+    let digest = match std::fs::read(checkpoint) {
+        Ok(bytes) => Sha256::digest(&bytes),
+        Err(e) => {
+            eprintln!(
+                "warning: cannot read {} to identify it ({e}); evaluating without a record to resume from",
+                checkpoint.display()
+            );
+            return None;
+        }
+    };
+    let name = checkpoint.file_name()?.to_string_lossy();
+    let file = checkpoint.with_file_name(format!("{name}.iw-k{k}-seed{seed}-n{n}.csv"));
+    // A checkpoint in a folder this user cannot write to is still evaluated.
+    if let Err(e) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&file)
+    {
+        eprintln!(
+            "warning: cannot write {} ({e}); evaluating without a record to resume from",
+            file.display()
+        );
+        return None;
+    }
+    Some(IwRecord {
+        file,
+        model_id: format!(
+            "sha256 {}",
+            digest
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>()
+        ),
+        fresh,
+    })
+}
 
 pub fn run(args: EvalArgs) -> Result<u8> {
     if args.iw_samples < 0 {
@@ -31,22 +76,55 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             bail!("--images must be at least 1");
         }
         let pb = iw_bar(args.iw_samples, n, !args.json);
-        let path = if args.iw_reference {
-            IwPath::Reference
+        let images = x.narrow(0, 0, n as i64);
+        let record = if args.iw_reference {
+            // A check of the computation: nothing is read back.
+            None
         } else {
-            IwPath::Fast
+            iw_record(&path, args.iw_samples, args.seed, n, args.fresh)
         };
         let started = std::time::Instant::now();
-        let estimate = evaluate_iw_by(
-            model,
-            &x.narrow(0, 0, n as i64),
-            (args.iw_samples, path),
-            binarize,
-            args.seed,
-            &mut |done, _| pb.set_position(done as u64),
-        )?;
+        let run = match &record {
+            Some(record) => evaluate_iw_recorded(
+                model,
+                &images,
+                (args.iw_samples, IwPath::Fast),
+                binarize,
+                args.seed,
+                record,
+                &mut |done, _| pb.set_position(done as u64),
+            )
+            .with_context(|| "the importance-weighted evaluation failed")?,
+            None => IwRun {
+                estimate: evaluate_iw_by(
+                    model,
+                    &images,
+                    (
+                        args.iw_samples,
+                        if args.iw_reference {
+                            IwPath::Reference
+                        } else {
+                            IwPath::Fast
+                        },
+                    ),
+                    binarize,
+                    args.seed,
+                    &mut |done, _| pb.set_position(done as u64),
+                )?,
+                resumed: 0,
+            },
+        };
         pb.finish_and_clear();
-        Some((estimate, started.elapsed().as_secs_f64()))
+        if run.resumed > 0 && !args.json {
+            eprintln!(
+                "resumed the importance-weighted evaluation from {}: {} of {n} images were done (--fresh starts over)",
+                record
+                    .as_ref()
+                    .map_or(String::new(), |r| r.file.display().to_string()),
+                run.resumed,
+            );
+        }
+        Some((run, started.elapsed().as_secs_f64(), record.map(|r| r.file)))
     } else {
         None
     };
@@ -57,9 +135,20 @@ pub fn run(args: EvalArgs) -> Result<u8> {
         .is_8bit()
         .then(|| ((c * h * w) as f64) * std::f64::consts::LN_2);
     let bits = |nats: f64| per_dim.map(|d| nats / d);
-    // Image-samples per second: the evaluation's speed whatever k and the number of images.
-    let rate = iw.map(|(e, s)| (e.k as f64 * e.images as f64) / s.max(1e-9));
-    let (iw, iw_seconds) = (iw.map(|(e, _)| e), iw.map(|(_, s)| s));
+    // Image-samples per second over the images computed now (not those read back from the
+    // record): the evaluation's speed whatever k and the number of images.
+    let rate = iw.as_ref().and_then(|(r, s, _)| {
+        let computed = r.estimate.images - r.resumed;
+        (computed > 0).then(|| (r.estimate.k as f64 * computed as f64) / s.max(1e-9))
+    });
+    let resumed = iw.as_ref().map(|(r, _, _)| r.resumed);
+    let record = iw
+        .as_ref()
+        .and_then(|(_, _, f)| f.as_ref().map(|f| f.display().to_string()));
+    let (iw, iw_seconds) = (
+        iw.as_ref().map(|(r, _, _)| r.estimate),
+        iw.as_ref().map(|(_, s, _)| *s),
+    );
     if args.json {
         let v = serde_json::json!({
             "likelihood": model.likelihood().name(),
@@ -80,6 +169,8 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             "iw_images": iw.map(|e| e.images),
             "iw_seconds": iw_seconds,
             "iw_image_samples_per_s": rate,
+            "iw_resumed_images": resumed,
+            "iw_record": record,
         });
         println!("{v}");
     } else {
@@ -139,11 +230,12 @@ pub fn run(args: EvalArgs) -> Result<u8> {
                 e.images,
             );
             // On stderr: the figures above are the same every run, the time is not.
-            eprintln!(
-                "importance-weighted evaluation: {:.1} s, {:.0} image-samples/s",
-                iw_seconds.unwrap_or(0.0),
-                rate.unwrap_or(0.0)
-            );
+            if let Some(rate) = rate {
+                eprintln!(
+                    "importance-weighted evaluation: {:.1} s, {rate:.0} image-samples/s",
+                    iw_seconds.unwrap_or(0.0),
+                );
+            }
         }
     }
     Ok(0)

@@ -10,8 +10,8 @@ use vae_data::{ImageDataset, Split};
 use vae_model::Vae;
 use vae_model::{ConvVaeConfig, Likelihood, PixelHead, Prior};
 use vae_train::{
-    Checkpoint, EpochMetrics, ImageMaker, Images, Outcome, ProcessGroup, Rendezvous, RunConfig,
-    TensorBoard, TrainConfig, Trainer, device_name, evaluate_elbo, files, images_tensor,
+    Checkpoint, EpochMetrics, ImageMaker, Images, Outcome, ProcessGroup, Profiler, Rendezvous,
+    RunConfig, TensorBoard, TrainConfig, Trainer, device_name, evaluate_elbo, files, images_tensor,
 };
 
 use crate::EXIT_INTERRUPTED;
@@ -283,7 +283,7 @@ pub fn run(args: TrainArgs) -> Result<u8> {
 /// Trains as the flags say (timed, for `--untimed-steps`), on every rank alike.
 fn train(trainer: &mut Trainer, args: &TrainArgs) -> Result<Outcome> {
     let outcome = match (args.untimed_steps, args.max_steps) {
-        (Some(warmup), Some(timed)) => run_timed(trainer, warmup, timed)?,
+        (Some(warmup), Some(timed)) => run_timed(trainer, warmup, timed, args.profile.as_deref())?,
         _ => trainer.run()?,
     };
     dump_weights(trainer)?;
@@ -342,9 +342,15 @@ fn epoch_pictures(test: &ImageDataset, seed: u64) -> ImageMaker {
 }
 
 /// `warmup` untimed steps, then `timed` steps whose images/s rank 0 prints on stdout as JSON
-/// (`--untimed-steps`, for `cargo xtask bench`). The timed steps must lie in one epoch: the
-/// trainer's per-epoch accumulators are what it reads.
-fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> {
+/// (`--untimed-steps`, for `cargo xtask bench`), recording the timed steps' operators into
+/// the trace `profile` when given. The timed steps must lie in one epoch: the trainer's
+/// per-epoch accumulators are what it reads.
+fn run_timed(
+    trainer: &mut Trainer,
+    warmup: u64,
+    timed: u64,
+    profile: Option<&Path>,
+) -> Result<Outcome> {
     trainer.set_max_steps(Some(warmup));
     let first = trainer.run()?;
     if first != Outcome::StepLimit {
@@ -355,7 +361,14 @@ fn run_timed(trainer: &mut Trainer, warmup: u64, timed: u64) -> Result<Outcome> 
         trainer.state().history.len(),
     );
     trainer.set_max_steps(Some(warmup + timed));
+    let profiler = match profile {
+        Some(_) if trainer.is_leader() => Some(Profiler::start()?),
+        _ => None,
+    };
     let outcome = trainer.run()?;
+    if let (Some(profiler), Some(path)) = (profiler, profile) {
+        profiler.finish(path)?;
+    }
     let after = &trainer.state().partial;
     if outcome != Outcome::StepLimit || trainer.state().history.len() != before.1 {
         bail!("--untimed-steps: the timed steps must end before the first epoch does");
