@@ -3,8 +3,10 @@
 // written as a Chrome trace (the format of torch.profiler's export_chrome_trace). Called from
 // profile.rs; C++ exceptions are caught here and returned as a message (freed with
 // vae_profiler_free_error).
+#include <ATen/Context.h>
 #include <torch/csrc/autograd/profiler_kineto.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <set>
@@ -25,6 +27,11 @@ torch::profiler::impl::ProfilerConfig cpu_config() {
 
 extern "C" char *vae_profiler_start() {
   try {
+    // Without a GPU, Kineto's only error is that it found none ("gpuGetDeviceCount failed"),
+    // printed on stderr: quieten it unless the user set a level.
+    if (!at::hasCUDA()) {
+      setenv("KINETO_LOG_LEVEL", "5", /*overwrite=*/0);
+    }
     torch::autograd::profiler::prepareProfiler(cpu_config(), cpu_activities());
     torch::autograd::profiler::enableProfiler(cpu_config(), cpu_activities());
     return nullptr;
