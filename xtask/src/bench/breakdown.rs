@@ -38,7 +38,6 @@ struct Profile {
 /// One complete ("X") event of a trace.
 struct Event {
     name: String,
-    tid: String,
     ts: f64,
     dur: f64,
     /// An operator (`cpu_op`), or a user annotation (PyTorch's `Optimizer.step#Adam.step`),
@@ -140,14 +139,15 @@ fn read_trace(path: &Path) -> Result<Profile> {
         let (Some(ts), Some(dur)) = (e["ts"].as_f64(), e["dur"].as_f64()) else {
             continue;
         };
-        let tid = e["tid"].to_string();
-        by_thread.entry(tid.clone()).or_default().push(Event {
-            name: e["name"].as_str().unwrap_or("?").to_string(),
-            tid,
-            ts,
-            dur,
-            op: cat == "cpu_op",
-        });
+        by_thread
+            .entry(e["tid"].to_string())
+            .or_default()
+            .push(Event {
+                name: e["name"].as_str().unwrap_or("?").to_string(),
+                ts,
+                dur,
+                op: cat == "cpu_op",
+            });
     }
     Ok(profile(by_thread.into_values()))
 }
@@ -159,13 +159,12 @@ fn profile(threads: impl Iterator<Item = Vec<Event>>) -> Profile {
     for mut events in threads {
         // Parents first: by start, the longer of two that start together first.
         events.sort_by(|a, b| a.ts.total_cmp(&b.ts).then(b.dur.total_cmp(&a.dur)));
-        // Open events: (index, end, time of their children).
+        // Open events: (index, end); children[i] sums the time of event i's direct callees.
         let mut open: Vec<(usize, f64)> = Vec::new();
         let mut children = vec![0.0f64; events.len()];
         let mut in_optimiser = vec![false; events.len()];
         for i in 0..events.len() {
             let e = &events[i];
-            debug_assert!(events.iter().all(|x| x.tid == e.tid));
             // Kineto rounds to microseconds: an event ending where the next starts is closed.
             while open.last().is_some_and(|&(_, end)| end <= e.ts + 1e-3) {
                 open.pop();
@@ -433,7 +432,6 @@ mod tests {
     fn ev(name: &str, ts: f64, dur: f64, op: bool) -> Event {
         Event {
             name: name.into(),
-            tid: "1".into(),
             ts,
             dur,
             op,
