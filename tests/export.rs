@@ -146,7 +146,7 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
     let base = std::fs::read_to_string(&ladder).unwrap();
     std::fs::write(
         &standard_top,
-        base + "top_prior = { kind = \"standard\" }\n",
+        base + "top_prior = { kind = \"standard\" }\ngroups = [2, 3]\n",
     )
     .unwrap();
     let standard_top = standard_top.to_str().unwrap();
@@ -178,8 +178,8 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
             vec!["--likelihood", "continuous-bernoulli"],
         ),
         ("colour", vec!["--preset", "best"]),
-        // The ladder: with its preset's VampPrior top, with a standard top and the logistic
-        // likelihood, and on colour images.
+        // The ladder: with its preset's VampPrior top, with a standard top, several groups at
+        // each resolution and the logistic likelihood, and on colour images.
         ("ladder", vec!["--preset", "ladder", "--config", ladder_cfg]),
         (
             "ladder-logistic",

@@ -46,8 +46,15 @@ pub struct LadderVaeConfig {
     /// Dimension of the top group, a vector: the z that [`Vae::encode`] gives and
     /// [`Vae::decode`] takes.
     pub top_dim: i64,
-    /// Residual cells at each resolution (as `channels`), in each path.
+    /// Residual cells at each resolution (as `channels`), in each path; with several
+    /// `groups` there, this many after each group.
     pub cells: Vec<usize>,
+    /// Latent groups at each resolution (as `channels`), one after another top-down (NVAE's
+    /// groups per scale, §3.1); empty: one at each. Each group is followed by `cells` cells,
+    /// and the bottom-up path has as many stages of cells there, the last read by the first
+    /// group (as a U-Net pairs its levels).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<usize>,
     /// The prior of the top group.
     pub top_prior: Prior,
     /// The observation model p(x | z).
@@ -64,6 +71,7 @@ impl Default for LadderVaeConfig {
             group_channels: vec![4, 8],
             top_dim: 32,
             cells: vec![1, 1],
+            groups: Vec::new(),
             top_prior: Prior::Standard,
             likelihood: Likelihood::Bernoulli,
         }
@@ -104,6 +112,25 @@ impl LadderVaeConfig {
                 self.cells
             ));
         }
+        if !self.groups.is_empty()
+            && (self.groups.len() != self.channels.len()
+                || self.groups.iter().any(|&g| !(1..=16).contains(&g)))
+        {
+            return bad(format!(
+                "groups must give 1 to 16 latent groups per resolution ({} here), got {:?}",
+                self.channels.len(),
+                self.groups
+            ));
+        }
+        if let Some(l) =
+            (0..self.channels.len()).find(|&l| self.group_channels[l] == 0 && self.stages(l) > 1)
+        {
+            return bad(format!(
+                "resolution {} has no latent channels (group_channels is 0 there), so it takes 1 group, not {}",
+                l + 1,
+                self.stages(l)
+            ));
+        }
         if let Err(m) = self.likelihood.validate() {
             return bad(m);
         }
@@ -125,6 +152,12 @@ impl LadderVaeConfig {
         (self.input_height / f, self.input_width / f)
     }
 
+    /// The stages at resolution `level`, in each path: its latent groups (`groups`), each
+    /// with its cells.
+    pub(crate) fn stages(&self, level: usize) -> usize {
+        self.groups.get(level).copied().unwrap_or(1)
+    }
+
     /// The number of latent dimensions of every group together, the top's first: the width of
     /// the noise [`Vae::elbo_with_noise`] takes.
     pub fn noise_dim(&self) -> i64 {
@@ -135,7 +168,7 @@ impl LadderVaeConfig {
                 .enumerate()
                 .map(|(l, &c)| {
                     let (h, w) = self.resolution(l);
-                    c * h * w
+                    c * h * w * self.stages(l) as i64
                 })
                 .sum::<i64>()
     }
@@ -183,23 +216,33 @@ fn cells(p: &nn::Path<'_>, c: i64, n: usize) -> Vec<ResidualCell> {
     ResidualCell::stack(p, c, n, |j| format!("cell{}", j + 1))
 }
 
+/// Where stage `j` (from 0) of a resolution keeps its variables: the resolution's own path
+/// for the first, `stage2`, `stage3`, … under it for the others.
+fn stage_path<'a>(level: &nn::Path<'a>, j: usize) -> nn::Path<'a> {
+    if j == 0 {
+        level.clone()
+    } else {
+        level / format!("stage{}", j + 1)
+    }
+}
+
 /// The deterministic bottom-up path: a stride-2 conv from the image, residual cells at each
 /// resolution with a stride-2 conv between them, and the top group's posterior head.
 #[derive(Debug)]
 struct BottomUp {
     stem: nn::Conv2D,
-    /// Cells at each resolution, finest first.
-    levels: Vec<Vec<ResidualCell>>,
+    /// Cells of each stage at each resolution, finest first.
+    levels: Vec<Vec<Vec<ResidualCell>>>,
     /// `down[l]` goes from resolution l to l + 1.
     down: Vec<nn::Conv2D>,
     /// q(z_top | x): [μ, log σ²] from the coarsest features.
     top: nn::Linear,
 }
 
-/// What the bottom-up path gives: the features at each resolution (finest first) and the
-/// top group's posterior.
+/// What the bottom-up path gives: the features after each stage at each resolution (finest
+/// first) and the top group's posterior.
 struct BottomUpOut {
-    features: Vec<Tensor>,
+    features: Vec<Vec<Tensor>>,
     top: Posterior,
 }
 
@@ -207,9 +250,13 @@ impl BottomUp {
     fn forward(&self, x: &Tensor, kind: Kind) -> BottomUpOut {
         let mut h = conv_in(&self.stem, &cast(x, kind), (2, 1), kind, Layout::Plain);
         let mut features = Vec::with_capacity(self.levels.len());
-        for (l, cells) in self.levels.iter().enumerate() {
-            h = apply_cells(h, cells, kind);
-            features.push(h.shallow_clone());
+        for (l, stages) in self.levels.iter().enumerate() {
+            let mut level = Vec::with_capacity(stages.len());
+            for cells in stages {
+                h = apply_cells(h, cells, kind);
+                level.push(h.shallow_clone());
+            }
+            features.push(level);
             if let Some(down) = self.down.get(l) {
                 h = conv_in(down, &act(&h), (2, 1), kind, Layout::Plain);
             }
@@ -238,6 +285,14 @@ struct Group {
     posterior: nn::Conv2D,
     /// z_l back into the top-down features.
     inject: nn::Conv2D,
+}
+
+/// One stage of the top-down path: a latent group (none at a resolution without latent
+/// channels), then cells.
+#[derive(Debug)]
+struct Stage {
+    group: Option<Group>,
+    cells: Vec<ResidualCell>,
 }
 
 /// A diagonal Gaussian over a spatial group, `[N, c, h, w]` each.
@@ -281,10 +336,8 @@ enum Pick<'a> {
 struct TopDown {
     /// z_top to the coarsest resolution's features.
     fc: nn::Linear,
-    /// The group at each resolution (finest first; `None` where there is none).
-    groups: Vec<Option<Group>>,
-    /// Cells at each resolution, finest first (run after that resolution's group).
-    levels: Vec<Vec<ResidualCell>>,
+    /// The stages at each resolution, finest first (each run in order).
+    levels: Vec<Vec<Stage>>,
     /// `up[l]` goes from resolution l + 1 to l.
     up: Vec<nn::ConvTranspose2D>,
     /// The finest features to the likelihood's parameters at the image's size.
@@ -301,7 +354,9 @@ struct TopDown {
 /// `bottom_up.top.weight`; `top_down.fc.weight`, `top_down.level1.prior.weight`,
 /// `top_down.level1.posterior.weight`, `top_down.level1.inject.weight`,
 /// `top_down.level1.cell1.conv1.weight`, `top_down.up1.weight`, `top_down.out.weight`; a
-/// VampPrior's pseudo-inputs as `prior.pseudo_inputs`. Level 1 is the finest resolution.
+/// VampPrior's pseudo-inputs as `prior.pseudo_inputs`. Level 1 is the finest resolution. A
+/// second group at a resolution, and its cells in both paths, are under `level1.stage2`, and
+/// so on.
 ///
 /// Through the [`Vae`] interface, z is the top group: `encode` gives q(z_top | x), `decode`
 /// runs the top-down path from z_top with every lower group at its prior mean, and
@@ -331,7 +386,6 @@ impl LadderVae {
         let mut bu_levels = Vec::new();
         let mut down = Vec::new();
         let mut td_levels = Vec::new();
-        let mut groups = Vec::new();
         let mut up = Vec::new();
         for (l, (&c, &g)) in config
             .channels
@@ -340,13 +394,29 @@ impl LadderVae {
             .enumerate()
         {
             let name = format!("level{}", l + 1);
-            bu_levels.push(cells(&(&bu / &name), c, config.cells[l]));
-            td_levels.push(cells(&(&td / &name), c, config.cells[l]));
-            groups.push((g > 0).then(|| Group {
-                prior: conv3(&td / &name / "prior", c, 2 * g),
-                posterior: conv3(&td / &name / "posterior", 2 * c, 2 * g),
-                inject: conv1(&td / &name / "inject", g, c),
-            }));
+            let stages = 0..config.stages(l);
+            let (bu_level, td_level) = (&bu / &name, &td / &name);
+            bu_levels.push(
+                stages
+                    .clone()
+                    .map(|j| cells(&stage_path(&bu_level, j), c, config.cells[l]))
+                    .collect(),
+            );
+            td_levels.push(
+                stages
+                    .map(|j| {
+                        let p = stage_path(&td_level, j);
+                        Stage {
+                            group: (g > 0).then(|| Group {
+                                prior: conv3(&p / "prior", c, 2 * g),
+                                posterior: conv3(&p / "posterior", 2 * c, 2 * g),
+                                inject: conv1(&p / "inject", g, c),
+                            }),
+                            cells: cells(&p, c, config.cells[l]),
+                        }
+                    })
+                    .collect(),
+            );
             if let Some(&next) = config.channels.get(l + 1) {
                 down.push(conv_down(&bu / format!("down{}", l + 1), c, next));
                 up.push(conv_up(&td / format!("up{}", l + 1), next, c));
@@ -372,7 +442,6 @@ impl LadderVae {
             },
             top_down: TopDown {
                 fc,
-                groups,
                 levels: td_levels,
                 up,
                 out,
@@ -399,7 +468,7 @@ impl LadderVae {
     fn top_down(
         &self,
         z_top: &Tensor,
-        features: Option<&[Tensor]>,
+        features: Option<&[Vec<Tensor>]>,
         pick: Pick<'_>,
     ) -> (Tensor, Vec<GroupDraw>) {
         let kind = self.compute;
@@ -421,57 +490,78 @@ impl LadderVae {
                     [1, 1],
                 );
             }
-            if let Some(group) = &td.groups[l] {
-                let a = act(&d);
-                let raw = cast(
-                    &conv_in(&group.prior, &a, (1, 1), kind, Layout::Plain),
-                    Kind::Float,
-                )
-                .chunk(2, 1);
-                let prior = Normal::from_raw(&raw[0], &raw[1]);
-                let posterior = features.map(|f| {
-                    let both = Tensor::cat(&[a.shallow_clone(), act(&f[l])], 1);
-                    let delta = cast(
-                        &conv_in(&group.posterior, &both, (1, 1), kind, Layout::Plain),
-                        Kind::Float,
-                    )
-                    .chunk(2, 1);
-                    Normal::from_raw(&(&prior.mu + &delta[0]), &(&prior.logvar * 0.5 + &delta[1]))
-                });
-                let from = posterior.as_ref().unwrap_or(&prior);
-                let index = draws.len();
-                let (eps, z) = match &pick {
-                    Pick::Fresh(t) => {
-                        let eps = from.mu.randn_like();
-                        let z = &from.mu + (&from.logvar * 0.5).exp() * (&eps * *t);
-                        (eps, z)
-                    }
-                    Pick::Given(noise) => {
-                        let eps = noise[index].shallow_clone();
-                        let z = &from.mu + (&from.logvar * 0.5).exp() * &eps;
-                        (eps, z)
-                    }
-                    Pick::Mean => (from.mu.zeros_like(), from.mu.shallow_clone()),
-                };
-                // Out of place: SiLU kept `d` for its backward.
-                d = d.g_add(&conv_in(
-                    &group.inject,
-                    &cast(&z, kind),
-                    (1, 0),
-                    kind,
-                    Layout::Plain,
-                ));
-                draws.push(GroupDraw {
-                    z,
-                    eps,
-                    prior,
-                    posterior,
-                });
+            let stages = &td.levels[l];
+            for (j, stage) in stages.iter().enumerate() {
+                if let Some(group) = &stage.group {
+                    // The first group reads the last bottom-up stage.
+                    let f = features.map(|f| &f[l][stages.len() - 1 - j]);
+                    let draw = self.group_draw(group, &d, f, &pick, draws.len());
+                    // Out of place: SiLU kept `d` for its backward.
+                    d = d.g_add(&conv_in(
+                        &group.inject,
+                        &cast(&draw.z, kind),
+                        (1, 0),
+                        kind,
+                        Layout::Plain,
+                    ));
+                    draws.push(draw);
+                }
+                d = apply_cells(d, &stage.cells, kind);
             }
-            d = apply_cells(d, &td.levels[l], kind);
         }
         let params = cast(&td.out.forward(&act(&d), kind), Kind::Float);
         (params, draws)
+    }
+
+    /// A group's draw from the top-down features `d`: its prior from them, and when the pass
+    /// reads an image (`f`, the bottom-up features the group pairs with) its posterior as a
+    /// residual correction of that prior (NVAE §3.2); z from the posterior or else the prior,
+    /// picked by `pick` (the pass's `index`-th group).
+    fn group_draw(
+        &self,
+        group: &Group,
+        d: &Tensor,
+        f: Option<&Tensor>,
+        pick: &Pick<'_>,
+        index: usize,
+    ) -> GroupDraw {
+        let kind = self.compute;
+        let a = act(d);
+        let raw = cast(
+            &conv_in(&group.prior, &a, (1, 1), kind, Layout::Plain),
+            Kind::Float,
+        )
+        .chunk(2, 1);
+        let prior = Normal::from_raw(&raw[0], &raw[1]);
+        let posterior = f.map(|f| {
+            let both = Tensor::cat(&[a.shallow_clone(), act(f)], 1);
+            let delta = cast(
+                &conv_in(&group.posterior, &both, (1, 1), kind, Layout::Plain),
+                Kind::Float,
+            )
+            .chunk(2, 1);
+            Normal::from_raw(&(&prior.mu + &delta[0]), &(&prior.logvar * 0.5 + &delta[1]))
+        });
+        let from = posterior.as_ref().unwrap_or(&prior);
+        let (eps, z) = match pick {
+            Pick::Fresh(t) => {
+                let eps = from.mu.randn_like();
+                let z = &from.mu + (&from.logvar * 0.5).exp() * (&eps * *t);
+                (eps, z)
+            }
+            Pick::Given(noise) => {
+                let eps = noise[index].shallow_clone();
+                let z = &from.mu + (&from.logvar * 0.5).exp() * &eps;
+                (eps, z)
+            }
+            Pick::Mean => (from.mu.zeros_like(), from.mu.shallow_clone()),
+        };
+        GroupDraw {
+            z,
+            eps,
+            prior,
+            posterior,
+        }
     }
 
     /// The top group's posterior (μ, log σ²) for images `u`: the VampPrior's components at
@@ -532,7 +622,11 @@ impl LadderVae {
         let n = x.size()[0];
         let bu = self.bottom_up.forward(x, self.compute);
         let repeat = |t: &Tensor| repeat_rows(t, s);
-        let features: Vec<Tensor> = bu.features.iter().map(repeat).collect();
+        let features: Vec<Vec<Tensor>> = bu
+            .features
+            .iter()
+            .map(|level| level.iter().map(repeat).collect())
+            .collect();
         let (mu, logvar) = (repeat(&bu.top.mu), repeat(&bu.top.logvar));
         let eps_top = mu.randn_like();
         let z_top = &mu + (&logvar * 0.5).exp() * &eps_top;
@@ -582,8 +676,10 @@ impl LadderVae {
             let g = c.group_channels[l];
             if g > 0 {
                 let (h, w) = c.resolution(l);
-                sizes.push(g * h * w);
-                shapes.push([n, g, h, w]);
+                for _ in 0..c.stages(l) {
+                    sizes.push(g * h * w);
+                    shapes.push([n, g, h, w]);
+                }
             }
         }
         let parts = eps.split_with_sizes(&sizes, 1);
@@ -606,9 +702,12 @@ impl VaeConfig for LadderVaeConfig {
         self.top_dim
     }
 
-    /// The top group and each spatial group (a group of no channels is skipped).
+    /// The top group and each spatial group (a resolution of no latent channels has none).
     fn latent_groups(&self) -> usize {
-        1 + self.group_channels.iter().filter(|&&g| g > 0).count()
+        1 + (0..self.channels.len())
+            .filter(|&l| self.group_channels[l] > 0)
+            .map(|l| self.stages(l))
+            .sum::<usize>()
     }
 
     /// Each group's KL.
@@ -848,6 +947,11 @@ mod tests {
                 ..toy(vec![3, 2])
             },
             colour,
+            LadderVaeConfig {
+                groups: vec![3, 2],
+                cells: vec![1, 0],
+                ..toy(vec![2, 3])
+            },
         ]
         .into_iter()
         .enumerate()
@@ -963,6 +1067,27 @@ mod tests {
                 },
                 "top_dim",
             ),
+            (
+                LadderVaeConfig {
+                    groups: vec![2],
+                    ..toy(vec![2, 3])
+                },
+                "1 to 16 latent groups per resolution (2 here), got [2]",
+            ),
+            (
+                LadderVaeConfig {
+                    groups: vec![1, 0],
+                    ..toy(vec![2, 3])
+                },
+                "1 to 16 latent groups",
+            ),
+            (
+                LadderVaeConfig {
+                    groups: vec![2, 1],
+                    ..toy(vec![0, 3])
+                },
+                "resolution 1 has no latent channels",
+            ),
         ] {
             let err = bad.validate().unwrap_err().to_string();
             assert!(err.contains(why), "{err}");
@@ -976,6 +1101,80 @@ mod tests {
             err.contains(&format!("[2, {}]", toy(vec![2, 3]).noise_dim())),
             "{err}"
         );
+    }
+
+    #[test]
+    fn several_groups_at_a_resolution_run_in_turn_each_reading_its_own_bottom_up_stage() {
+        let _g = lock();
+        tch::manual_seed(5);
+        let config = LadderVaeConfig {
+            groups: vec![3, 2],
+            ..toy(vec![2, 1])
+        };
+        let (vs, model) = build(&config);
+        // One group keeps a resolution's names; the others are stages under it.
+        let names = vs.variables();
+        for name in [
+            "top_down.level1.prior.weight",
+            "top_down.level1.stage3.posterior.weight",
+            "top_down.level1.stage3.cell1.conv1.weight",
+            "top_down.level2.stage2.inject.weight",
+            "bottom_up.level1.stage3.cell1.conv2.weight",
+            "bottom_up.level2.cell1.conv1.weight",
+        ] {
+            assert!(names.contains_key(name), "{name} missing");
+        }
+        assert!(!names.contains_key("top_down.level2.stage3.prior.weight"));
+        // The top, two 1-channel groups at 2×2, three 2-channel groups at 4×4.
+        assert_eq!(config.noise_dim(), 3 + 2 * (2 * 2) + 3 * (2 * 4 * 4));
+        assert_eq!(ModelConfig::from(config.clone()).latent_groups(), 6);
+        let x = images(3);
+        let terms = model.elbo(&x).unwrap();
+        assert_eq!(terms.kl_groups.len(), 6);
+        assert_eq!(terms.kl_dims.as_ref().unwrap().size(), [3, 6]);
+        // Coarsest first, a resolution's groups in turn.
+        let bu = model.bottom_up.forward(&x, Kind::Float);
+        assert_eq!(bu.features.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2]);
+        let z_top = bu.top.mu.shallow_clone();
+        let (_, draws) = model.top_down(&z_top, Some(&bu.features), Pick::Mean);
+        let shapes: Vec<_> = draws.iter().map(|d| d.z.size()).collect();
+        assert_eq!(
+            shapes,
+            [
+                [3, 1, 2, 2],
+                [3, 1, 2, 2],
+                [3, 2, 4, 4],
+                [3, 2, 4, 4],
+                [3, 2, 4, 4]
+            ]
+        );
+        // The first group at 4×4 reads the last bottom-up stage there, the last the first: a
+        // change to the first stage's features moves the last group's posterior only.
+        let mut moved: Vec<Vec<Tensor>> = (bu.features.iter())
+            .map(|l| l.iter().map(Tensor::shallow_clone).collect())
+            .collect();
+        moved[0][0] = &moved[0][0] + 1.0;
+        let (_, after) = model.top_down(&z_top, Some(&moved), Pick::Mean);
+        let posterior_change = |i: usize| {
+            let (a, b) = (&draws[i].posterior, &after[i].posterior);
+            value(
+                &(&a.as_ref().unwrap().mu - &b.as_ref().unwrap().mu)
+                    .abs()
+                    .max(),
+            )
+        };
+        assert_eq!(posterior_change(2), 0.0);
+        assert_eq!(posterior_change(3), 0.0);
+        assert!(posterior_change(4) > 0.0);
+        // The noise is split the same way: the pass at given noise reproduces the z.
+        let eps = Tensor::randn([3, config.noise_dim()], (Kind::Float, Device::Cpu));
+        let (top, noise) = model.split_noise(&eps);
+        assert_eq!(top.size(), [3, 3]);
+        let (_, given) = model.top_down(&z_top, Some(&bu.features), Pick::Given(&noise));
+        for (d, e) in given.iter().zip(&noise) {
+            assert_eq!(value(&(&d.eps - e).abs().max()), 0.0);
+        }
+        assert_eq!(model.sample(2, 1.0).unwrap().size(), [2, 1, 8, 8]);
     }
 
     #[test]

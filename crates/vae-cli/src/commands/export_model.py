@@ -436,12 +436,22 @@ class Cell(nn.Module):
         return x + self.conv2(_silu(self.conv1(_silu(x))))
 
 
-def _level(c, cells):
+def _level(c, cells, stages=1):
+    """A resolution's cells, in `stages` stages (one per latent group): the first stage's
+    cells on the level itself, the others' under stage2, stage3, ... (vae-rs's names)."""
     level = nn.Module()
     for j in range(cells):
         setattr(level, f"cell{j + 1}", Cell(c))
     level.n_cells = cells
+    for j in range(1, stages):
+        setattr(level, f"stage{j + 1}", _level(c, cells))
+    level.n_stages = stages
     return level
+
+
+def _stages(level):
+    """A level's stages in order, each a module with its cells (and, top-down, its group)."""
+    return [level] + [getattr(level, f"stage{j + 1}") for j in range(1, level.n_stages)]
 
 
 def _cells(level, h):
@@ -461,6 +471,7 @@ class LadderModel(_Exported):
             raise ValueError(f"this module implements the ladder VAE, not {cfg.get('kind')!r}")
         self.config = cfg
         ch, groups, cells = cfg["channels"], cfg["group_channels"], cfg["cells"]
+        stages = cfg.get("groups") or [1] * len(ch)
         c_in = cfg["input_channels"]
         last = len(ch) - 1
         h, w = self._resolution(last)
@@ -470,12 +481,13 @@ class LadderModel(_Exported):
         self.bottom_up.stem = nn.Conv2d(c_in, ch[0], 4, stride=2, padding=1)
         for l, c in enumerate(ch):
             name = f"level{l + 1}"
-            setattr(self.bottom_up, name, _level(c, cells[l]))
-            td = _level(c, cells[l])
+            setattr(self.bottom_up, name, _level(c, cells[l], stages[l]))
+            td = _level(c, cells[l], stages[l])
             if groups[l] > 0:
-                td.prior = _conv3(c, 2 * groups[l])
-                td.posterior = _conv3(2 * c, 2 * groups[l])
-                td.inject = nn.Conv2d(groups[l], c, 1)
+                for stage in _stages(td):
+                    stage.prior = _conv3(c, 2 * groups[l])
+                    stage.posterior = _conv3(2 * c, 2 * groups[l])
+                    stage.inject = nn.Conv2d(groups[l], c, 1)
             setattr(self.top_down, name, td)
             if l < last:
                 setattr(self.bottom_up, f"down{l + 1}", nn.Conv2d(c, ch[l + 1], 4, stride=2, padding=1))
@@ -496,8 +508,11 @@ class LadderModel(_Exported):
         h = self.bottom_up.stem(x)
         features = []
         for l in range(len(ch)):
-            h = _cells(getattr(self.bottom_up, f"level{l + 1}"), h)
-            features.append(h)
+            level = []
+            for stage in _stages(getattr(self.bottom_up, f"level{l + 1}")):
+                h = _cells(stage, h)
+                level.append(h)
+            features.append(level)
             if l < len(ch) - 1:
                 h = getattr(self.bottom_up, f"down{l + 1}")(_silu(h))
         mu, logvar = self.bottom_up.top(_silu(h).flatten(1)).chunk(2, 1)
@@ -510,7 +525,8 @@ class LadderModel(_Exported):
 
     def _top_down(self, z_top, features=None, noise=None, temperature=None):
         """The likelihood's parameters from z_top, each group's z drawn from the posterior
-        (with `features`) or the prior: at the given `noise` (one [N, c, h, w] per group,
+        (with `features`, each resolution's after each bottom-up stage: a resolution's first
+        group reads the last) or the prior: at the given `noise` (one [N, c, h, w] per group,
         coarsest first), fresh noise scaled by `temperature`, or else the mean. Also each
         group's (posterior or None, prior) as (mu, logvar) pairs, coarsest first."""
         cfg = self.config
@@ -522,26 +538,27 @@ class LadderModel(_Exported):
         for l in range(last, -1, -1):
             if l < last:
                 d = getattr(self.top_down, f"up{l + 1}")(_silu(d))
-            level = getattr(self.top_down, f"level{l + 1}")
-            if groups[l] > 0:
-                a = _silu(d)
-                raw_mu, raw_ls = level.prior(a).chunk(2, 1)
-                prior = (_soft_clamp(raw_mu), _soft_clamp(raw_ls) * 2.0)
-                post = None
-                if features is not None:
-                    both = torch.cat([a, _silu(features[l])], 1)
-                    d_mu, d_ls = level.posterior(both).chunk(2, 1)
-                    post = (_soft_clamp(prior[0] + d_mu), _soft_clamp(prior[1] * 0.5 + d_ls) * 2.0)
-                mu, logvar = post if post is not None else prior
-                if noise is not None:
-                    z = mu + torch.exp(logvar * 0.5) * noise[len(draws)]
-                elif temperature is not None:
-                    z = mu + torch.exp(logvar * 0.5) * (torch.randn_like(mu) * temperature)
-                else:
-                    z = mu
-                d = d + level.inject(z)
-                draws.append((z, post, prior))
-            d = _cells(level, d)
+            stages = _stages(getattr(self.top_down, f"level{l + 1}"))
+            for j, stage in enumerate(stages):
+                if groups[l] > 0:
+                    a = _silu(d)
+                    raw_mu, raw_ls = stage.prior(a).chunk(2, 1)
+                    prior = (_soft_clamp(raw_mu), _soft_clamp(raw_ls) * 2.0)
+                    post = None
+                    if features is not None:
+                        both = torch.cat([a, _silu(features[l][len(stages) - 1 - j])], 1)
+                        d_mu, d_ls = stage.posterior(both).chunk(2, 1)
+                        post = (_soft_clamp(prior[0] + d_mu), _soft_clamp(prior[1] * 0.5 + d_ls) * 2.0)
+                    mu, logvar = post if post is not None else prior
+                    if noise is not None:
+                        z = mu + torch.exp(logvar * 0.5) * noise[len(draws)]
+                    elif temperature is not None:
+                        z = mu + torch.exp(logvar * 0.5) * (torch.randn_like(mu) * temperature)
+                    else:
+                        z = mu
+                    d = d + stage.inject(z)
+                    draws.append((z, post, prior))
+                d = _cells(stage, d)
         return self.top_down.out(_silu(d)), draws
 
     def decode(self, z):
@@ -557,8 +574,9 @@ class LadderModel(_Exported):
             g = cfg["group_channels"][l]
             if g > 0:
                 h, w = self._resolution(l)
-                sizes.append(g * h * w)
-                shapes.append((n, g, h, w))
+                for _ in range((cfg.get("groups") or [1] * len(cfg["channels"]))[l]):
+                    sizes.append(g * h * w)
+                    shapes.append((n, g, h, w))
         parts = eps.split(sizes, 1)
         return parts[0], [p.reshape(s) for p, s in zip(parts[1:], shapes)]
 
@@ -599,7 +617,7 @@ class LadderModel(_Exported):
             m, lv = rep(mu), rep(logvar)
             eps = torch.randn_like(m)
             z_top = m + torch.exp(0.5 * lv) * eps
-            params, draws = self._top_down(z_top, [rep(f) for f in features], None, 1.0)
+            params, draws = self._top_down(z_top, [[rep(f) for f in level] for level in features], None, 1.0)
             images = rep(x)
             log_px = -likelihood_nll(self.config["likelihood"], params, images)
             log_q = (eps.pow(2) + lv + LN_2PI).sum(-1) * -0.5

@@ -62,10 +62,15 @@ struct Group {
     inject: Conv,
 }
 
-/// One resolution of the top-down path.
-struct Level {
+/// One stage of the top-down path: a group, then cells.
+struct Stage {
     group: Option<Group>,
     cells: Vec<[Conv; 2]>,
+}
+
+/// One resolution of the top-down path.
+struct Level {
+    stages: Vec<Stage>,
     /// From the next coarser resolution to this one (none at the coarsest).
     up: Option<Conv>,
 }
@@ -105,24 +110,33 @@ impl<'a> LadderIw<'a> {
                 .reshape([ch * h * w]);
             let levels = (0..=last)
                 .map(|l| Level {
-                    group: td.groups[l].as_ref().map(|g| {
-                        let width = c.channels[l];
-                        let post = &g.posterior.ws;
-                        let post_b = g.posterior.bs.as_ref().expect("convs have biases");
-                        let prior_b = g.prior.bs.as_ref().expect("convs have biases");
-                        Group {
-                            g: c.group_channels[l],
-                            from_top_down: Conv::new(
-                                &Tensor::cat(&[&g.prior.ws, &post.narrow(1, 0, width)], 0),
-                                &Tensor::cat(&[prior_b, &post_b.zeros_like()], 0),
-                            ),
-                            from_bottom_up: Conv::new(&post.narrow(1, width, width), post_b),
-                            inject: Conv::of(&g.inject),
-                        }
-                    }),
-                    cells: td.levels[l]
+                    stages: td.levels[l]
                         .iter()
-                        .map(|cell| cell.convs().map(Conv::of))
+                        .map(|stage| Stage {
+                            group: stage.group.as_ref().map(|g| {
+                                let width = c.channels[l];
+                                let post = &g.posterior.ws;
+                                let post_b = g.posterior.bs.as_ref().expect("convs have biases");
+                                let prior_b = g.prior.bs.as_ref().expect("convs have biases");
+                                Group {
+                                    g: c.group_channels[l],
+                                    from_top_down: Conv::new(
+                                        &Tensor::cat(&[&g.prior.ws, &post.narrow(1, 0, width)], 0),
+                                        &Tensor::cat(&[prior_b, &post_b.zeros_like()], 0),
+                                    ),
+                                    from_bottom_up: Conv::new(
+                                        &post.narrow(1, width, width),
+                                        post_b,
+                                    ),
+                                    inject: Conv::of(&g.inject),
+                                }
+                            }),
+                            cells: stage
+                                .cells
+                                .iter()
+                                .map(|cell| cell.convs().map(Conv::of))
+                                .collect(),
+                        })
                         .collect(),
                     up: td.up.get(l).map(|u| {
                         Conv::new(&u.ws, u.bs.as_ref().expect("transposed convs have biases"))
@@ -144,6 +158,47 @@ impl<'a> LadderIw<'a> {
         })
     }
 
+    /// Group `g`'s draw for `s` samples of each of `n` images at a `(h, w)` resolution, from
+    /// the top-down features `d` and the bottom-up half of its posterior's correction
+    /// (`part`, `[n, 2g, h, w]`); z is added into `d`. Gives log q(z | x) and log p(z) of the
+    /// group, `[s·n]` each.
+    fn group(
+        g: &Group,
+        d: &mut Tensor,
+        part: &Tensor,
+        (s, n): (i64, i64),
+        (h, w): (i64, i64),
+    ) -> (Tensor, Tensor) {
+        let rows = s * n;
+        let both = fused::conv(&act(d), g.from_top_down.wb(), (1, 1), Epilogue::Identity);
+        let k = g.g;
+        // The posterior's correction: its top-down half, plus its bottom-up half of the
+        // sample's image (rows are sample-major: row = sample · n + image).
+        let delta = |from: i64| {
+            (both.narrow(1, from, k).view([s, n, k, h, w]) + part.narrow(1, from - 2 * k, k))
+                .reshape([rows, k, h, w])
+        };
+        let prior_mu = soft_clamp(&both.narrow(1, 0, k), 5.0);
+        let prior_log_sigma = soft_clamp(&both.narrow(1, k, k), 5.0);
+        let prior_logvar = &prior_log_sigma * 2.0;
+        let q_mu = soft_clamp(&(&prior_mu + delta(2 * k)), 5.0);
+        let q_logvar = soft_clamp(&(&prior_log_sigma + delta(3 * k)), 5.0) * 2.0;
+        let eps = Tensor::randn([rows, k, h, w], (Kind::Float, d.device()));
+        let z = &q_mu + (&q_logvar * 0.5).exp() * &eps;
+        let sum_image = [1i64, 2, 3];
+        let log_q = (eps.square() + &q_logvar + loss::LN_2PI).sum_dim_intlist(
+            sum_image.as_slice(),
+            false,
+            Kind::Float,
+        ) * -0.5;
+        let log_p =
+            ((&z - &prior_mu).square() * (-&prior_logvar).exp() + &prior_logvar + loss::LN_2PI)
+                .sum_dim_intlist(sum_image.as_slice(), false, Kind::Float)
+                * -0.5;
+        fused::conv_accumulate(d, &z, g.inject.wb(), (1, 0));
+        (log_q, log_p)
+    }
+
     /// log p(x | z) + log p(z) − log q(z | x) for `s` samples of each of the `n` images whose
     /// bottom-up `features` are given, `[s, n]`. The noise is drawn in [`LadderVae`]'s order
     /// and layout (the top group's, then each spatial group's, coarsest first), so the
@@ -152,7 +207,7 @@ impl<'a> LadderIw<'a> {
         &self,
         x: &Tensor,
         top: (&Tensor, &Tensor),
-        parts: &[Option<Tensor>],
+        parts: &[Vec<Option<Tensor>>],
         s: i64,
     ) -> Tensor {
         let c = &self.model.config;
@@ -174,49 +229,21 @@ impl<'a> LadderIw<'a> {
             .linear(&self.fc.0, Some(&self.fc.1))
             .view([rows, h, w, c.channels[last]])
             .permute([0, 3, 1, 2]);
-        let sum_image = [1i64, 2, 3];
         for (l, level) in self.levels.iter().enumerate().rev() {
             if let Some(up) = &level.up {
                 d = fused::conv_transpose(&act(&d), up.wb(), (2, 1), Epilogue::Identity);
             }
-            if let Some(g) = &level.group {
-                let part = parts[l].as_ref().expect("a group has its bottom-up part");
-                let both = fused::conv(&act(&d), g.from_top_down.wb(), (1, 1), Epilogue::Identity);
-                let k = g.g;
-                let (rh, rw) = c.resolution(l);
-                // The posterior's correction: its top-down half, plus its bottom-up half of the
-                // sample's image (rows are sample-major: row = sample · n + image).
-                let delta = |from: i64| {
-                    (both.narrow(1, from, k).view([s, n, k, rh, rw])
-                        + part.narrow(1, from - 2 * k, k))
-                    .reshape([rows, k, rh, rw])
-                };
-                let prior_mu = soft_clamp(&both.narrow(1, 0, k), 5.0);
-                let prior_log_sigma = soft_clamp(&both.narrow(1, k, k), 5.0);
-                let prior_logvar = &prior_log_sigma * 2.0;
-                let q_mu = soft_clamp(&(&prior_mu + delta(2 * k)), 5.0);
-                let q_logvar = soft_clamp(&(&prior_log_sigma + delta(3 * k)), 5.0) * 2.0;
-                let eps = Tensor::randn([rows, k, rh, rw], (Kind::Float, x.device()));
-                let z = &q_mu + (&q_logvar * 0.5).exp() * &eps;
-                log_q.push(
-                    (eps.square() + &q_logvar + loss::LN_2PI).sum_dim_intlist(
-                        sum_image.as_slice(),
-                        false,
-                        Kind::Float,
-                    ) * -0.5,
-                );
-                log_p.push(
-                    ((&z - &prior_mu).square() * (-&prior_logvar).exp()
-                        + &prior_logvar
-                        + loss::LN_2PI)
-                        .sum_dim_intlist(sum_image.as_slice(), false, Kind::Float)
-                        * -0.5,
-                );
-                fused::conv_accumulate(&mut d, &z, g.inject.wb(), (1, 0));
-            }
-            for [c1, c2] in &level.cells {
-                let inner = fused::conv(&act(&d), c1.wb(), (1, 1), Epilogue::Silu);
-                fused::conv_accumulate(&mut d, &inner, c2.wb(), (1, 1));
+            for (stage, part) in level.stages.iter().zip(&parts[l]) {
+                if let Some(g) = &stage.group {
+                    let part = part.as_ref().expect("a group has its bottom-up part");
+                    let (q, p) = Self::group(g, &mut d, part, (s, n), c.resolution(l));
+                    log_q.push(q);
+                    log_p.push(p);
+                }
+                for [c1, c2] in &stage.cells {
+                    let inner = fused::conv(&act(&d), c1.wb(), (1, 1), Epilogue::Silu);
+                    fused::conv_accumulate(&mut d, &inner, c2.wb(), (1, 1));
+                }
             }
         }
         let params =
@@ -242,16 +269,22 @@ impl IwEvaluator for LadderIw<'_> {
             let n = x.size()[0];
             let per_chunk = (max_rows.max(1) / n.max(1)).clamp(1, k);
             let bu = self.model.bottom_up.forward(x, Kind::Float);
-            // Each group's posterior term from the bottom-up features, `[n, 2g, h, w]`.
-            let parts: Vec<Option<Tensor>> = self
+            // Each group's posterior term from the bottom-up features it pairs with (the first
+            // group of a resolution the last stage's), `[n, 2g, h, w]`.
+            let parts: Vec<Vec<Option<Tensor>>> = self
                 .levels
                 .iter()
                 .zip(&bu.features)
                 .map(|(level, f)| {
-                    level.group.as_ref().map(|g| {
-                        let a = act(f);
-                        fused::conv(&a, g.from_bottom_up.wb(), (1, 1), Epilogue::Identity)
-                    })
+                    let stages = level.stages.len();
+                    (level.stages.iter().enumerate())
+                        .map(|(j, stage)| {
+                            stage.group.as_ref().map(|g| {
+                                let a = act(&f[stages - 1 - j]);
+                                fused::conv(&a, g.from_bottom_up.wb(), (1, 1), Epilogue::Identity)
+                            })
+                        })
+                        .collect()
                 })
                 .collect();
             let mut chunks = Vec::new();
