@@ -163,14 +163,23 @@ impl LadderVaeConfig {
     pub fn noise_dim(&self) -> i64 {
         self.top_dim
             + self
-                .group_channels
+                .group_shapes()
                 .iter()
-                .enumerate()
-                .map(|(l, &c)| {
-                    let (h, w) = self.resolution(l);
-                    c * h * w * self.stages(l) as i64
-                })
+                .map(|s| s.iter().product::<i64>())
                 .sum::<i64>()
+    }
+
+    /// Each spatial group's `[c, h, w]`, in the order the top-down pass draws them: coarsest
+    /// first, a resolution's groups in turn.
+    fn group_shapes(&self) -> Vec<[i64; 3]> {
+        (0..self.channels.len())
+            .rev()
+            .filter(|&l| self.group_channels[l] > 0)
+            .flat_map(|l| {
+                let (h, w) = self.resolution(l);
+                std::iter::repeat_n([self.group_channels[l], h, w], self.stages(l))
+            })
+            .collect()
     }
 
     /// Whether the top group's KL has a closed form (the standard-normal prior).
@@ -668,25 +677,16 @@ impl LadderVae {
     /// Splits noise `[N, noise_dim]` into the top's `[N, top_dim]` and each group's
     /// `[N, c, h, w]` (coarsest first).
     fn split_noise(&self, eps: &Tensor) -> (Tensor, Vec<Tensor>) {
-        let c = &self.config;
         let n = eps.size()[0];
-        let mut sizes = vec![c.top_dim];
-        let mut shapes = Vec::new();
-        for l in (0..c.channels.len()).rev() {
-            let g = c.group_channels[l];
-            if g > 0 {
-                let (h, w) = c.resolution(l);
-                for _ in 0..c.stages(l) {
-                    sizes.push(g * h * w);
-                    shapes.push([n, g, h, w]);
-                }
-            }
-        }
+        let shapes = self.config.group_shapes();
+        let sizes: Vec<i64> = std::iter::once(self.config.top_dim)
+            .chain(shapes.iter().map(|s| s.iter().product::<i64>()))
+            .collect();
         let parts = eps.split_with_sizes(&sizes, 1);
         let groups = parts[1..]
             .iter()
             .zip(shapes)
-            .map(|(p, shape)| p.reshape(shape))
+            .map(|(p, [c, h, w])| p.reshape([n, c, h, w]))
             .collect();
         (parts[0].shallow_clone(), groups)
     }
@@ -704,10 +704,7 @@ impl VaeConfig for LadderVaeConfig {
 
     /// The top group and each spatial group (a resolution of no latent channels has none).
     fn latent_groups(&self) -> usize {
-        1 + (0..self.channels.len())
-            .filter(|&l| self.group_channels[l] > 0)
-            .map(|l| self.stages(l))
-            .sum::<usize>()
+        1 + self.group_shapes().len()
     }
 
     /// Each group's KL.
