@@ -17,6 +17,7 @@ cells = [0, 1]
 
 [train]
 kl_warmup_steps = 5
+kl_balance = true
 "#;
 
 #[test]
@@ -47,6 +48,7 @@ fn a_ladder_vae_trains_resumes_evaluates_and_explores() {
     assert!(out.status.success(), "{:?}", text(&out));
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(saved.contains("kind = \"ladder\""), "{saved}");
+    assert!(saved.contains("kl_balance = true"), "{saved}");
     let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let header = csv.lines().next().unwrap();
     assert!(
@@ -66,15 +68,24 @@ fn a_ladder_vae_trains_resumes_evaluates_and_explores() {
         "{err}"
     );
 
-    let out = vae(&["train", "--resume", r, "--data", d, "--epochs", "2"]);
+    // Resumed for two more epochs, the last an IWAE fine-tune.
+    let out = vae(&[
+        "train",
+        "--resume",
+        r,
+        "--data",
+        d,
+        "--epochs",
+        "3",
+        "--iwae-epochs",
+        "1",
+    ]);
     assert!(out.status.success(), "{:?}", text(&out));
-    assert_eq!(
-        std::fs::read_to_string(run.join("metrics.csv"))
-            .unwrap()
-            .lines()
-            .count(),
-        3
-    );
+    let csv = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    assert_eq!(lines.len(), 4, "{csv}");
+    assert!(lines[0].ends_with(",val_kl_group3,val_iw"), "{csv}");
+    assert!(lines[2].ends_with(',') && !lines[3].ends_with(','), "{csv}");
 
     let out = vae(&[
         "eval",

@@ -64,8 +64,9 @@ pub struct TrainArgs {
     /// Run directory for checkpoints, metrics and pictures [default: runs/<timestamp>].
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in this directory from its last checkpoint (`--epochs`, `--device`
-    /// and `--threads` may change; the model and training settings are the run's own).
+    /// Continue the run in this directory from its last checkpoint (`--epochs`,
+    /// `--iwae-epochs`, `--device` and `--threads` may change; the model and training
+    /// settings are the run's own).
     #[arg(long, conflicts_with_all = ["out", "config", "RunSettings"])]
     pub resume: Option<PathBuf>,
     /// TOML file with [model] and [train] tables (see a run's config.toml); the keys it names
@@ -76,6 +77,12 @@ pub struct TrainArgs {
     /// ladder-gpu 200].
     #[arg(long)]
     pub epochs: Option<usize>,
+    /// Fine-tune on the IWAE bound (with --iw-k samples, 5 by default) for this many last
+    /// epochs; the best checkpoint among them is chosen on the validation IWAE bound. With
+    /// --resume, it fine-tunes a finished run: `--resume RUN --epochs 53 --iwae-epochs 3`
+    /// [default: 0, none].
+    #[arg(long)]
+    pub iwae_epochs: Option<usize>,
     /// auto, cpu, cuda or cuda:N [default: auto].
     #[arg(long)]
     pub device: Option<Device>,
@@ -200,6 +207,11 @@ pub struct TrainFlags {
     /// ladder model) [default: 0, off].
     #[arg(long)]
     pub free_bits: Option<f64>,
+    /// Balance the KL across a ladder model's latent groups during the KL warm-up (NVAE's KL
+    /// balancing; needs --kl-warmup-steps).
+    #[arg(long)]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kl_balance: bool,
     /// Learning-rate schedule after the warm-up [default: cosine].
     #[arg(long, value_enum)]
     pub lr_schedule: Option<LrSchedule>,

@@ -161,12 +161,7 @@ impl LadderVaeConfig {
     /// The number of latent dimensions of every group together, the top's first: the width of
     /// the noise [`Vae::elbo_with_noise`] takes.
     pub fn noise_dim(&self) -> i64 {
-        self.top_dim
-            + self
-                .group_shapes()
-                .iter()
-                .map(|s| s.iter().product::<i64>())
-                .sum::<i64>()
+        VaeConfig::latent_group_sizes(self).iter().sum()
     }
 
     /// Each spatial group's `[c, h, w]`, in the order the top-down pass draws them: coarsest
@@ -703,8 +698,11 @@ impl VaeConfig for LadderVaeConfig {
     }
 
     /// The top group and each spatial group (a resolution of no latent channels has none).
-    fn latent_groups(&self) -> usize {
-        1 + self.group_shapes().len()
+    /// The top group, then each spatial group in the order they are drawn.
+    fn latent_group_sizes(&self) -> Vec<i64> {
+        std::iter::once(self.top_dim)
+            .chain(self.group_shapes().iter().map(|s| s.iter().product()))
+            .collect()
     }
 
     /// Each group's KL.
@@ -1125,6 +1123,10 @@ mod tests {
         // The top, two 1-channel groups at 2×2, three 2-channel groups at 4×4.
         assert_eq!(config.noise_dim(), 3 + 2 * (2 * 2) + 3 * (2 * 4 * 4));
         assert_eq!(ModelConfig::from(config.clone()).latent_groups(), 6);
+        assert_eq!(
+            ModelConfig::from(config.clone()).latent_group_sizes(),
+            [3, 4, 4, 32, 32, 32]
+        );
         let x = images(3);
         let terms = model.elbo(&x).unwrap();
         assert_eq!(terms.kl_groups.len(), 6);

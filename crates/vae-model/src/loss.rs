@@ -59,6 +59,21 @@ pub fn free_bits(kl_dims: &Tensor, lambda: f64) -> Tensor {
         .sum(Kind::Float)
 }
 
+/// NVAE's KL balancing coefficients (Vahdat & Kautz, "NVAE: A Deep Hierarchical
+/// Variational Autoencoder", NeurIPS 2020, App. A): γ_l ∝ (E_batch|KL_l| + 0.01) / α_l,
+/// scaled to mean 1, from each group's batch-mean KL `means` (`[G]`) and its latent units
+/// `sizes` (α_l). Weighting each group's KL by γ_l during the KL warm-up lowers the pressure
+/// on the groups that carry little information per unit, so that none is switched off early.
+/// (NVAE's default α_l further divides by the groups at the group's scale; with one group per
+/// scale the two agree.)
+pub fn kl_balance_coefficients(means: &Tensor, sizes: &[i64]) -> Tensor {
+    let alpha = Tensor::from_slice(sizes)
+        .to_kind(Kind::Float)
+        .to_device(means.device());
+    let gamma = (means.abs() + 0.01) / alpha;
+    &gamma / gamma.mean(Kind::Float)
+}
+
 /// log N(z; 0, I) summed over the last dimension.
 pub fn standard_normal_log_density(z: &Tensor) -> Tensor {
     (z.square() + LN_2PI).sum_dim_intlist(-1, false, Kind::Float) * -0.5

@@ -505,6 +505,29 @@ fn iwae_with_one_sample_is_the_elbo_on_that_sample_and_rises_with_k() {
 }
 
 #[test]
+fn kl_balance_coefficients_follow_nvae() {
+    let _g = lock();
+    use crate::loss::kl_balance_coefficients;
+    // Batch-mean KLs 10, 1, 40 nats over groups of 10, 50, 200 units: per unit (plus NVAE's
+    // 0.01) 1.001, 0.0202, 0.20005; scaled to mean 1.
+    let means = t(&[10.0, 1.0, 40.0], &[3]);
+    let gamma = kl_balance_coefficients(&means, &[10, 50, 200]);
+    let raw = [10.01 / 10.0, 1.01 / 50.0, 40.01 / 200.0];
+    let mean = raw.iter().sum::<f64>() / 3.0;
+    for (j, r) in raw.iter().enumerate() {
+        let g = gamma.double_value(&[j as i64]);
+        assert!(
+            (g - r / mean).abs() < 1e-5,
+            "group {j}: {g} vs {}",
+            r / mean
+        );
+    }
+    // The group with the least information per unit is pressed least.
+    assert!(gamma.double_value(&[1]) < gamma.double_value(&[2]));
+    assert!((gamma.mean(Kind::Float).double_value(&[]) - 1.0).abs() < 1e-6);
+}
+
+#[test]
 fn free_bits_clamp_each_dimension_as_stated() {
     let _g = lock();
     use crate::loss::{free_bits_kl, gaussian_kl, gaussian_kl_dims};

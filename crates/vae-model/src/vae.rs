@@ -303,9 +303,15 @@ pub trait VaeConfig:
     /// The dimension of the z that [`Vae::encode`] gives and [`Vae::decode`] takes.
     fn latent_dim(&self) -> i64;
 
+    /// The number of latent units in each latent group, in the order of
+    /// [`ElboTerms::kl_groups`]: one group of [`VaeConfig::latent_dim`] by default.
+    fn latent_group_sizes(&self) -> Vec<i64> {
+        vec![self.latent_dim()]
+    }
+
     /// The number of latent groups, each with its own KL in [`ElboTerms::kl_groups`].
     fn latent_groups(&self) -> usize {
-        1
+        self.latent_group_sizes().len()
     }
 
     /// The observation model p(x | z).
@@ -330,6 +336,7 @@ trait AnyConfig: fmt::Debug + Send + Sync {
     fn set_image_shape(&mut self, shape: [i64; 3]);
     fn latent_dim(&self) -> i64;
     fn latent_groups(&self) -> usize;
+    fn latent_group_sizes(&self) -> Vec<i64>;
     fn likelihood(&self) -> Likelihood;
     fn set_likelihood(&mut self, likelihood: Likelihood);
     fn has_kl_per_dimension(&self) -> bool;
@@ -361,6 +368,9 @@ impl<T: VaeConfig> AnyConfig for T {
     }
     fn latent_groups(&self) -> usize {
         VaeConfig::latent_groups(self)
+    }
+    fn latent_group_sizes(&self) -> Vec<i64> {
+        VaeConfig::latent_group_sizes(self)
     }
     fn likelihood(&self) -> Likelihood {
         VaeConfig::likelihood(self)
@@ -448,6 +458,11 @@ impl ModelConfig {
     /// for a conv VAE; the top group and each spatial group for a hierarchical one.
     pub fn latent_groups(&self) -> usize {
         self.0.latent_groups()
+    }
+
+    /// The latent units of each group, in the order of [`ElboTerms::kl_groups`].
+    pub fn latent_group_sizes(&self) -> Vec<i64> {
+        self.0.latent_group_sizes()
     }
 
     /// The observation model p(x | z).

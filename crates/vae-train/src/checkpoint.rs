@@ -42,6 +42,11 @@ pub struct EpochMetrics {
     /// Validation KL of each latent group, for a model with more than one (the top first).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub val_kl_groups: Vec<f64>,
+    /// Validation IWAE bound at `iw_k` samples, in the epochs of an IWAE fine-tune
+    /// ([`TrainConfig::iwae_epochs`](crate::TrainConfig::iwae_epochs)): what selects the best
+    /// checkpoint among them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_iw: Option<f64>,
     /// Test-set ELBO, when the trainer was given a test set ([`Trainer::set_test_set`](crate::Trainer::set_test_set)).
     #[serde(default)]
     pub test_elbo: Option<f64>,

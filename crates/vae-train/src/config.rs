@@ -48,9 +48,20 @@ pub struct TrainConfig {
     pub objective: Objective,
     /// Importance samples per image of the IWAE objective.
     pub iw_k: i64,
+    /// The last `iwae_epochs` epochs maximise the IWAE bound with `iw_k` samples: a fine-tune
+    /// of a model trained on the ELBO (0: none). The best checkpoint among them is the one
+    /// with the best validation IWAE bound at `iw_k` ([`EpochMetrics::val_iw`](crate::EpochMetrics::val_iw)).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub iwae_epochs: usize,
     /// Free bits: a floor, in nats, on the batch-mean KL of each latent dimension (of each
     /// latent group, for a hierarchical model) (0: off; ELBO only).
     pub free_bits: f64,
+    /// Balance the KL across latent groups during the KL warm-up (`kl_warmup_steps`): each
+    /// group's KL weighted by NVAE's coefficient ([`vae_model::loss::kl_balance_coefficients`]),
+    /// so that groups carrying little information per unit are pressed less (hierarchical
+    /// models; ELBO only).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub kl_balance: bool,
     /// Learning-rate schedule after the warm-up.
     pub lr_schedule: LrSchedule,
     /// Steps of linear learning-rate warm-up from 0 to `lr`.
@@ -122,6 +133,11 @@ macro_rules! named {
             }
         }
     };
+}
+
+/// For serde's `skip_serializing_if`: a count left at zero.
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 named!(Precision, "precision", Auto => "auto", Fp32 => "fp32", Bf16 => "bf16");
@@ -201,7 +217,9 @@ impl Default for TrainConfig {
             max_steps: None,
             objective: Objective::Elbo,
             iw_k: 5,
+            iwae_epochs: 0,
             free_bits: 0.0,
+            kl_balance: false,
             lr_schedule: LrSchedule::Cosine,
             warmup_steps: 300,
             min_lr: 1e-4,
@@ -289,7 +307,48 @@ impl TrainConfig {
         if self.patience == Some(0) {
             return bad("patience must be at least 1 epoch".into());
         }
+        if self.iwae_epochs > 0 {
+            if self.iwae_epochs > self.epochs {
+                return bad(format!(
+                    "iwae_epochs ({}) must not exceed epochs ({})",
+                    self.iwae_epochs, self.epochs
+                ));
+            }
+            if self.objective == Objective::Iwae {
+                return bad("iwae_epochs fine-tunes an ELBO run: the iwae objective already trains on the IWAE bound throughout".into());
+            }
+            if self.patience.is_some() {
+                return bad("patience watches the validation ELBO, which an IWAE fine-tune does not improve: leave out patience or iwae_epochs".into());
+            }
+        }
+        if self.kl_balance {
+            if self.kl_warmup_steps == 0 {
+                return bad(
+                    "KL balancing acts during the KL warm-up: set kl_warmup_steps with kl_balance"
+                        .into(),
+                );
+            }
+            if self.free_bits > 0.0 {
+                return bad("free bits and KL balancing both reshape the KL term: use one".into());
+            }
+            if self.objective == Objective::Iwae {
+                return bad(
+                    "KL balancing weights the ELBO's KL terms: use it with the elbo objective"
+                        .into(),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The objective of epoch `epoch` (0-based): the IWAE bound in the last `iwae_epochs`,
+    /// `objective` before.
+    pub fn objective_at(&self, epoch: usize) -> Objective {
+        if epoch + self.iwae_epochs >= self.epochs {
+            Objective::Iwae
+        } else {
+            self.objective
+        }
     }
 
     /// Whether images are binarised for a model with `likelihood`: `binarize`, for a
@@ -480,6 +539,13 @@ impl RunConfig {
     pub fn validate(&self) -> Result<()> {
         self.train.validate()?;
         self.model.validate()?;
+        if self.train.kl_balance && self.model.latent_groups() < 2 {
+            return Err(TrainError::InvalidConfig(
+                "KL balancing weighs latent groups against each other, and this model has one: \
+                 use it with kind = \"ladder\""
+                    .into(),
+            ));
+        }
         if self.train.free_bits > 0.0 && !self.model.has_kl_per_dimension() {
             return Err(TrainError::InvalidConfig(
                 "free bits need the closed-form per-dimension KL of the standard normal prior; \

@@ -100,6 +100,11 @@ impl MetricsCsv {
         for g in 1..=groups {
             csv.push_str(&format!(",val_kl_group{g}"));
         }
+        // An IWAE fine-tune's validation bound, in its epochs.
+        let iw = history.iter().any(|m| m.val_iw.is_some());
+        if iw {
+            csv.push_str(",val_iw");
+        }
         csv.push('\n');
         for m in history {
             csv.push_str(&format!(
@@ -121,6 +126,12 @@ impl MetricsCsv {
                 csv.push(',');
                 if let Some(kl) = m.val_kl_groups.get(g) {
                     csv.push_str(&format!("{kl:.4}"));
+                }
+            }
+            if iw {
+                csv.push(',');
+                if let Some(v) = m.val_iw {
+                    csv.push_str(&format!("{v:.4}"));
                 }
             }
             csv.push('\n');

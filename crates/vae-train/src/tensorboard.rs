@@ -594,6 +594,9 @@ impl Observer for TensorBoard {
         if let Some(t) = m.test_elbo {
             values.push(("epoch/test_elbo", t));
         }
+        if let Some(v) = m.val_iw {
+            values.push(("epoch/val_iw", v));
+        }
         let group_tags: Vec<String> = (1..=m.val_kl_groups.len())
             .map(|g| format!("epoch/val_kl_group{g}"))
             .collect();

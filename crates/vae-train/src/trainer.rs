@@ -204,9 +204,9 @@ fn check_parallel(config: &TrainConfig, world: usize) -> Result<()> {
             config.batch_size
         )));
     }
-    if config.objective == Objective::Iwae {
+    if config.objective == Objective::Iwae || config.iwae_epochs > 0 {
         return Err(TrainError::InvalidConfig(format!(
-            "--objective iwae trains on one process only (its samples are drawn inside the model, so {world} processes would not draw one stream): train it without --nproc or torchrun"
+            "the iwae objective (--objective iwae, or an IWAE fine-tune) trains on one process only (its samples are drawn inside the model, so {world} processes would not draw one stream): train it without --nproc or torchrun"
         )));
     }
     Ok(())
@@ -1004,7 +1004,7 @@ impl Trainer {
         let batch = self.config.batch_size as i64;
         let idx = perm.narrow(0, b * batch, batch);
         let x = prepare(&self.train_x.index_select(0, &idx), self.binarize());
-        let eps = (self.config.objective == Objective::Elbo)
+        let eps = (self.objective() == Objective::Elbo)
             .then(|| Tensor::randn([batch, self.model.noise_dim()], (Kind::Float, self.device)));
         let world = self.world() as i64;
         if world == 1 {
@@ -1035,17 +1035,50 @@ impl Trainer {
         Ok((local * &active).sum(Kind::Float) + floor)
     }
 
+    /// NVAE's balanced KL term Σ_l γ_l·E_batch[KL_l] (see
+    /// [`vae_model::loss::kl_balance_coefficients`]), the coefficients from the global batch:
+    /// under a group the per-group batch means are averaged over the ranks.
+    fn balanced_kl_term(&self, groups: &[Tensor]) -> Result<Tensor> {
+        let all = Tensor::stack(groups, 1);
+        let means = all.detach().abs().mean_dim(0, false, Kind::Float);
+        let means = match &self.group {
+            None => means,
+            Some(group) => {
+                let global = means.contiguous().copy();
+                group.all_reduce_sum(&global)?;
+                global / group.world() as f64
+            }
+        };
+        let gamma = vae_model::loss::kl_balance_coefficients(
+            &means,
+            &self.model_config.latent_group_sizes(),
+        );
+        Ok((all * gamma.unsqueeze(0))
+            .sum_dim_intlist(1, false, Kind::Float)
+            .mean(Kind::Float))
+    }
+
+    /// The objective of the current step's epoch ([`TrainConfig::objective_at`]).
+    fn objective(&self) -> Objective {
+        self.config
+            .objective_at((self.state.step / self.steps_per_epoch()) as usize)
+    }
+
     /// The loss to minimise for a batch, and the per-example reconstruction and KL terms to
     /// report; `eps` is the posterior noise for the ELBO objective.
     fn loss(&self, x: &Tensor, eps: Option<&Tensor>) -> Result<(Tensor, Tensor, Tensor)> {
-        match self.config.objective {
+        match self.objective() {
             Objective::Elbo => {
                 let terms = match eps {
                     Some(eps) => self.model.elbo_with_noise(x, eps)?,
                     None => self.model.elbo(x)?,
                 };
+                let balancing = self.config.kl_balance
+                    && self.state.step < self.config.kl_warmup_steps
+                    && terms.kl_groups.len() > 1;
                 let kl_term = match (&terms.kl_dims, self.config.free_bits) {
                     (Some(dims), lambda) if lambda > 0.0 => self.free_bits_term(dims, lambda)?,
+                    _ if balancing => self.balanced_kl_term(&terms.kl_groups)?,
                     _ => terms.kl.mean(Kind::Float),
                 };
                 let w = self.config.kl_weight(self.state.step);
@@ -1069,6 +1102,13 @@ impl Trainer {
                 return Err(e);
             }
         };
+        let val_iw = match self.fine_tune_iw(epoch) {
+            Ok(v) => v,
+            Err(e) => {
+                self.evaluation_mode(false)?;
+                return Err(e);
+            }
+        };
         let p = std::mem::take(&mut self.state.partial);
         let n = p.examples.max(1) as f64;
         let metrics = EpochMetrics {
@@ -1085,6 +1125,7 @@ impl Trainer {
             } else {
                 Vec::new()
             },
+            val_iw,
             test_elbo,
             lr: self.adam.lr(),
             images_per_s: p.examples as f64 / p.seconds.max(1e-9),
@@ -1105,10 +1146,23 @@ impl Trainer {
             images_per_s = format!("{:.0}", metrics.images_per_s),
             "epoch done"
         );
-        let improved = self.state.best_val_elbo.is_none_or(|b| val.elbo > b);
-        if improved {
-            self.state.best_val_elbo = Some(val.elbo);
-        }
+        // In an IWAE fine-tune the validation IWAE bound selects among the fine-tune's epochs
+        // (its first always improves on the ELBO phase); the validation ELBO elsewhere.
+        let improved = match val_iw {
+            Some(iw) => self
+                .state
+                .history
+                .iter()
+                .filter_map(|m| m.val_iw)
+                .all(|b| iw > b),
+            None => {
+                let improved = self.state.best_val_elbo.is_none_or(|b| val.elbo > b);
+                if improved {
+                    self.state.best_val_elbo = Some(val.elbo);
+                }
+                improved
+            }
+        };
         self.state.history.push(metrics);
         let saved = if improved { self.save_best() } else { Ok(()) };
         let drawn = saved.and_then(|()| {
@@ -1138,6 +1192,23 @@ impl Trainer {
             None => None,
         };
         Ok((val, test_elbo))
+    }
+
+    /// After epoch `epoch` (0-based) of an IWAE fine-tune, the validation IWAE bound at `iw_k`
+    /// samples (one process only: the fine-tune does not run under a group).
+    fn fine_tune_iw(&self, epoch: usize) -> Result<Option<f64>> {
+        if self.config.iwae_epochs == 0 || self.config.objective_at(epoch) != Objective::Iwae {
+            return Ok(None);
+        }
+        let estimate = crate::eval::evaluate_iw(
+            self.model.as_ref(),
+            &self.val_x,
+            self.config.iw_k,
+            self.binarize(),
+            VALIDATION_SEED,
+            &mut |_, _| {},
+        )?;
+        Ok(Some(estimate.log_likelihood))
     }
 
     fn sharded_elbo(&self, images: &Tensor, seed: u64) -> Result<crate::eval::ElboSummary> {

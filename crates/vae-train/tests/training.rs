@@ -96,10 +96,21 @@ fn assert_same_weights(a: &tch::nn::VarStore, b: &tch::nn::VarStore) {
 /// One epoch of `train` in `dir`, the trainer dropped, then the run resumed there for a
 /// second: what an uninterrupted two-epoch run must equal.
 fn one_epoch_then_resumed(dir: &std::path::Path, train: TrainConfig) -> Trainer {
-    let mut b = start(dir, tiny_model(), TrainConfig { epochs: 1, ..train }).unwrap();
+    resumed_after_one_epoch(dir, tiny_model(), train, |c| c.epochs = 2)
+}
+
+/// One epoch of `model` under `train` in `dir`, the trainer dropped, then the run resumed
+/// with its settings changed by `adjust` and trained to the end.
+fn resumed_after_one_epoch(
+    dir: &std::path::Path,
+    model: impl Into<vae_model::ModelConfig>,
+    train: TrainConfig,
+    adjust: impl FnOnce(&mut TrainConfig),
+) -> Trainer {
+    let mut b = start(dir, model, TrainConfig { epochs: 1, ..train }).unwrap();
     b.run().unwrap();
     drop(b);
-    let mut b = Trainer::resume(dir, &bars(144), |c| c.epochs = 2).unwrap();
+    let mut b = Trainer::resume(dir, &bars(144), adjust).unwrap();
     assert_eq!(b.run().unwrap(), Outcome::Completed);
     b
 }
@@ -761,4 +772,137 @@ fn bf16_trains_evaluates_in_f32_and_resumes_exactly() {
         text.contains(&format!("precision = \"{picked}\"")),
         "{text}"
     );
+}
+
+#[test]
+fn an_iwae_fine_tune_switches_objective_for_its_last_epochs_and_selects_on_the_iw_bound() {
+    let _g = lock();
+    let train = TrainConfig {
+        iw_k: 3,
+        ..tiny_train(3)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = start(
+        dir.path(),
+        tiny_model(),
+        TrainConfig {
+            iwae_epochs: 2,
+            ..train.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(a.run().unwrap(), Outcome::Completed);
+    let h = &a.state().history;
+    assert_eq!(h[0].val_iw, None, "the ELBO phase has no IW bound");
+    let iw: Vec<f64> = h[1..].iter().map(|m| m.val_iw.unwrap()).collect();
+    assert!(iw.iter().all(|v| v.is_finite()), "{h:?}");
+    // The best checkpoint is the fine-tune epoch with the best validation IW bound.
+    let best = Checkpoint::load(dir.path().join(files::BEST)).unwrap();
+    let chosen = best.state.history.last().unwrap();
+    assert_eq!(
+        chosen.val_iw,
+        Some(iw.iter().copied().fold(f64::MIN, f64::max))
+    );
+    let csv = std::fs::read_to_string(dir.path().join(files::METRICS)).unwrap();
+    let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+    assert_eq!(header.last(), Some(&"val_iw"), "{csv}");
+    assert!(
+        csv.lines().nth(1).unwrap().ends_with(','),
+        "epoch 1: empty: {csv}"
+    );
+
+    // The same as one ELBO epoch, then the run resumed on the iwae objective: the switch
+    // happens at the epoch's boundary and nowhere else.
+    let cut = tempfile::tempdir().unwrap();
+    let b = resumed_after_one_epoch(cut.path(), tiny_model(), train.clone(), |c| {
+        c.epochs = 3;
+        c.objective = Objective::Iwae;
+    });
+    assert_same_weights(a.var_store(), b.var_store());
+
+    for (cfg, needle) in [
+        (
+            TrainConfig {
+                iwae_epochs: 4,
+                ..train.clone()
+            },
+            "must not exceed epochs",
+        ),
+        (
+            TrainConfig {
+                iwae_epochs: 1,
+                objective: Objective::Iwae,
+                ..train.clone()
+            },
+            "already trains on the IWAE bound",
+        ),
+        (
+            TrainConfig {
+                iwae_epochs: 1,
+                patience: Some(2),
+                ..train.clone()
+            },
+            "leave out patience or iwae_epochs",
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let err = start(d.path(), tiny_model(), cfg).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err} should mention {needle}");
+    }
+}
+
+#[test]
+fn kl_balancing_reweights_a_ladder_during_the_warm_up_only() {
+    let _g = lock();
+    let train = |balance: bool, warmup: u64| TrainConfig {
+        kl_warmup_steps: warmup,
+        kl_balance: balance,
+        grad_clip: Some(100.0),
+        ..tiny_train(2)
+    };
+    let run = |cfg: TrainConfig| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = start(dir.path(), tiny_ladder(), cfg).unwrap();
+        assert_eq!(t.run().unwrap(), Outcome::Completed);
+        t
+    };
+    let balanced = run(train(true, 10));
+    let h = &balanced.state().history;
+    assert!(h.iter().all(|m| m.val_elbo.is_finite()), "{h:?}");
+    let plain = run(train(false, 10));
+    let differs = weights(balanced.var_store())
+        .iter()
+        .zip(weights(plain.var_store()).iter())
+        .any(|((_, a), (_, b))| (a - b).abs().max().double_value(&[]) > 0.0);
+    assert!(differs, "balancing changed nothing in the warm-up");
+    // Balancing ends with the warm-up: with a one-epoch warm-up, a balanced run equals one
+    // balanced epoch and then the run resumed without balancing.
+    let straight = run(train(true, 8));
+    let cut = tempfile::tempdir().unwrap();
+    let b = resumed_after_one_epoch(cut.path(), tiny_ladder(), train(true, 8), |c| {
+        c.epochs = 2;
+        c.kl_balance = false;
+    });
+    assert_same_weights(straight.var_store(), b.var_store());
+
+    for (model, cfg, needle) in [
+        (
+            vae_model::ModelConfig::from(tiny_model()),
+            train(true, 10),
+            "this model has one",
+        ),
+        (tiny_ladder().into(), train(true, 0), "set kl_warmup_steps"),
+        (
+            tiny_ladder().into(),
+            TrainConfig {
+                free_bits: 0.1,
+                ..train(true, 10)
+            },
+            "use one",
+        ),
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let err = start(d.path(), model, cfg).unwrap_err().to_string();
+        assert!(err.contains(needle), "{err} should mention {needle}");
+    }
 }

@@ -146,6 +146,9 @@ fn run_config(args: &TrainArgs, data: &ImageDataset) -> Result<RunConfig> {
     if let Some(v) = args.epochs {
         run.train.epochs = v;
     }
+    if let Some(v) = args.iwae_epochs {
+        run.train.iwae_epochs = v;
+    }
     if let Some(v) = args.device {
         run.train.device = v;
     }
@@ -408,6 +411,9 @@ fn make_trainer(args: &TrainArgs) -> Result<Trainer> {
     let adjust = |c: &mut TrainConfig| {
         if let Some(e) = args.epochs {
             c.epochs = e;
+        }
+        if let Some(n) = args.iwae_epochs {
+            c.iwae_epochs = n;
         }
         if let Some(d) = args.device {
             c.device = d;
