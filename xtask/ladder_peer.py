@@ -9,6 +9,7 @@ tests/export.rs), run as a PyTorch user would run it.
          CPU); prints image-samples/s and the mean estimate.
 
   --channels-last  the model and its inputs in torch.channels_last memory format
+  --autocast bf16  train: torch.autocast("cpu", dtype=torch.bfloat16) around the forward + loss
   --profile PATH   train: record the timed steps with torch.profiler (CPU activity, shapes)
                    and write its Chrome trace to PATH (`cargo xtask bench --breakdown`)
 
@@ -47,6 +48,7 @@ def main():
     ap.add_argument("--device", default="cpu", choices=["cpu"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--channels-last", action="store_true")
+    ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -60,7 +62,8 @@ def main():
     model = load_model(a.export)
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
-    out = {"impl": "pytorch-eager" + ("-channels-last" if a.channels_last else ""),
+    out = {"impl": "pytorch-eager" + ("-channels-last" if a.channels_last else "")
+                   + ("-" + a.autocast if a.autocast != "none" else ""),
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     if a.task == "train":
         xtr = load_idx(os.path.join(a.data, "train-images-idx3-ubyte.gz"))
@@ -74,7 +77,8 @@ def main():
             return x.contiguous(memory_format=fmt)
 
         def step():
-            loss = -model.elbo(batch())[0].mean()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.autocast == "bf16"):
+                loss = -model.elbo(batch())[0].mean()
             opt.zero_grad()
             loss.backward()
             opt.step()

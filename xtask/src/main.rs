@@ -116,7 +116,9 @@ enum Task {
         precision: Option<String>,
         /// The peer configurations timed in each pair, comma-separated: eager (the reference
         /// script as users run it, the ratio's denominator), eager-mimalloc, bf16-channels-last,
-        /// compile, compile-bf16-channels-last [default: all].
+        /// compile, compile-bf16-channels-last [default: all; the bf16 ones only on a CPU with
+        /// bf16 hardware]. With --model ladder (training), bf16-channels-last adds the module in
+        /// bf16 autocast + channels-last to its fixed columns.
         #[arg(long, value_delimiter = ',')]
         peers: Option<Vec<bench::PeerConfig>>,
         /// The model: conv (the reference conv VAE against ref_pytorch_vae.py) or ladder (the

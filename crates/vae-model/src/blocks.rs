@@ -146,6 +146,20 @@ pub enum Layout {
     ChannelsLast,
 }
 
+impl Layout {
+    /// The layout of a model's convs computing in `kind`: channels-last in bf16 where
+    /// `bf16_channels_last` (the model was built on a CPU whose bf16 kernels compute in NHWC,
+    /// [`CpuFeatures::bf16_channels_last`](crate::CpuFeatures::bf16_channels_last)), plain
+    /// otherwise.
+    pub(crate) fn for_kind(kind: Kind, bf16_channels_last: bool) -> Self {
+        if bf16_channels_last && kind == Kind::BFloat16 {
+            Self::ChannelsLast
+        } else {
+            Self::Plain
+        }
+    }
+}
+
 /// A conv with `stride` and `padding` computed in `kind`: the weights are cast per call, so
 /// with bf16 the arithmetic is reduced-precision while the f32 weights receive the gradients
 /// (autocast's rule). With f32 and [`Layout::Plain`] this is exactly `nn::Conv2D`'s forward.
@@ -211,13 +225,19 @@ impl Deconv {
         (&self.weight, &self.bias)
     }
 
-    /// The transposed conv of `x`, computed in `kind`.
-    pub fn forward(&self, x: &Tensor, kind: Kind) -> Tensor {
+    /// The transposed conv of `x`, computed in `kind`; with [`Layout::ChannelsLast`] the
+    /// weight goes to it in NHWC strides, as in [`conv_in`] (for a bf16 input on the CPU only:
+    /// f32's native kernel for few channels, below, needs NCHW).
+    pub fn forward(&self, x: &Tensor, kind: Kind, layout: Layout) -> Tensor {
         let (weight, bias) = (cast(&self.weight, kind), cast(&self.bias, kind));
         // On the CPU, libtorch's default (oneDNN) transposed conv is slow for very few output
         // channels (the last layer, to 1 channel; docs/performance.md); its native im2col path
         // is faster there in f32 (oneDNN keeps bf16). Both compute the same function.
         let cpu = x.device() == Device::Cpu;
+        let weight = match layout {
+            Layout::ChannelsLast if cpu && kind == Kind::BFloat16 => to_channels_last(&weight),
+            _ => weight,
+        };
         if cpu && self.weight.size()[1] <= 4 && kind == Kind::Float {
             x.slow_conv_transpose2d(&weight, [4, 4], Some(&bias), [2, 2], [1, 1], [0, 0], [1, 1])
         } else if cpu && kind == Kind::BFloat16 {

@@ -6,8 +6,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::blocks::{
     Deconv, Layout, ResidualCell, cast, check_images, check_input_size, check_rows, conv_down,
-    conv_in, linear, linear_in,
+    conv_in, linear, linear_in, to_channels_last,
 };
+use crate::cpu::CpuFeatures;
 use crate::error::ModelError;
 use crate::likelihood::Likelihood;
 use crate::loss;
@@ -203,9 +204,10 @@ pub struct VaeOutput {
 /// tensor into it before every conv and back after it; an NHWC encoder skips most of those
 /// reorders. The flattened grid is copied back to NCHW order for the dense head, so weights
 /// and checkpoints are unchanged; the encoder's last ReLU runs after that copy, so its
-/// backward sees one layout. The decoder stays NCHW: its last transposed conv runs libtorch's
-/// native kernel, which needs NCHW, and converting there cost more than it saved. (What each
-/// choice gave: `docs/performance.md`.)
+/// backward sees one layout. The decoder stays NCHW in f32: its last transposed conv runs
+/// libtorch's native kernel, which needs NCHW, and converting there cost more than it saved. In
+/// bf16 on a CPU with AMX ([`CpuFeatures`]) the decoder runs channels-last too: oneDNN's AMX
+/// kernels compute in NHWC. (What each choice gave: `docs/performance.md`.)
 #[derive(Debug)]
 pub struct ConvVae {
     config: ConvVaeConfig,
@@ -219,6 +221,9 @@ pub struct ConvVae {
     compute: Kind,
     /// Whether the encoder's convs run channels-last (NHWC); see the layout note above.
     pub(crate) nhwc_encoder: bool,
+    /// Whether the decoder's convs run channels-last (NHWC) when computing in bf16; see the
+    /// layout note above.
+    pub(crate) nhwc_bf16_decoder: bool,
 }
 
 impl ConvVae {
@@ -294,6 +299,8 @@ impl ConvVae {
             device: p.device(),
             compute: Kind::Float,
             nhwc_encoder: p.device() == Device::Cpu,
+            nhwc_bf16_decoder: p.device() == Device::Cpu
+                && CpuFeatures::current().bf16_channels_last(),
         })
     }
 
@@ -323,6 +330,12 @@ impl ConvVae {
         } else {
             Layout::Plain
         }
+    }
+
+    /// How the decoder's convs lay out their tensors: channels-last when it computes in bf16
+    /// on a CPU with AMX; see the layout note above.
+    fn decoder_layout(&self) -> Layout {
+        Layout::for_kind(self.compute, self.nhwc_bf16_decoder)
     }
 
     fn encode_unchecked(&self, x: &Tensor) -> Posterior {
@@ -370,6 +383,10 @@ impl ConvVae {
         t = linear_in(&self.decoder.fc, &t, kind)
             .relu_()
             .view([-1, c, h, w]);
+        let layout = self.decoder_layout();
+        if layout == Layout::ChannelsLast {
+            t = to_channels_last(&t);
+        }
         let last = self.decoder.deconvs.len() - 1;
         for (i, (deconv, blocks)) in self
             .decoder
@@ -379,9 +396,9 @@ impl ConvVae {
             .enumerate()
         {
             for b in blocks {
-                t = b.forward(&t, &t, relu, kind, Layout::Plain).relu_();
+                t = b.forward(&t, &t, relu, kind, layout).relu_();
             }
-            t = deconv.forward(&t, kind);
+            t = deconv.forward(&t, kind, layout);
             if i < last {
                 t = t.relu_();
             }

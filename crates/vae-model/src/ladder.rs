@@ -14,8 +14,9 @@ use tch::{Device, Kind, Tensor, nn};
 
 use crate::blocks::{
     Deconv, Layout, ResidualCell, cast, check_images, check_input_size, check_rows, conv_down,
-    conv_in, conv_up, conv1, conv3, linear, linear_in,
+    conv_in, conv1, conv3, linear, linear_in, to_channels_last,
 };
+use crate::cpu::CpuFeatures;
 use crate::error::ModelError;
 use crate::likelihood::Likelihood;
 use crate::loss;
@@ -208,9 +209,9 @@ fn act(x: &Tensor) -> Tensor {
 
 /// `cells` in turn: each x ↦ x + Conv3x3(SiLU(Conv3x3(SiLU(x)))), the pre-activation residual
 /// cell of both paths.
-fn apply_cells(mut h: Tensor, cells: &[ResidualCell], kind: Kind) -> Tensor {
+fn apply_cells(mut h: Tensor, cells: &[ResidualCell], kind: Kind, layout: Layout) -> Tensor {
     for c in cells {
-        h = c.forward(&h, &act(&h), |t| t.silu(), kind, Layout::Plain);
+        h = c.forward(&h, &act(&h), |t| t.silu(), kind, layout);
     }
     h
 }
@@ -251,18 +252,18 @@ struct BottomUpOut {
 }
 
 impl BottomUp {
-    fn forward(&self, x: &Tensor, kind: Kind) -> BottomUpOut {
-        let mut h = conv_in(&self.stem, &cast(x, kind), (2, 1), kind, Layout::Plain);
+    fn forward(&self, x: &Tensor, kind: Kind, layout: Layout) -> BottomUpOut {
+        let mut h = conv_in(&self.stem, &cast(x, kind), (2, 1), kind, layout);
         let mut features = Vec::with_capacity(self.levels.len());
         for (l, stages) in self.levels.iter().enumerate() {
             let mut level = Vec::with_capacity(stages.len());
             for cells in stages {
-                h = apply_cells(h, cells, kind);
+                h = apply_cells(h, cells, kind, layout);
                 level.push(h.shallow_clone());
             }
             features.push(level);
             if let Some(down) = self.down.get(l) {
-                h = conv_in(down, &act(&h), (2, 1), kind, Layout::Plain);
+                h = conv_in(down, &act(&h), (2, 1), kind, layout);
             }
         }
         let stats = cast(
@@ -343,7 +344,7 @@ struct TopDown {
     /// The stages at each resolution, finest first (each run in order).
     levels: Vec<Vec<Stage>>,
     /// `up[l]` goes from resolution l + 1 to l.
-    up: Vec<nn::ConvTranspose2D>,
+    up: Vec<Deconv>,
     /// The finest features to the likelihood's parameters at the image's size.
     out: Deconv,
 }
@@ -377,6 +378,9 @@ pub struct LadderVae {
     prior: LatentPrior,
     device: Device,
     compute: Kind,
+    /// Whether both paths run channels-last (NHWC) when computing in bf16: on a CPU with AMX,
+    /// whose oneDNN kernels compute in NHWC (as [`ConvVae`](crate::ConvVae)'s decoder).
+    pub(crate) nhwc_bf16: bool,
 }
 
 impl LadderVae {
@@ -423,7 +427,7 @@ impl LadderVae {
             );
             if let Some(&next) = config.channels.get(l + 1) {
                 down.push(conv_down(&bu / format!("down{}", l + 1), c, next));
-                up.push(conv_up(&td / format!("up{}", l + 1), next, c));
+                up.push(Deconv::own(&td / format!("up{}", l + 1), next, c));
             }
         }
         let (h, w) = config.resolution(levels - 1);
@@ -453,6 +457,7 @@ impl LadderVae {
             prior,
             device: p.device(),
             compute: Kind::Float,
+            nhwc_bf16: p.device() == Device::Cpu && CpuFeatures::current().bf16_channels_last(),
         })
     }
 
@@ -466,6 +471,16 @@ impl LadderVae {
         check_images(x, [c.input_channels, c.input_height, c.input_width])
     }
 
+    /// How both paths' convs lay out their tensors: channels-last in bf16 on a CPU with AMX.
+    fn layout(&self) -> Layout {
+        Layout::for_kind(self.compute, self.nhwc_bf16)
+    }
+
+    /// The bottom-up pass of images `x` in the model's arithmetic and layout.
+    fn bottom_up(&self, x: &Tensor) -> BottomUpOut {
+        self.bottom_up.forward(x, self.compute, self.layout())
+    }
+
     /// The top-down pass from `z_top`: each spatial group's z picked by `pick`, from the
     /// posterior when `features` (the bottom-up path's) are given, else from the prior. Gives
     /// the likelihood's parameters and each group's draw (coarsest first).
@@ -475,24 +490,19 @@ impl LadderVae {
         features: Option<&[Vec<Tensor>]>,
         pick: Pick<'_>,
     ) -> (Tensor, Vec<GroupDraw>) {
-        let kind = self.compute;
+        let (kind, layout) = (self.compute, self.layout());
         let c = &self.config;
         let last = c.channels.len() - 1;
         let (h, w) = c.resolution(last);
         let td = &self.top_down;
         let mut d = linear_in(&td.fc, &cast(z_top, kind), kind).view([-1, c.channels[last], h, w]);
+        if layout == Layout::ChannelsLast {
+            d = to_channels_last(&d);
+        }
         let mut draws = Vec::new();
         for l in (0..=last).rev() {
             if l < last {
-                d = act(&d).conv_transpose2d(
-                    &cast(&td.up[l].ws, kind),
-                    td.up[l].bs.as_ref().map(|b| cast(b, kind)).as_ref(),
-                    [2, 2],
-                    [1, 1],
-                    [0, 0],
-                    1,
-                    [1, 1],
-                );
+                d = td.up[l].forward(&act(&d), kind, layout);
             }
             let stages = &td.levels[l];
             for (j, stage) in stages.iter().enumerate() {
@@ -506,14 +516,14 @@ impl LadderVae {
                         &cast(&draw.z, kind),
                         (1, 0),
                         kind,
-                        Layout::Plain,
+                        layout,
                     ));
                     draws.push(draw);
                 }
-                d = apply_cells(d, &stage.cells, kind);
+                d = apply_cells(d, &stage.cells, kind, layout);
             }
         }
-        let params = cast(&td.out.forward(&act(&d), kind), Kind::Float);
+        let params = cast(&td.out.forward(&act(&d), kind, layout), Kind::Float);
         (params, draws)
     }
 
@@ -529,10 +539,10 @@ impl LadderVae {
         pick: &Pick<'_>,
         index: usize,
     ) -> GroupDraw {
-        let kind = self.compute;
+        let (kind, layout) = (self.compute, self.layout());
         let a = act(d);
         let raw = cast(
-            &conv_in(&group.prior, &a, (1, 1), kind, Layout::Plain),
+            &conv_in(&group.prior, &a, (1, 1), kind, layout),
             Kind::Float,
         )
         .chunk(2, 1);
@@ -540,7 +550,7 @@ impl LadderVae {
         let posterior = f.map(|f| {
             let both = Tensor::cat(&[a.shallow_clone(), act(f)], 1);
             let delta = cast(
-                &conv_in(&group.posterior, &both, (1, 1), kind, Layout::Plain),
+                &conv_in(&group.posterior, &both, (1, 1), kind, layout),
                 Kind::Float,
             )
             .chunk(2, 1);
@@ -571,7 +581,7 @@ impl LadderVae {
     /// The top group's posterior (μ, log σ²) for images `u`: the VampPrior's components at
     /// its pseudo-inputs.
     fn top_posterior(&self, u: &Tensor) -> (Tensor, Tensor) {
-        let q = self.bottom_up.forward(u, self.compute).top;
+        let q = self.bottom_up(u).top;
         (q.mu, q.logvar)
     }
 
@@ -590,7 +600,7 @@ impl LadderVae {
 
     /// The negative-ELBO terms for `x` at top noise `eps_top` and the groups' noise `pick`.
     fn elbo_at(&self, x: &Tensor, eps_top: &Tensor, pick: Pick<'_>) -> ElboTerms {
-        let bu = self.bottom_up.forward(x, self.compute);
+        let bu = self.bottom_up(x);
         let q = &bu.top;
         let z_top = &q.mu + q.std() * eps_top;
         let (params, draws) = self.top_down(&z_top, Some(&bu.features), pick);
@@ -624,7 +634,7 @@ impl LadderVae {
     /// `[s, N]` each.
     fn weights(&self, x: &Tensor, s: i64) -> ImportanceTerms {
         let n = x.size()[0];
-        let bu = self.bottom_up.forward(x, self.compute);
+        let bu = self.bottom_up(x);
         let repeat = |t: &Tensor| repeat_rows(t, s);
         let features: Vec<Vec<Tensor>> = bu
             .features
@@ -717,7 +727,7 @@ impl Vae for LadderVae {
     /// q(z_top | x), the top group's posterior.
     fn encode(&self, x: &Tensor) -> Result<Posterior, ModelError> {
         self.check_images(x)?;
-        Ok(self.bottom_up.forward(x, self.compute).top)
+        Ok(self.bottom_up(x).top)
     }
 
     /// The likelihood's parameters with the top group at `z` and every lower group at its
@@ -765,7 +775,7 @@ impl Vae for LadderVae {
     /// Through the posterior means of every group, top-down.
     fn reconstruct(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         self.check_images(x)?;
-        let bu = self.bottom_up.forward(x, self.compute);
+        let bu = self.bottom_up(x);
         let (params, _) = self.top_down(&bu.top.mu, Some(&bu.features), Pick::Mean);
         Ok(self.config.likelihood.mean(&params))
     }
@@ -824,7 +834,7 @@ mod tests {
         let terms = model.elbo_with_noise(&x, &eps).unwrap();
 
         // By hand, from the two paths' outputs at the same noise.
-        let bu = model.bottom_up.forward(&x, Kind::Float);
+        let bu = model.bottom_up.forward(&x, Kind::Float, Layout::Plain);
         let eps_top = eps.narrow(1, 0, 3);
         let eps_group = eps.narrow(1, 3, 8).reshape([5, 2, 2, 2]);
         let z_top = &bu.top.mu + (&bu.top.logvar * 0.5).exp() * &eps_top;
@@ -870,6 +880,60 @@ mod tests {
             &Tensor::stack(&[kl_top, kl_group], 1),
             "kl_dims",
         );
+    }
+
+    #[test]
+    fn in_bf16_both_paths_compute_the_same_elbo_channels_last_or_not() {
+        let _g = lock();
+        tch::manual_seed(5);
+        // Two groups at the finer resolution and one at the coarser, with cells: every conv,
+        // transposed conv and injection the layout reaches (channels-last on a CPU with AMX).
+        let config = LadderVaeConfig {
+            cells: vec![1, 1],
+            groups: vec![2, 1],
+            ..toy(vec![2, 3])
+        };
+        let (vs, mut model) = build(&config);
+        model.set_compute_kind(Kind::BFloat16).unwrap();
+        let x = images(6);
+        let eps = Tensor::randn([6, config.noise_dim()], (Kind::Float, Device::Cpu));
+        let weights = vs.trainable_variables();
+        let run = |model: &LadderVae| {
+            let t = model.elbo_with_noise(&x, &eps).unwrap();
+            let loss = (&t.reconstruction + &t.kl).sum(Kind::Float);
+            let grads = Tensor::run_backward(&[&loss], &weights, false, false);
+            (t.reconstruction, t.kl, grads)
+        };
+        model.nhwc_bf16 = false;
+        assert_eq!(model.layout(), Layout::Plain);
+        let (rec, kl, grads) = run(&model);
+        model.nhwc_bf16 = true;
+        assert_eq!(model.layout(), Layout::ChannelsLast);
+        let (rec_cl, kl_cl, grads_cl) = run(&model);
+        // A one-channel output has unit channel stride only when computed channels-last.
+        let z = Tensor::randn([2, 3], (Kind::Float, Device::Cpu));
+        for (nhwc, want) in [(true, true), (false, false)] {
+            model.nhwc_bf16 = nhwc;
+            let out = tch::no_grad(|| model.decode(&z).unwrap());
+            assert_eq!(out.stride()[1] == 1, want, "strides {:?}", out.stride());
+        }
+        let rel = |a: &Tensor, b: &Tensor| value(&((a - b).abs().max() / (b.abs().max() + 1e-6)));
+        assert!(
+            rel(&rec_cl, &rec) < 2e-2,
+            "reconstruction {}",
+            rel(&rec_cl, &rec)
+        );
+        assert!(rel(&kl_cl, &kl) < 2e-2, "KL {}", rel(&kl_cl, &kl));
+        for (a, b) in grads_cl.iter().zip(&grads) {
+            assert!(
+                rel(a, b) < 5e-2,
+                "gradient differs by {} (relative)",
+                rel(a, b)
+            );
+        }
+        // In f32 the layout stays NCHW whatever the CPU has.
+        model.set_compute_kind(Kind::Float).unwrap();
+        assert_eq!(model.layout(), Layout::Plain);
     }
 
     #[test]
@@ -1132,7 +1196,7 @@ mod tests {
         assert_eq!(terms.kl_groups.len(), 6);
         assert_eq!(terms.kl_dims.as_ref().unwrap().size(), [3, 6]);
         // Coarsest first, a resolution's groups in turn.
-        let bu = model.bottom_up.forward(&x, Kind::Float);
+        let bu = model.bottom_up.forward(&x, Kind::Float, Layout::Plain);
         assert_eq!(bu.features.iter().map(Vec::len).collect::<Vec<_>>(), [3, 2]);
         let z_top = bu.top.mu.shallow_clone();
         let (_, draws) = model.top_down(&z_top, Some(&bu.features), Pick::Mean);

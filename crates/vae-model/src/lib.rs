@@ -43,6 +43,7 @@ mod macros;
 
 pub mod blocks;
 mod conv;
+mod cpu;
 mod error;
 mod fused;
 mod kinds;
@@ -55,6 +56,7 @@ mod prior;
 mod vae;
 
 pub use conv::{ConvVae, ConvVaeConfig, VaeOutput};
+pub use cpu::CpuFeatures;
 pub use error::ModelError;
 pub use kinds::{register_kind, registered_kinds};
 pub use ladder::{LadderVae, LadderVaeConfig};

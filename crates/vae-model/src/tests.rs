@@ -367,9 +367,9 @@ fn the_nhwc_encoder_matches_plain_nchw_convolutions() {
 #[test]
 fn the_bf16_decoder_matches_transposed_convs_with_their_biases() {
     let _g = lock();
-    // In bf16 on the CPU the transposed convs add their biases apart; the decoder must still be
-    // fc, ReLU, deconv1 (with bias), ReLU, deconv2 (with bias), and the biases' gradients the
-    // same as through libtorch's own biased transposed conv.
+    // In bf16 on the CPU the transposed convs add their biases apart, NCHW or channels-last;
+    // the decoder must still be fc, ReLU, deconv1 (with bias), ReLU, deconv2 (with bias), and
+    // the gradients the same as through libtorch's own biased transposed conv.
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = ConvVaeConfig::default();
     let mut vae = ConvVae::new(&vs.root(), &cfg).unwrap();
@@ -397,22 +397,34 @@ fn the_bf16_decoder_matches_transposed_convs_with_their_biases() {
         deconv(&deconv(&h, "deconv1").relu(), "deconv2").to_kind(Kind::Float)
     };
     let want = reference();
-    let ours = vae.decode(&z).unwrap();
     let scale = want.abs().max().double_value(&[]);
-    let diff = (&ours - &want).abs().max().double_value(&[]);
-    assert!(
-        diff <= 1e-2 * scale,
-        "max abs difference {diff} (scale {scale})"
-    );
-
-    let biases = [&v["decoder.deconv1.bias"], &v["decoder.deconv2.bias"]];
+    let params = [
+        &v["decoder.deconv1.bias"],
+        &v["decoder.deconv2.bias"],
+        &v["decoder.deconv1.weight"],
+    ];
     let grads =
-        |out: Tensor| Tensor::run_backward(&[out.square().sum(Kind::Float)], &biases, false, false);
+        |out: Tensor| Tensor::run_backward(&[out.square().sum(Kind::Float)], &params, false, false);
     let theirs = grads(reference());
-    let mine = grads(vae.decode(&z).unwrap());
-    for (a, b) in mine.iter().zip(&theirs) {
-        let rel = ((a - b).abs().max() / b.abs().max()).double_value(&[]);
-        assert!(rel < 2e-2, "bias gradients differ by {rel} (relative)");
+    // Both layouts (channels-last is what a CPU with AMX runs), whatever this CPU has.
+    for nhwc in [false, true] {
+        vae.nhwc_bf16_decoder = nhwc;
+        let ours = vae.decode(&z).unwrap();
+        // A one-channel output has unit channel stride only when it was computed channels-last.
+        assert_eq!(ours.stride()[1] == 1, nhwc, "strides {:?}", ours.stride());
+        let diff = (&ours - &want).abs().max().double_value(&[]);
+        assert!(
+            diff <= 1e-2 * scale,
+            "channels-last {nhwc}: max abs difference {diff} (scale {scale})"
+        );
+        let mine = grads(ours);
+        for (a, b) in mine.iter().zip(&theirs) {
+            let rel = ((a - b).abs().max() / b.abs().max()).double_value(&[]);
+            assert!(
+                rel < 2e-2,
+                "channels-last {nhwc}: gradients differ by {rel} (relative)"
+            );
+        }
     }
 }
 

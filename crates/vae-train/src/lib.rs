@@ -38,7 +38,6 @@ mod adam;
 mod alloc;
 mod checkpoint;
 mod config;
-mod cpu;
 mod device;
 mod dist;
 mod error;
@@ -58,7 +57,6 @@ pub use checkpoint::{Checkpoint, EpochAccum, EpochMetrics, LoadedModel, TrainSta
 pub use config::{
     DEFAULT_EPOCHS, LrSchedule, Objective, Optimizer, Precision, Preset, RunConfig, TrainConfig,
 };
-pub use cpu::CpuFeatures;
 pub use device::{Device, device_name, libtorch_has_cuda};
 pub use dist::{Backends, COLLECTIVE_TIMEOUT, ProcessGroup, Rendezvous, StoreServer, backends};
 pub use error::{Result, TrainError};
@@ -75,6 +73,7 @@ pub use tensorboard::{
     parse_events, read_event_file, truncate_event_files,
 };
 pub use trainer::{Outcome, Trainer, files};
+pub use vae_model::CpuFeatures;
 
 #[cfg(test)]
 mod tests {

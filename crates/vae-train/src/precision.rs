@@ -5,8 +5,8 @@
 //! were measured faster than f32 ones with the quality unchanged; f32 elsewhere.
 
 use crate::config::Precision;
-use crate::cpu::CpuFeatures;
 use crate::device::device_name;
+use vae_model::CpuFeatures;
 
 /// What [`Precision::resolve`] picked for a device, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1094,15 +1094,7 @@ impl Trainer {
 
     fn finish_epoch(&mut self, epoch: usize) -> Result<()> {
         self.evaluation_mode(true)?;
-        let evaluated = self.evaluate();
-        let (val, test_elbo) = match evaluated {
-            Ok(v) => v,
-            Err(e) => {
-                self.evaluation_mode(false)?;
-                return Err(e);
-            }
-        };
-        let val_iw = match self.fine_tune_iw(epoch) {
+        let (val, test_elbo, val_iw) = match self.evaluate(epoch) {
             Ok(v) => v,
             Err(e) => {
                 self.evaluation_mode(false)?;
@@ -1182,16 +1174,20 @@ impl Trainer {
         self.save_last()
     }
 
-    /// Validation ELBO and, with a test set, test ELBO of the current weights: under a group
+    /// After epoch `epoch` (0-based), the validation ELBO, the test ELBO with a test set, and
+    /// in an IWAE fine-tune the validation IWAE bound of the current weights. Under a group
     /// each rank evaluates its share of the chunks and the sums are reduced, so every rank
     /// has the figure one process would compute.
-    fn evaluate(&self) -> Result<(crate::eval::ElboSummary, Option<f64>)> {
+    fn evaluate(
+        &self,
+        epoch: usize,
+    ) -> Result<(crate::eval::ElboSummary, Option<f64>, Option<f64>)> {
         let val = self.sharded_elbo(&self.val_x, VALIDATION_SEED)?;
         let test_elbo = match &self.test_x {
             Some(x) => Some(self.sharded_elbo(x, TEST_SEED)?.elbo),
             None => None,
         };
-        Ok((val, test_elbo))
+        Ok((val, test_elbo, self.fine_tune_iw(epoch)?))
     }
 
     /// After epoch `epoch` (0-based) of an IWAE fine-tune, the validation IWAE bound at `iw_k`

@@ -3,7 +3,8 @@
 //!
 //! - Without `--eval`: training images/s of our `vae train --preset ladder` step against the
 //!   module trained with Adam on the same batch size and threads (eager; eager with our
-//!   allocator preloaded; channels-last with it).
+//!   allocator preloaded; channels-last with it; and on a CPU with bf16 hardware, bf16
+//!   autocast and channels-last with it).
 //! - With `--eval`: image-samples/s of the importance-weighted evaluation at k samples per
 //!   image, one image at a time: ours (`vae eval`, its prepared evaluator), ours through the
 //!   model's reference pass (`--iw-reference`: the same bound at the same draws), and the
@@ -17,7 +18,9 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use super::{BenchArgs, Tools, last_json_line, measure, median, ours_train, python_cmd};
+use super::{
+    BenchArgs, PeerConfig, Tools, last_json_line, measure, median, ours_train, python_cmd,
+};
 
 /// One column of a pair: what runs, and how it reads its speed off the JSON it prints.
 struct Column {
@@ -159,7 +162,14 @@ fn columns(t: &Tools, a: &BenchArgs, run: &Path, export: &Path, pair: usize) -> 
         let steps = a.steps.to_string();
         let args = ["--steps", steps.as_str()];
         let cl = ["--steps", steps.as_str(), "--channels-last"];
-        vec![
+        let bf16_cl = [
+            "--steps",
+            steps.as_str(),
+            "--channels-last",
+            "--autocast",
+            "bf16",
+        ];
+        let mut columns = vec![
             Column {
                 name: "ours",
                 command: ours,
@@ -184,7 +194,18 @@ fn columns(t: &Tools, a: &BenchArgs, run: &Path, export: &Path, pair: usize) -> 
                 key: "train_images_per_s",
                 estimate: None,
             },
-        ]
+        ];
+        // The conv bench's bf16-channels-last configuration, on CPUs with bf16 hardware (the
+        // bench leaves it out elsewhere), with our allocator as the other tuned column.
+        if a.peers.contains(&PeerConfig::Bf16ChannelsLast) {
+            columns.push(Column {
+                name: "peer-bf16-channels-last-mimalloc",
+                command: peer(t, a, "train", export, true, &bf16_cl),
+                key: "train_images_per_s",
+                estimate: None,
+            });
+        }
+        columns
     }
 }
 

@@ -28,7 +28,7 @@ pub fn run(a: InfoArgs) -> Result<u8> {
             "openmp": tch::utils::has_openmp(),
             "threads": tch::get_num_threads(),
             "auto_device": auto,
-            "cpu": {"model": cpu.model, "flags": cpu.flags()},
+            "cpu": {"model": cpu.model, "flags": cpu.flags(), "bf16_channels_last": cpu.bf16_channels_last()},
             "auto_precision": {"cpu": on_cpu.precision.name(), "cpu_reason": on_cpu.reason,
                                "auto_device": on_auto.precision.name(), "auto_device_reason": on_auto.reason},
             "distributed": {"gloo": dist.gloo, "nccl": dist.nccl, "missing": dist.missing},
@@ -57,6 +57,14 @@ pub fn run(a: InfoArgs) -> Result<u8> {
         println!(
             "--precision auto picks {} on the CPU, because {}",
             on_cpu.precision, on_cpu.reason
+        );
+        println!(
+            "bf16 convs on the CPU run {}",
+            if cpu.bf16_channels_last() {
+                "channels-last (NHWC) throughout, for the AMX kernels"
+            } else {
+                "NCHW, with the conv VAE's encoder channels-last"
+            }
         );
         if auto_device != tch::Device::Cpu {
             println!(

@@ -18,7 +18,7 @@
 use tch::{Kind, Tensor};
 
 use super::{LadderVae, act, repeat_rows, soft_clamp};
-use crate::blocks::{check_samples, subpixel_weight, to_channels_last};
+use crate::blocks::{Layout, check_samples, subpixel_weight, to_channels_last};
 use crate::error::ModelError;
 use crate::fused::{self, Epilogue};
 use crate::loss;
@@ -139,7 +139,8 @@ impl<'a> LadderIw<'a> {
                         })
                         .collect(),
                     up: td.up.get(l).map(|u| {
-                        Conv::new(&u.ws, u.bs.as_ref().expect("transposed convs have biases"))
+                        let (w, b) = u.weight_bias();
+                        Conv::new(w, b)
                     }),
                 })
                 .collect();
@@ -268,7 +269,7 @@ impl IwEvaluator for LadderIw<'_> {
         tch::no_grad(|| {
             let n = x.size()[0];
             let per_chunk = (max_rows.max(1) / n.max(1)).clamp(1, k);
-            let bu = self.model.bottom_up.forward(x, Kind::Float);
+            let bu = self.model.bottom_up.forward(x, Kind::Float, Layout::Plain);
             // Each group's posterior term from the bottom-up features it pairs with (the first
             // group of a resolution the last stage's), `[n, 2g, h, w]`.
             let parts: Vec<Vec<Option<Tensor>>> = self

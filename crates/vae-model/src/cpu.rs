@@ -1,7 +1,10 @@
 //! What the CPU offers for bf16 arithmetic, detected at run time with `cpuid`.
 
-/// The CPU's model name and the instruction-set features that decide
-/// [`Precision::Auto`](crate::Precision::Auto).
+use std::sync::OnceLock;
+
+/// The CPU's model name and the instruction-set features that decide the arithmetic and the
+/// layouts: `vae-train`'s `--precision auto`, and a bf16 model's tensor layout on the CPU (see
+/// [`ConvVae`](crate::ConvVae)'s layout note).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CpuFeatures {
@@ -21,6 +24,20 @@ impl CpuFeatures {
     /// The features of the CPU this process runs on (all false off x86-64).
     pub fn detect() -> Self {
         detect()
+    }
+
+    /// [`CpuFeatures::detect`], once per process.
+    pub fn current() -> &'static Self {
+        static CURRENT: OnceLock<CpuFeatures> = OnceLock::new();
+        CURRENT.get_or_init(Self::detect)
+    }
+
+    /// Whether a model computing in bf16 on this CPU runs its convs channels-last (NHWC)
+    /// throughout: with AMX-BF16, whose oneDNN kernels compute in NHWC (measured 1.08–1.18×
+    /// faster steps there, `docs/performance.md`), and not with AVX-512-BF16 alone (measured no
+    /// faster).
+    pub fn bf16_channels_last(&self) -> bool {
+        self.amx_bf16
     }
 
     /// The bf16-relevant feature names present, as `lscpu` spells them.
