@@ -74,7 +74,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Passes over the training set [default: 36; preset fast 10, best 100, ladder 50,
-    /// ladder-gpu 200].
+    /// ladder-long 150, ladder-gpu 200].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Fine-tune on the IWAE bound (with --iw-k samples, 5 by default) for this many last
