@@ -435,7 +435,8 @@ pub enum Preset {
     /// 100-component VampPrior, KL warm-up and gradient clipping, 50 epochs.
     Ladder,
     /// The `Ladder` model trained three times as long (150 epochs): the best binarised-MNIST
-    /// model here for an hour of 2 CPU cores in bf16 (`docs/results.md`).
+    /// model here for about an hour of 2 CPU cores where bf16 runs at twice fp32's speed, as
+    /// with AMX (`docs/results.md`).
     LadderLong,
     /// The hierarchical VAE, wider and deeper, for about 30 minutes on one GPU.
     LadderGpu,
