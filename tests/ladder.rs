@@ -188,3 +188,54 @@ fn a_ladder_vae_trains_resumes_evaluates_and_explores() {
     assert!(config.contains("\"kind\":\"ladder\""), "{config}");
     assert!(export.join("model.py").exists());
 }
+
+#[test]
+fn the_8bit_ladder_keeps_its_logistic_likelihood_and_its_bound_holds_one_image_at_a_time() {
+    // A folder named mnist means the Bernoulli to `vae train`, unless the preset names the
+    // likelihood itself, as ladder-8bit does.
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("mnist");
+    synthetic_mnist(&data, 64, 8, 8);
+    let config = tmp.path().join("tiny.toml");
+    std::fs::write(&config, TINY_LADDER).unwrap();
+    let run = tmp.path().join("run");
+    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let mut args = train_args(d, r, "1", &QUICK);
+    args.extend([
+        "--preset",
+        "ladder-8bit",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    let out = vae(&args);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let (_, err) = text(&out);
+    assert!(!err.contains("likelihood:"), "the preset's own: {err}");
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    assert!(saved.contains("kind = \"logistic\""), "{saved}");
+    assert!(saved.contains("grad_clip = 2000.0"), "{saved}");
+
+    // At 600 samples the evaluation takes one image at a time (1,024 rows on the CPU): its
+    // bound is the IW bound of that image, not of a broadcast over the likelihood's channels.
+    let out = vae(&[
+        "eval",
+        "--run",
+        r,
+        "--data",
+        d,
+        "--iw-samples",
+        "600",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["likelihood"], "logistic");
+    let (iw, elbo) = (
+        v["iw_nll"].as_f64().unwrap(),
+        -v["test_elbo"].as_f64().unwrap(),
+    );
+    assert!(
+        iw > 0.0 && iw < elbo * 1.05,
+        "IW {iw} against -ELBO {elbo}: {v}"
+    );
+}

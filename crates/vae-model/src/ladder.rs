@@ -1030,8 +1030,10 @@ mod tests {
                 (x * 255.0).round() / 255.0
             };
             let fast = model.iw_evaluator().expect("the ladder has an evaluator");
-            // Several chunks (7 rows at most: 1 sample of 4 images per chunk), and one chunk.
-            for (k, max_rows) in [(5, 7), (3, 100)] {
+            // Several chunks (7 rows at most: 1 sample of 4 images per chunk), one chunk, and
+            // one image (whose rows are a broadcast view of it).
+            for (n, k, max_rows) in [(4, 5, 7), (4, 3, 100), (1, 6, 4)] {
+                let x = x.narrow(0, 0, n);
                 tch::manual_seed(99);
                 let want = tch::no_grad(|| model.log_likelihood_iw(&x, k, max_rows)).unwrap();
                 tch::manual_seed(99);

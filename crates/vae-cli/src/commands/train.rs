@@ -121,8 +121,9 @@ fn default_likelihood(folder: &Path, data: &ImageDataset) -> (Likelihood, &'stat
 /// The run a new `vae train` asks for: preset, then `--config`, then flags; a likelihood
 /// chosen for the data when none is named (the choice is printed).
 fn run_config(args: &TrainArgs, data: &ImageDataset) -> Result<RunConfig> {
-    let mut run = RunConfig::preset(args.settings.preset.unwrap_or_default());
-    let mut named_likelihood = args.settings.likelihood.is_some();
+    let preset = args.settings.preset.unwrap_or_default();
+    let mut run = RunConfig::preset(preset);
+    let mut named_likelihood = args.settings.likelihood.is_some() || preset.sets_likelihood();
     if let Some(path) = &args.config {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;

@@ -251,7 +251,7 @@ impl<'a> LadderIw<'a> {
             fused::conv(&act(&d), self.out.wb(), (1, 1), Epilogue::Identity).pixel_shuffle(2);
         // One image: its rows are a broadcast view, no copy.
         let images = if n == 1 {
-            x.expand(params.size(), false)
+            x.expand([rows, -1, -1, -1], false)
         } else {
             repeat(x)
         };
