@@ -369,35 +369,13 @@ fn the_bf16_decoder_matches_transposed_convs_with_their_biases() {
     let _g = lock();
     // In bf16 on the CPU the transposed convs add their biases apart, NCHW or channels-last;
     // the decoder must still be fc, ReLU, deconv1 (with bias), ReLU, deconv2 (with bias), and
-    // the gradients the same as through libtorch's own biased transposed conv.
+    // its gradients as close to the f32 ones as those through libtorch's own biased bf16
+    // transposed conv.
     let vs = nn::VarStore::new(Device::Cpu);
     let cfg = ConvVaeConfig::default();
     let mut vae = ConvVae::new(&vs.root(), &cfg).unwrap();
     vae.set_compute_kind(Kind::BFloat16).unwrap();
     let v = vs.variables();
-    let bf = |name: &str| v[name].to_kind(Kind::BFloat16);
-    let z = Tensor::randn([8, cfg.latent_dim], (Kind::Float, Device::Cpu));
-    let deconv = |h: &Tensor, name: &str| {
-        h.conv_transpose2d(
-            &bf(&format!("decoder.{name}.weight")),
-            Some(&bf(&format!("decoder.{name}.bias"))),
-            [2, 2],
-            [1, 1],
-            [0, 0],
-            1,
-            [1, 1],
-        )
-    };
-    let reference = || {
-        let h = z
-            .to_kind(Kind::BFloat16)
-            .linear(&bf("decoder.fc.weight"), Some(&bf("decoder.fc.bias")))
-            .relu()
-            .view([-1, 64, 7, 7]);
-        deconv(&deconv(&h, "deconv1").relu(), "deconv2").to_kind(Kind::Float)
-    };
-    let want = reference();
-    let scale = want.abs().max().double_value(&[]);
     let params = [
         &v["decoder.deconv1.bias"],
         &v["decoder.deconv2.bias"],
@@ -405,7 +383,41 @@ fn the_bf16_decoder_matches_transposed_convs_with_their_biases() {
     ];
     let grads =
         |out: Tensor| Tensor::run_backward(&[out.square().sum(Kind::Float)], &params, false, false);
-    let theirs = grads(reference());
+    tch::manual_seed(0);
+    let z = Tensor::randn([8, cfg.latent_dim], (Kind::Float, Device::Cpu));
+    // libtorch's own layers, computed in `kind`.
+    let reference = |kind: Kind| {
+        let w = |name: &str| v[name].to_kind(kind);
+        let deconv = |h: &Tensor, name: &str| {
+            h.conv_transpose2d(
+                &w(&format!("decoder.{name}.weight")),
+                Some(&w(&format!("decoder.{name}.bias"))),
+                [2, 2],
+                [1, 1],
+                [0, 0],
+                1,
+                [1, 1],
+            )
+        };
+        let h = z
+            .to_kind(kind)
+            .linear(&w("decoder.fc.weight"), Some(&w("decoder.fc.bias")))
+            .relu()
+            .view([-1, 64, 7, 7]);
+        deconv(&deconv(&h, "deconv1").relu(), "deconv2").to_kind(Kind::Float)
+    };
+    let want = reference(Kind::BFloat16);
+    let scale = want.abs().max().double_value(&[]);
+    let exact = grads(reference(Kind::Float));
+    // Relative errors against the f32 gradients, over whole tensors: bf16 rounds each element
+    // by up to 2^-8, so single elements are too noisy to compare.
+    let error = |gs: &[Tensor]| -> Vec<f64> {
+        gs.iter()
+            .zip(&exact)
+            .map(|(a, b)| ((a - b).norm() / b.norm()).double_value(&[]))
+            .collect()
+    };
+    let theirs = error(&grads(reference(Kind::BFloat16)));
     // Both layouts (channels-last is what a CPU with AMX runs), whatever this CPU has.
     for nhwc in [false, true] {
         vae.nhwc_bf16_decoder = nhwc;
@@ -417,12 +429,11 @@ fn the_bf16_decoder_matches_transposed_convs_with_their_biases() {
             diff <= 1e-2 * scale,
             "channels-last {nhwc}: max abs difference {diff} (scale {scale})"
         );
-        let mine = grads(ours);
-        for (a, b) in mine.iter().zip(&theirs) {
-            let rel = ((a - b).abs().max() / b.abs().max()).double_value(&[]);
+        let ours = error(&grads(ours));
+        for (i, (o, t)) in ours.iter().zip(&theirs).enumerate() {
             assert!(
-                rel < 2e-2,
-                "channels-last {nhwc}: gradients differ by {rel} (relative)"
+                *o <= 1.5 * t + 2e-3,
+                "channels-last {nhwc}: gradient {i} is {o} from f32, libtorch's bf16 layers {t}"
             );
         }
     }
