@@ -150,7 +150,7 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
     )
     .unwrap();
     let standard_top = standard_top.to_str().unwrap();
-    let variants: [(&str, Vec<&str>); 11] = [
+    let variants: [(&str, Vec<&str>); 12] = [
         ("fast", vec!["--preset", "fast"]),
         ("default", vec![]),
         ("best", vec!["--preset", "best"]),
@@ -195,6 +195,22 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
         (
             "ladder-colour",
             vec!["--preset", "ladder", "--config", ladder_cfg],
+        ),
+        // The ladder with a pixel head over a logistic mixture's parameters.
+        (
+            "ladder-logistic-pixel-head",
+            vec![
+                "--preset",
+                "ladder",
+                "--config",
+                ladder_cfg,
+                "--likelihood",
+                "logistic:2",
+                "--pixel-head",
+                "4",
+                "--pixel-head-layers",
+                "2",
+            ],
         ),
     ];
     for (name, extra) in variants {

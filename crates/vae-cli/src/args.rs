@@ -135,9 +135,10 @@ pub struct RunSettings {
     /// [default: 0].
     #[arg(long)]
     pub res_blocks: Option<usize>,
-    /// Add an autoregressive head of this width over the decoder's logits (PixelCNN-style
-    /// masked convs: each pixel also conditioned on the pixels before it; sampling becomes
-    /// pixel by pixel) [default: off; 0 turns it off].
+    /// Add an autoregressive head of this width over the decoder's outputs, conv or ladder,
+    /// any likelihood, one-channel images (PixelCNN-style masked convs: each pixel also
+    /// conditioned on the pixels before it; sampling becomes pixel by pixel) [default: off; 0
+    /// turns it off].
     #[arg(long)]
     pub pixel_head: Option<i64>,
     /// Masked conv layers of the pixel head [default: 3].

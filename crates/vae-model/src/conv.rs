@@ -46,8 +46,8 @@ pub struct ConvVaeConfig {
     pub res_blocks: usize,
     /// The prior p(z).
     pub prior: Prior,
-    /// An optional autoregressive head over the decoder's Bernoulli logits (one-channel images
-    /// and the Bernoulli likelihood only); `None`: pixels independent given z.
+    /// An optional autoregressive head over the decoder's outputs (one-channel images only);
+    /// `None`: pixels independent given z.
     pub pixel_head: Option<PixelHead>,
     /// The observation model p(x | z) the decoder parameterises.
     pub likelihood: Likelihood,
@@ -101,24 +101,7 @@ impl ConvVaeConfig {
             ));
         }
         if let Some(head) = self.pixel_head {
-            if self.input_channels != 1 {
-                return bad(format!(
-                    "the pixel head orders pixels of one-channel images only, got {} channels",
-                    self.input_channels
-                ));
-            }
-            if self.likelihood != Likelihood::Bernoulli {
-                return bad(format!(
-                    "the pixel head refines Bernoulli logits, but the likelihood is {}",
-                    self.likelihood
-                ));
-            }
-            if !(1..=4096).contains(&head.channels) || !(1..=64).contains(&head.layers) {
-                return bad(format!(
-                    "the pixel head needs 1 to 4096 channels and 1 to 64 layers, got {} and {}",
-                    head.channels, head.layers
-                ));
-            }
+            head.validate(self.input_channels).or_else(bad)?;
         }
         if let Err(m) = self.likelihood.validate() {
             return bad(m);
@@ -277,9 +260,13 @@ impl ConvVae {
             c_in = c;
         }
         let prior = LatentPrior::new(p, config.prior, VaeConfig::image_shape(config));
-        let pixel = config
-            .pixel_head
-            .map(|head| PixelCnn::new(&(&dec / "pixel_head"), &head));
+        let pixel = config.pixel_head.map(|head| {
+            PixelCnn::new(
+                &(&dec / "pixel_head"),
+                &head,
+                config.likelihood.params_per_channel(),
+            )
+        });
         Ok(Self {
             config: config.clone(),
             encoder: Encoder {
@@ -568,14 +555,20 @@ impl Vae for ConvVae {
     fn means(&self, base: &Tensor) -> Tensor {
         match &self.pixel {
             None => self.config.likelihood.mean(base),
-            Some(head) => head.sample_pixels(base, self.compute).0,
+            Some(head) => {
+                head.sample_pixels(base, self.config.likelihood, self.compute)
+                    .0
+            }
         }
     }
 
     fn draws(&self, base: &Tensor) -> Tensor {
         match &self.pixel {
             None => self.config.likelihood.sample(base),
-            Some(head) => head.sample_pixels(base, self.compute).1,
+            Some(head) => {
+                head.sample_pixels(base, self.config.likelihood, self.compute)
+                    .1
+            }
         }
     }
 

@@ -10,7 +10,7 @@
 //! ([`Prior`]) prior, optional residual blocks, tied weights and an autoregressive pixel head;
 //! [`LadderVae`] ([`LadderVaeConfig`]) the second: a top-down hierarchy of latent groups
 //! (spatial groups under a vector top, as in NVAE), whose per-group KLs
-//! [`ElboTerms::kl_groups`] reports.
+//! [`ElboTerms::kl_groups`] reports; both take the pixel head ([`PixelHead`]).
 //!
 //! The kinds are open: a kind of your own is a [`VaeConfig`] (its settings, which build it)
 //! and a [`Vae`] (seven methods; the rest is provided), made known with [`register_kind`] so

@@ -1,16 +1,19 @@
-//! The autoregressive (PixelCNN-style) head over the decoder's logits: [`PixelHead`]
+//! The autoregressive (PixelCNN-style) head over the decoder's outputs: [`PixelHead`]
 //! configures it, `PixelCnn` computes it.
 
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn};
 
 use crate::blocks::{cast, torch_default};
+use crate::likelihood::Likelihood;
 
 /// A small PixelCNN-style head (van den Oord et al., "Pixel Recurrent Neural Networks", ICML
 /// 2016; used on a VAE decoder as in PixelVAE, Gulrajani et al., ICLR 2017): p(x | z) =
-/// Π_i Bernoulli(x_i | σ(d_i(z) + g_i(x_<i, d(z)))), where d(z) are the conv decoder's logits
-/// and g is a stack of masked convs that sees only the pixels before i in raster order. Its
-/// output layer starts at zero, so a fresh model with the head equals one without it.
+/// Π_i p(x_i | d_i(z) + g_i(x_<i, d(z))), where d(z) are the decoder's outputs (the
+/// likelihood's parameters: Bernoulli logits, or the logistic mixture's weights, means and
+/// scales) and g is a stack of masked convs that sees only the pixels before i in raster
+/// order. Its output layer starts at zero, so a fresh model with the head equals one without
+/// it.
 ///
 /// Training and the likelihood stay one parallel pass (the pixels x are known); sampling is
 /// sequential, one pass per pixel.
@@ -30,6 +33,25 @@ impl Default for PixelHead {
             channels: 16,
             layers: 3,
         }
+    }
+}
+
+impl PixelHead {
+    /// Checks its sizes, and that the images (`input_channels`) have one channel: the head
+    /// orders the pixels of one plane.
+    pub fn validate(&self, input_channels: i64) -> Result<(), String> {
+        if input_channels != 1 {
+            return Err(format!(
+                "the pixel head orders pixels of one-channel images only, got {input_channels} channels"
+            ));
+        }
+        if !(1..=4096).contains(&self.channels) || !(1..=64).contains(&self.layers) {
+            return Err(format!(
+                "the pixel head needs 1 to 4096 channels and 1 to 64 layers, got {} and {}",
+                self.channels, self.layers
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -93,9 +115,9 @@ pub(crate) fn raster_mask(k: i64, include_centre: bool, device: Device) -> Tenso
         .to_device(device)
 }
 
-/// g(x_<i, d): a 7×7 type-A masked conv of the pixels plus a 1×1 conv of the decoder's logits,
+/// g(x_<i, d): a 7×7 type-A masked conv of the pixels plus a 1×1 conv of the decoder's outputs,
 /// then residual 3×3 type-B masked convs, then a 1×1 conv (initialised to zero) whose output is
-/// added to the decoder's logits.
+/// added to the decoder's outputs.
 #[derive(Debug)]
 pub(crate) struct PixelCnn {
     first: MaskedConv,
@@ -105,7 +127,9 @@ pub(crate) struct PixelCnn {
 }
 
 impl PixelCnn {
-    pub(crate) fn new(p: &nn::Path<'_>, head: &PixelHead) -> Self {
+    /// The head for a decoder of `params` output channels (the likelihood's parameters of a
+    /// one-channel image).
+    pub(crate) fn new(p: &nn::Path<'_>, head: &PixelHead, params: i64) -> Self {
         let c = head.channels;
         let one_by_one = |p: nn::Path<'_>, i: i64, o: i64, zero: bool| {
             let init = if zero {
@@ -127,16 +151,16 @@ impl PixelCnn {
         };
         Self {
             first: MaskedConv::new(p / "first", 1, c, 7, false),
-            condition: one_by_one(p / "condition", 1, c, false),
+            condition: one_by_one(p / "condition", params, c, false),
             layers: (1..head.layers)
                 .map(|i| MaskedConv::new(p / format!("layer{i}"), c, c, 3, true))
                 .collect(),
-            out: one_by_one(p / "out", c, 1, true),
+            out: one_by_one(p / "out", c, params, true),
         }
     }
 
-    /// The head's logits for pixels `x` `[N, 1, H, W]` given the decoder's logits `base` (same
-    /// shape): `base + g(x_<i, base)`, computed in `kind`, returned in f32.
+    /// The likelihood's parameters for pixels `x` `[N, 1, H, W]` given the decoder's outputs
+    /// `base` `[N, P, H, W]`: `base + g(x_<i, base)`, computed in `kind`, returned in f32.
     pub(crate) fn forward(&self, x: &Tensor, base: &Tensor, kind: Kind) -> Tensor {
         let conv1 = |c: &nn::Conv2D, t: &Tensor| {
             t.conv2d(
@@ -156,22 +180,33 @@ impl PixelCnn {
         base + cast(&conv1(&self.out, &h), Kind::Float)
     }
 
-    /// Ancestral sampling, one pixel at a time in raster order, given the decoder's logits
-    /// `base` `[N, 1, H, W]`: returns each pixel's Bernoulli mean given the pixels sampled
-    /// before it (a grey-level picture of the sample) and the binary pixels drawn. Masked convs
-    /// never look below the current row, so each pass runs on the rows so far only.
-    pub(crate) fn sample_pixels(&self, base: &Tensor, kind: Kind) -> (Tensor, Tensor) {
+    /// Ancestral sampling, one pixel at a time in raster order, given the decoder's outputs
+    /// `base` `[N, P, H, W]` for `likelihood`: returns each pixel's mean given the pixels
+    /// sampled before it (a grey-level picture of the sample) and the pixels drawn, `[N, 1, H,
+    /// W]` each. Masked convs never look below the current row, so each pass runs on the rows
+    /// so far only.
+    pub(crate) fn sample_pixels(
+        &self,
+        base: &Tensor,
+        likelihood: Likelihood,
+        kind: Kind,
+    ) -> (Tensor, Tensor) {
         let size = base.size();
-        let (h, w) = (size[2], size[3]);
-        let x = base.zeros_like();
-        let means = base.zeros_like();
+        let (n, h, w) = (size[0], size[2], size[3]);
+        let x = Tensor::zeros([n, 1, h, w], (Kind::Float, base.device()));
+        let means = x.zeros_like();
         for i in 0..h {
             let rows = i + 1;
             for j in 0..w {
-                let logits = self.forward(&x.narrow(2, 0, rows), &base.narrow(2, 0, rows), kind);
-                let p = logits.narrow(2, i, 1).narrow(3, j, 1).sigmoid();
-                means.narrow(2, i, 1).narrow(3, j, 1).copy_(&p);
-                x.narrow(2, i, 1).narrow(3, j, 1).copy_(&p.bernoulli());
+                let params = self.forward(&x.narrow(2, 0, rows), &base.narrow(2, 0, rows), kind);
+                let here = params.narrow(2, i, 1).narrow(3, j, 1);
+                means
+                    .narrow(2, i, 1)
+                    .narrow(3, j, 1)
+                    .copy_(&likelihood.mean(&here));
+                x.narrow(2, i, 1)
+                    .narrow(3, j, 1)
+                    .copy_(&likelihood.sample(&here));
             }
         }
         (means, x)
@@ -184,12 +219,17 @@ mod tests {
 
     use super::PixelHead;
     use super::{PixelCnn, raster_mask};
+    use crate::likelihood::Likelihood;
     use crate::loss::bernoulli_nll;
     use crate::tests::lock;
     use crate::{ConvVae, ConvVaeConfig, ModelError, Vae};
 
-    fn head(vs: &nn::VarStore, channels: i64, layers: usize) -> PixelCnn {
-        let h = PixelCnn::new(&(vs.root() / "pixel_head"), &PixelHead { channels, layers });
+    fn head(vs: &nn::VarStore, channels: i64, layers: usize, params: i64) -> PixelCnn {
+        let h = PixelCnn::new(
+            &(vs.root() / "pixel_head"),
+            &PixelHead { channels, layers },
+            params,
+        );
         // Give the zero-initialised output layer weights, as training would.
         tch::no_grad(|| {
             let _ = h.out.ws.shallow_clone().uniform_(-1.0, 1.0);
@@ -218,13 +258,13 @@ mod tests {
     fn a_fresh_head_leaves_the_decoder_logits_unchanged() {
         let _g = lock();
         let vs = nn::VarStore::new(Device::Cpu);
-        let h = PixelCnn::new(&(vs.root() / "pixel_head"), &PixelHead::default());
+        let h = PixelCnn::new(&(vs.root() / "pixel_head"), &PixelHead::default(), 1);
         let x = Tensor::rand([3, 1, 6, 5], (Kind::Float, Device::Cpu)).round();
         let base = Tensor::randn([3, 1, 6, 5], (Kind::Float, Device::Cpu));
         assert!(h.forward(&x, &base, Kind::Float).equal(&base));
         // And sampling gives σ(base) (to rounding: σ of one element vs a vectorised σ).
         assert!(
-            h.sample_pixels(&base, Kind::Float)
+            h.sample_pixels(&base, Likelihood::Bernoulli, Kind::Float)
                 .0
                 .allclose(&base.sigmoid(), 1e-6, 1e-7, false)
         );
@@ -234,43 +274,52 @@ mod tests {
     fn each_logit_depends_only_on_the_pixels_before_it() {
         let _g = lock();
         // Seeded, and 16 channels wide: with few channels, the ReLUs could by chance cut every
-        // path from a neighbour (the test then failed about one run in six).
-        tch::manual_seed(4);
-        let vs = nn::VarStore::new(Device::Cpu);
-        let h = head(&vs, 16, 3);
-        let (rows, cols) = (7, 9);
-        let x = Tensor::rand([2, 1, rows, cols], (Kind::Float, Device::Cpu))
-            .round()
-            .set_requires_grad(true);
-        let base = Tensor::randn([2, 1, rows, cols], (Kind::Float, Device::Cpu));
-        let logits = h.forward(&x, &base, Kind::Float);
-        let (i, j) = (3, 4);
-        logits.get(0).get(0).get(i).get(j).backward();
-        let g = x.grad().abs();
-        let mut seen_before = 0;
-        for r in 0..rows {
-            for c in 0..cols {
-                let v = g.double_value(&[0, 0, r, c]);
-                if (r, c) >= (i, j) {
-                    assert_eq!(v, 0.0, "logit ({i},{j}) depends on pixel ({r},{c})");
-                } else if v > 0.0 {
-                    seen_before += 1;
+        // path from a neighbour (the test then failed about one run in six). One parameter per
+        // pixel (Bernoulli logits) and 15 (a 5-component logistic mixture's).
+        for params in [1, 15] {
+            tch::manual_seed(4);
+            let vs = nn::VarStore::new(Device::Cpu);
+            let h = head(&vs, 16, 3, params);
+            let (rows, cols) = (7, 9);
+            let x = Tensor::rand([2, 1, rows, cols], (Kind::Float, Device::Cpu))
+                .round()
+                .set_requires_grad(true);
+            let base = Tensor::randn([2, params, rows, cols], (Kind::Float, Device::Cpu));
+            let out = h.forward(&x, &base, Kind::Float);
+            assert_eq!(out.size(), base.size());
+            let (i, j) = (3, 4);
+            out.get(0)
+                .narrow(0, params - 1, 1)
+                .get(0)
+                .get(i)
+                .get(j)
+                .backward();
+            let g = x.grad().abs();
+            let mut seen_before = 0;
+            for r in 0..rows {
+                for c in 0..cols {
+                    let v = g.double_value(&[0, 0, r, c]);
+                    if (r, c) >= (i, j) {
+                        assert_eq!(v, 0.0, "output ({i},{j}) depends on pixel ({r},{c})");
+                    } else if v > 0.0 {
+                        seen_before += 1;
+                    }
+                    assert_eq!(g.double_value(&[1, 0, r, c]), 0.0, "images mix");
                 }
-                assert_eq!(g.double_value(&[1, 0, r, c]), 0.0, "images mix");
             }
+            // A 7x7 type-A conv and two 3x3 type-B ones see a good part of what came before,
+            // including the left and upper neighbours.
+            assert!(seen_before >= 20, "{params} parameters: {seen_before}");
+            assert!(g.double_value(&[0, 0, i, j - 1]) > 0.0);
+            assert!(g.double_value(&[0, 0, i - 1, j]) > 0.0);
         }
-        // A 7x7 type-A conv and two 3x3 type-B ones see a good part of what came before,
-        // including the left and upper neighbours.
-        assert!(seen_before >= 20, "{seen_before}");
-        assert!(g.double_value(&[0, 0, i, j - 1]) > 0.0);
-        assert!(g.double_value(&[0, 0, i - 1, j]) > 0.0);
     }
 
     #[test]
     fn the_head_defines_a_normalised_distribution_over_images() {
         let _g = lock();
         let vs = nn::VarStore::new(Device::Cpu);
-        let h = head(&vs, 4, 2);
+        let h = head(&vs, 4, 2, 1);
         // All 2^6 binary images of 2x3 pixels: Σ_x p(x | z) must be 1, which holds only if
         // each pixel's logit ignores that pixel and the ones after it.
         let n = 1i64 << 6;
@@ -285,7 +334,9 @@ mod tests {
         let total = log_p.exp().sum(Kind::Double).double_value(&[]);
         assert!((total - 1.0).abs() < 1e-5, "Σ p(x) = {total}");
         // Sampling draws from the same distribution: the first pixel's mean is its logit's σ.
-        let means = h.sample_pixels(&base.narrow(0, 0, 1), Kind::Float).0;
+        let means = h
+            .sample_pixels(&base.narrow(0, 0, 1), Likelihood::Bernoulli, Kind::Float)
+            .0;
         let first = logits.double_value(&[0, 0, 0, 0]);
         assert!((means.double_value(&[0, 0, 0, 0]) - 1.0 / (1.0 + (-first).exp())).abs() < 1e-6);
     }

@@ -14,11 +14,11 @@ The maths follows vae-rs's `ConvVae` op for op: an encoder of stride-2 4x4 convs
 followed by residual blocks) and a dense head giving the posterior's mean and log-variance,
 a decoder mirroring it (optionally sharing the encoder's conv weights) that gives the
 parameters of its likelihood (Bernoulli, discretised logistic mixture or continuous Bernoulli),
-an optional PixelCNN-style head over Bernoulli logits, and a standard-normal or VampPrior
+an optional PixelCNN-style head over those parameters, and a standard-normal or VampPrior
 prior. `LadderModel` follows its `LadderVae`: a top-down hierarchy of latent groups (a
 bottom-up path of residual cells, then from a vector top group down through each resolution a
 prior from the top-down features and a posterior correcting it from the bottom-up ones, NVAE
-§3.2), whose `elbo` also gives each group's KL.
+§3.2), whose `elbo` also gives each group's KL, with the same optional pixel head.
 """
 
 import json
@@ -124,8 +124,7 @@ class Decoder(nn.Module):
             setattr(self, f"block{i + 1}", nn.ModuleList(ResBlock(c_in) for _ in range(cfg["res_blocks"])))
             setattr(self, f"deconv{i + 1}", Deconv(c_in, c, cfg["tie_weights"]))
             c_in = c
-        head = cfg["pixel_head"]
-        self.pixel_head = PixelCnn(head["channels"], head["layers"]) if head else None
+        self.pixel_head = _pixel_head(cfg)
 
     def forward(self, z, encoder):
         t = z
@@ -166,16 +165,17 @@ class MaskedConv(nn.Module):
 
 
 class PixelCnn(nn.Module):
-    """p(x_i | x_<i, z) = Bernoulli(sigmoid(d_i(z) + g_i(x_<i, d(z)))) (PixelVAE-style head)."""
+    """p(x_i | x_<i, z) = p(x_i | d_i(z) + g_i(x_<i, d(z))) (PixelVAE-style head), for a
+    decoder of `params` outputs per pixel (the likelihood's parameters)."""
 
-    def __init__(self, c, layers):
+    def __init__(self, c, layers, params):
         super().__init__()
         self.first = MaskedConv(1, c, 7, False)
-        self.condition = nn.Conv2d(1, c, 1)
+        self.condition = nn.Conv2d(params, c, 1)
         for i in range(1, layers):
             setattr(self, f"layer{i}", MaskedConv(c, c, 3, True))
         self.n_layers = layers - 1
-        self.out = nn.Conv2d(c, 1, 1)
+        self.out = nn.Conv2d(c, params, 1)
 
     def forward(self, x, base):
         h = F.relu(self.first(x) + self.condition(base))
@@ -183,16 +183,25 @@ class PixelCnn(nn.Module):
             h = F.relu(h + getattr(self, f"layer{i}")(h))
         return base + self.out(h)
 
-    def sample(self, base):
+    def sample(self, base, likelihood):
+        """Each pixel's mean given the pixels drawn before it, one at a time, [N, 1, H, W]."""
         n, _, h, w = base.shape
-        x = torch.zeros_like(base)
-        means = torch.zeros_like(base)
+        x = torch.zeros(n, 1, h, w)
+        means = torch.zeros(n, 1, h, w)
         for i in range(h):
             for j in range(w):
-                p = torch.sigmoid(self.forward(x[:, :, : i + 1], base[:, :, : i + 1])[:, :, i, j])
-                means[:, :, i, j] = p
-                x[:, :, i, j] = torch.bernoulli(p)
+                here = self.forward(x[:, :, : i + 1], base[:, :, : i + 1])[:, :, i : i + 1, j : j + 1]
+                means[:, :, i : i + 1, j : j + 1] = likelihood_mean(likelihood, here)
+                x[:, :, i : i + 1, j : j + 1] = likelihood_sample(likelihood, here)
         return means
+
+
+def _pixel_head(cfg):
+    """The config's pixel head (a PixelCnn), or None."""
+    head = cfg.get("pixel_head")
+    if not head:
+        return None
+    return PixelCnn(head["channels"], head["layers"], params_per_channel(cfg["likelihood"]))
 
 
 def params_per_channel(likelihood):
@@ -272,6 +281,28 @@ def likelihood_mean(likelihood, params):
     raise ValueError(f"unknown likelihood {kind!r}")
 
 
+def likelihood_sample(likelihood, params):
+    """A draw x ~ p(x | params) in [0, 1] (logistic: on the 256 levels)."""
+    kind = likelihood["kind"]
+    if kind == "bernoulli":
+        return torch.bernoulli(torch.sigmoid(params))
+    if kind == "continuous-bernoulli":
+        u = torch.rand_like(params).clamp(1e-6, 1.0 - 1e-6)
+        near = params.abs() < 1e-4
+        safe = torch.where(near, torch.ones_like(params), params)
+        return torch.where(near, u, torch.log1p(u * torch.expm1(safe)) / safe).clamp(0.0, 1.0)
+    if kind == "logistic":
+        logits, means, log_scales = _logistic_parts(params, likelihood["components"])
+        gumbel = -torch.log(-torch.log(torch.rand_like(logits).clamp(1e-5, 1.0 - 1e-5)))
+        pick = (logits + gumbel).argmax(2, keepdim=True)
+        mu = means.gather(2, pick).squeeze(2)
+        ls = log_scales.gather(2, pick).squeeze(2)
+        u = torch.rand_like(mu).clamp(1e-5, 1.0 - 1e-5)
+        x = mu + torch.exp(ls) * (torch.log(u) - torch.log1p(-u))
+        return (((x.clamp(-1.0, 1.0) + 1.0) * 127.5).round() / 255.0).clamp(0.0, 1.0)
+    raise ValueError(f"unknown likelihood {kind!r}")
+
+
 def normal_log_density(z, mu, logvar):
     """log N(z; mu, diag exp(logvar)) summed over the last dimension."""
     return ((z - mu).pow(2) * torch.exp(-logvar) + logvar + LN_2PI).sum(-1) * -0.5
@@ -322,6 +353,19 @@ class _Exported(nn.Module):
         flat = z.reshape(-1, z.shape[-1])
         return mixture_log_density(flat, mu, logvar).view(z.shape[:-1])
 
+    def _likelihood_params(self, x, base):
+        """The likelihood's parameters for images x given the decoder's outputs base (refined
+        by the pixel head, if any, from the pixels before each one)."""
+        head = self._pixel_head()
+        return base if head is None else head(x, base)
+
+    def _means(self, base):
+        """The likelihood's means (with a pixel head: drawn pixel by pixel)."""
+        head = self._pixel_head()
+        if head is None:
+            return likelihood_mean(self.config["likelihood"], base)
+        return head.sample(base, self.config["likelihood"])
+
     def _sample_prior(self, n, dim, temperature):
         """n latents from the prior, the Gaussian noise scaled by temperature."""
         eps = torch.randn(n, dim) * temperature
@@ -353,15 +397,8 @@ class ConvModel(_Exported):
         """The likelihood's parameters for latents z (with a pixel head: its conditioning)."""
         return self.decoder(z, self.encoder)
 
-    def _likelihood_logits(self, x, base):
-        head = self.decoder.pixel_head
-        return base if head is None else head(x, base)
-
-    def _means(self, base):
-        head = self.decoder.pixel_head
-        if head is None:
-            return likelihood_mean(self.config["likelihood"], base)
-        return head.sample(base)
+    def _pixel_head(self):
+        return self.decoder.pixel_head
 
     def elbo(self, x, eps=None):
         """Per-image ELBO terms at noise eps ~ N(0, I) ([N, latent]; drawn if not given):
@@ -370,7 +407,7 @@ class ConvModel(_Exported):
         if eps is None:
             eps = torch.randn_like(mu)
         z = mu + torch.exp(0.5 * logvar) * eps
-        rec = likelihood_nll(self.config["likelihood"], self._likelihood_logits(x, self.decode(z)), x)
+        rec = likelihood_nll(self.config["likelihood"], self._likelihood_params(x, self.decode(z)), x)
         if self.prior.kind == "standard":
             kl = (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(-1) * 0.5
         else:
@@ -390,7 +427,7 @@ class ConvModel(_Exported):
             eps = torch.randn(s, n, mu.shape[1])
             z = mu + eps * std
             images = x.unsqueeze(0).expand(s, *x.shape).reshape(s * n, *x.shape[1:])
-            logits = self._likelihood_logits(images, self.decode(z.reshape(s * n, -1)))
+            logits = self._likelihood_params(images, self.decode(z.reshape(s * n, -1)))
             log_px = -likelihood_nll(self.config["likelihood"], logits, images).view(s, n)
             log_qz = (eps.pow(2) + logvar + LN_2PI).sum(-1) * -0.5
             weights.append(log_px + self.log_prior(z) - log_qz)
@@ -497,7 +534,11 @@ class LadderModel(_Exported):
         self.top_down.out = nn.ConvTranspose2d(
             ch[0], c_in * params_per_channel(cfg["likelihood"]), 4, stride=2, padding=1
         )
+        self.top_down.pixel_head = _pixel_head(cfg)
         self.prior = Prior({**cfg, "prior": cfg["top_prior"]})
+
+    def _pixel_head(self):
+        return self.top_down.pixel_head
 
     def _resolution(self, level):
         f = 2 ** (level + 1)
@@ -599,7 +640,7 @@ class LadderModel(_Exported):
         for _, (q_mu, q_lv), (p_mu, p_lv) in draws:
             kl = ((q_lv.exp() + (q_mu - p_mu).pow(2)) * torch.exp(-p_lv) + p_lv - q_lv - 1.0) * 0.5
             kls.append(kl.flatten(1).sum(-1))
-        rec = likelihood_nll(self.config["likelihood"], params, x)
+        rec = likelihood_nll(self.config["likelihood"], self._likelihood_params(x, params), x)
         kl = torch.stack(kls, 1).sum(-1)
         return -(rec + kl), rec, kl, kls
 
@@ -619,7 +660,7 @@ class LadderModel(_Exported):
             z_top = m + torch.exp(0.5 * lv) * eps
             params, draws = self._top_down(z_top, [[rep(f) for f in level] for level in features], None, 1.0)
             images = rep(x)
-            log_px = -likelihood_nll(self.config["likelihood"], params, images)
+            log_px = -likelihood_nll(self.config["likelihood"], self._likelihood_params(images, params), images)
             log_q = (eps.pow(2) + lv + LN_2PI).sum(-1) * -0.5
             log_p = self.log_prior(z_top)
             for z, (q_mu, q_lv), (p_mu, p_lv) in draws:
@@ -635,13 +676,13 @@ class LadderModel(_Exported):
         """n images from the prior (the likelihood's means), every group's noise scaled by
         temperature, [n, C, H, W]."""
         z = self._sample_prior(n, self.config["top_dim"], temperature)
-        return likelihood_mean(self.config["likelihood"], self._top_down(z, None, None, temperature)[0])
+        return self._means(self._top_down(z, None, None, temperature)[0])
 
     @torch.no_grad()
     def reconstruct(self, x):
         """The likelihood's means through the posterior means of every group."""
         features, mu, _ = self._bottom_up(x)
-        return likelihood_mean(self.config["likelihood"], self._top_down(mu, features)[0])
+        return self._means(self._top_down(mu, features)[0])
 
 
 # The class of the kind this file was exported for.

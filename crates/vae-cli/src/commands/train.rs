@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use tch::Device;
 use vae_data::{ImageDataset, Split};
 use vae_model::Vae;
-use vae_model::{ConvVaeConfig, Likelihood, PixelHead, Prior};
+use vae_model::{ConvVaeConfig, LadderVaeConfig, Likelihood, PixelHead, Prior};
 use vae_train::{
     Checkpoint, EpochMetrics, ImageMaker, Images, Outcome, ProcessGroup, Profiler, Rendezvous,
     RunConfig, TensorBoard, TrainConfig, Trainer, device_name, evaluate_elbo, files, images_tensor,
@@ -46,11 +46,12 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
         (s.channels.is_some(), "--channels"),
         (s.hidden_dim.is_some(), "--hidden-dim"),
         (s.res_blocks.is_some(), "--res-blocks"),
-        (s.pixel_head.is_some(), "--pixel-head"),
-        (s.pixel_head_layers.is_some(), "--pixel-head-layers"),
         (s.prior.is_some(), "--prior"),
         (s.pseudo_inputs.is_some(), "--pseudo-inputs"),
     ];
+    if let Some(m) = run.model.get_mut::<LadderVaeConfig>() {
+        m.pixel_head = pixel_head(s, m.pixel_head)?;
+    }
     let kind = run.model.kind();
     let Some(m) = run.model.get_mut::<ConvVaeConfig>() else {
         if let Some((_, flag)) = conv_flags.iter().find(|(given, _)| *given) {
@@ -72,21 +73,7 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
     if let Some(v) = s.res_blocks {
         m.res_blocks = v;
     }
-    match (s.pixel_head, s.pixel_head_layers) {
-        (Some(0), _) => m.pixel_head = None,
-        (Some(channels), layers) => {
-            let base = m.pixel_head.unwrap_or_default();
-            m.pixel_head = Some(PixelHead {
-                channels,
-                layers: layers.unwrap_or(base.layers),
-            });
-        }
-        (None, Some(layers)) => match &mut m.pixel_head {
-            Some(head) => head.layers = layers,
-            None => bail!("--pixel-head-layers needs --pixel-head CHANNELS"),
-        },
-        (None, None) => {}
-    }
+    m.pixel_head = pixel_head(s, m.pixel_head)?;
     if let Some(prior) = s.prior {
         m.prior = prior;
     }
@@ -97,6 +84,23 @@ fn apply_settings(s: &RunSettings, run: &mut RunConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The pixel head `--pixel-head` and `--pixel-head-layers` make of a model's `current` one
+/// (conv or ladder): `--pixel-head 0` removes it.
+fn pixel_head(s: &RunSettings, current: Option<PixelHead>) -> Result<Option<PixelHead>> {
+    Ok(match (s.pixel_head, s.pixel_head_layers) {
+        (Some(0), _) => None,
+        (Some(channels), layers) => Some(PixelHead {
+            channels,
+            layers: layers.unwrap_or(current.unwrap_or_default().layers),
+        }),
+        (None, Some(layers)) => match current {
+            Some(head) => Some(PixelHead { layers, ..head }),
+            None => bail!("--pixel-head-layers needs --pixel-head CHANNELS"),
+        },
+        (None, None) => current,
+    })
 }
 
 /// The likelihood a run on `data` (loaded from `folder`) gets when nothing names one: the

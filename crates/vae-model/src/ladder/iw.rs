@@ -255,6 +255,10 @@ impl<'a> LadderIw<'a> {
         } else {
             repeat(x)
         };
+        let params = match &self.model.top_down.pixel {
+            Some(head) => head.forward(&images, &params, Kind::Float),
+            None => params,
+        };
         let log_px = c.likelihood.log_prob(&params, &images);
         let total =
             |terms: &[Tensor]| Tensor::stack(terms, 0).sum_dim_intlist(0, false, Kind::Float);
