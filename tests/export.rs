@@ -228,6 +228,12 @@ fn the_exported_module_matches_ours_for_every_preset_and_option() {
         );
         let out = vae(&args);
         assert!(out.status.success(), "{name}: {}", text(&out).1);
+        let config = std::fs::read_to_string(run.join("config.toml")).unwrap();
+        assert_eq!(
+            config.contains("[model.pixel_head]"),
+            name.ends_with("pixel-head"),
+            "{name}: {config}"
+        );
         perturb_checkpoint(&run.join("best.safetensors"));
         let out = vae(&["export", "--run", run.to_str().unwrap()]);
         let (stdout, stderr) = text(&out);
