@@ -442,7 +442,8 @@ pub enum Preset {
     /// the discretised logistic likelihood (5 components), whatever the data folder is
     /// called, and the gradient clipped at 2,000, ten times `Ladder`'s, as its negative ELBO
     /// is many times larger; 30 epochs, 22 minutes on 2 cores of an Intel Xeon with AMX
-    /// (bf16; `docs/results.md`, "8-bit data").
+    /// (bf16), where `--epochs 90` fills the quality budget's hour (`docs/results.md`, "8-bit
+    /// data").
     #[cfg_attr(feature = "clap", value(name = "ladder-8bit"))]
     Ladder8bit,
     /// The hierarchical VAE, wider and deeper, for about 30 minutes on one GPU.
