@@ -12,7 +12,7 @@ use crate::cpu::CpuFeatures;
 use crate::error::ModelError;
 use crate::likelihood::Likelihood;
 use crate::loss;
-use crate::pixel::{PixelCnn, PixelHead};
+use crate::pixel::{self, PixelCnn, PixelHead};
 use crate::prior::{LatentPrior, Prior};
 use crate::vae::{ElboTerms, ImportanceTerms, ModelConfig, Posterior, Vae, VaeConfig};
 
@@ -396,10 +396,7 @@ impl ConvVae {
     /// The parameters of p(x | z) for pixels `x` given the decoder's outputs `base`: `base`
     /// itself, or refined by the pixel head from the pixels before each one.
     fn likelihood_params(&self, x: &Tensor, base: &Tensor) -> Tensor {
-        match &self.pixel {
-            None => base.shallow_clone(),
-            Some(head) => head.forward(x, base, self.compute),
-        }
+        pixel::refine(self.pixel.as_ref(), x, base, self.compute)
     }
 
     /// Encodes, samples z once per image, decodes (with the pixel head, conditioned on `x`).
@@ -553,23 +550,13 @@ impl Vae for ConvVae {
     /// With a pixel head, the pixels are drawn one at a time (H·W passes of the head), each
     /// mean given the pixels before it.
     fn means(&self, base: &Tensor) -> Tensor {
-        match &self.pixel {
-            None => self.config.likelihood.mean(base),
-            Some(head) => {
-                head.sample_pixels(base, self.config.likelihood, self.compute)
-                    .0
-            }
-        }
+        let p = self.pixel.as_ref();
+        pixel::pictures(p, self.config.likelihood, base, self.compute, false)
     }
 
     fn draws(&self, base: &Tensor) -> Tensor {
-        match &self.pixel {
-            None => self.config.likelihood.sample(base),
-            Some(head) => {
-                head.sample_pixels(base, self.config.likelihood, self.compute)
-                    .1
-            }
-        }
+        let p = self.pixel.as_ref();
+        pixel::pictures(p, self.config.likelihood, base, self.compute, true)
     }
 
     fn prior_images(&self) -> Option<Tensor> {

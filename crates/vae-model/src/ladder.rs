@@ -20,7 +20,7 @@ use crate::cpu::CpuFeatures;
 use crate::error::ModelError;
 use crate::likelihood::Likelihood;
 use crate::loss;
-use crate::pixel::{PixelCnn, PixelHead};
+use crate::pixel::{self, PixelCnn, PixelHead};
 use crate::prior::{LatentPrior, Prior};
 use crate::vae::{ElboTerms, ImportanceTerms, IwEvaluator, ModelConfig, Posterior, Vae, VaeConfig};
 
@@ -551,10 +551,7 @@ impl LadderVae {
     /// The likelihood's parameters for images `x` given the top-down path's outputs `base`:
     /// `base` itself, or refined by the pixel head from the pixels before each one.
     fn likelihood_params(&self, x: &Tensor, base: &Tensor) -> Tensor {
-        match &self.top_down.pixel {
-            None => base.shallow_clone(),
-            Some(head) => head.forward(x, base, self.compute),
-        }
+        pixel::refine(self.top_down.pixel.as_ref(), x, base, self.compute)
     }
 
     /// A group's draw from the top-down features `d`: its prior from them, and when the pass
@@ -816,23 +813,13 @@ impl Vae for LadderVae {
     /// With a pixel head, the pixels are drawn one at a time (H·W passes of the head), each
     /// mean given the pixels before it.
     fn means(&self, params: &Tensor) -> Tensor {
-        match &self.top_down.pixel {
-            None => self.config.likelihood.mean(params),
-            Some(head) => {
-                head.sample_pixels(params, self.config.likelihood, self.compute)
-                    .0
-            }
-        }
+        let p = self.top_down.pixel.as_ref();
+        pixel::pictures(p, self.config.likelihood, params, self.compute, false)
     }
 
     fn draws(&self, params: &Tensor) -> Tensor {
-        match &self.top_down.pixel {
-            None => self.config.likelihood.sample(params),
-            Some(head) => {
-                head.sample_pixels(params, self.config.likelihood, self.compute)
-                    .1
-            }
-        }
+        let p = self.top_down.pixel.as_ref();
+        pixel::pictures(p, self.config.likelihood, params, self.compute, true)
     }
 
     fn prior_images(&self) -> Option<Tensor> {

@@ -213,6 +213,34 @@ impl PixelCnn {
     }
 }
 
+/// The likelihood's parameters for pixels `x` given the decoder's outputs `base`: `base`
+/// itself, or refined by `head` from the pixels before each one.
+pub(crate) fn refine(head: Option<&PixelCnn>, x: &Tensor, base: &Tensor, kind: Kind) -> Tensor {
+    match head {
+        None => base.shallow_clone(),
+        Some(head) => head.forward(x, base, kind),
+    }
+}
+
+/// The likelihood's means for the decoder's outputs `base` (`draw` false) or images drawn from
+/// it (`draw` true); with a head, pixel by pixel, each given the pixels drawn before it.
+pub(crate) fn pictures(
+    head: Option<&PixelCnn>,
+    likelihood: Likelihood,
+    base: &Tensor,
+    kind: Kind,
+    draw: bool,
+) -> Tensor {
+    match (head, draw) {
+        (None, false) => likelihood.mean(base),
+        (None, true) => likelihood.sample(base),
+        (Some(head), _) => {
+            let (means, drawn) = head.sample_pixels(base, likelihood, kind);
+            if draw { drawn } else { means }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tch::{Device, Kind, Tensor, nn};
