@@ -5,6 +5,7 @@
 mod common;
 
 use common::*;
+use std::path::{Path, PathBuf};
 
 /// A two-resolution ladder for 8×8 images: groups at 4×4 and 2×2 under a 3-dimensional top.
 const TINY_LADDER: &str = r#"
@@ -20,20 +21,22 @@ kl_warmup_steps = 5
 kl_balance = true
 "#;
 
+/// A synthetic data set of `train` and `test` 8×8 images in `tmp/folder`, [`TINY_LADDER`] in
+/// `tmp/tiny.toml`, and the run directory `tmp/run` (not made): (data, run, config).
+fn tiny_ladder(tmp: &Path, folder: &str, train: usize, test: usize) -> [PathBuf; 3] {
+    let data = tmp.join(folder);
+    std::fs::create_dir_all(&data).unwrap();
+    synthetic_mnist(&data, train, test, 8);
+    let config = tmp.join("tiny.toml");
+    std::fs::write(&config, TINY_LADDER).unwrap();
+    [data, tmp.join("run"), config]
+}
+
 #[test]
 fn a_ladder_vae_trains_resumes_evaluates_and_explores() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("bars");
-    std::fs::create_dir_all(&data).unwrap();
-    synthetic_mnist(&data, 96, 32, 8);
-    let config = tmp.path().join("tiny.toml");
-    std::fs::write(&config, TINY_LADDER).unwrap();
-    let run = tmp.path().join("run");
-    let (d, r, c) = (
-        data.to_str().unwrap(),
-        run.to_str().unwrap(),
-        config.to_str().unwrap(),
-    );
+    let [data, run, config] = tiny_ladder(tmp.path(), "bars", 96, 32);
+    let [d, r, c] = [&data, &run, &config].map(|p| p.to_str().unwrap());
 
     let mut args = train_args(d, r, "1", &QUICK);
     args.extend([
@@ -194,19 +197,10 @@ fn the_8bit_ladder_keeps_its_logistic_likelihood_and_its_bound_holds_one_image_a
     // A folder named mnist means the Bernoulli to `vae train`, unless the preset names the
     // likelihood itself, as ladder-8bit does.
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("mnist");
-    synthetic_mnist(&data, 64, 8, 8);
-    let config = tmp.path().join("tiny.toml");
-    std::fs::write(&config, TINY_LADDER).unwrap();
-    let run = tmp.path().join("run");
-    let (d, r) = (data.to_str().unwrap(), run.to_str().unwrap());
+    let [data, run, config] = tiny_ladder(tmp.path(), "mnist", 64, 8);
+    let [d, r, c] = [&data, &run, &config].map(|p| p.to_str().unwrap());
     let mut args = train_args(d, r, "1", &QUICK);
-    args.extend([
-        "--preset",
-        "ladder-8bit",
-        "--config",
-        config.to_str().unwrap(),
-    ]);
+    args.extend(["--preset", "ladder-8bit", "--config", c]);
     let out = vae(&args);
     assert!(out.status.success(), "{:?}", text(&out));
     let (_, err) = text(&out);
@@ -238,4 +232,32 @@ fn the_8bit_ladder_keeps_its_logistic_likelihood_and_its_bound_holds_one_image_a
         iw > 0.0 && iw < elbo * 1.05,
         "IW {iw} against -ELBO {elbo}: {v}"
     );
+}
+
+#[test]
+fn the_long_8bit_ladder_has_a_pixel_head_and_refuses_colour_in_one_sentence() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [data, run, config] = tiny_ladder(tmp.path(), "mnist", 64, 8);
+    let [d, r, c] = [&data, &run, &config].map(|p| p.to_str().unwrap());
+    let mut args = train_args(d, r, "1", &QUICK);
+    args.extend(["--preset", "ladder-8bit-long", "--config", c]);
+    let out = vae(&args);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    for key in ["kind = \"logistic\"", "[model.pixel_head]", "channels = 16"] {
+        assert!(saved.contains(key), "{key} missing: {saved}");
+    }
+
+    // The head orders the pixels of one plane: colour data gets an error before training.
+    let colour = tmp.path().join("colour");
+    std::fs::create_dir(&colour).unwrap();
+    synthetic_colour(&colour, 64, 8, 8);
+    let run = tmp.path().join("colour-run");
+    let mut args = train_args(colour.to_str().unwrap(), run.to_str().unwrap(), "1", &QUICK);
+    args.extend(["--preset", "ladder-8bit-long", "--config", c]);
+    let out = vae(&args);
+    assert!(!out.status.success());
+    let (_, err) = text(&out);
+    assert!(err.contains("one-channel images only"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
 }

@@ -74,7 +74,7 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Passes over the training set [default: 36; preset fast 10, best 100, ladder 50,
-    /// ladder-long 150, ladder-8bit 30, ladder-gpu 200].
+    /// ladder-long 150, ladder-8bit 30, ladder-8bit-long 66, ladder-gpu 200].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Fine-tune on the IWAE bound (with --iw-k samples, 5 by default) for this many last
@@ -149,7 +149,7 @@ pub struct RunSettings {
     /// 8-bit data; K = --logistic-components or 5) or
     /// continuous-bernoulli (a normalised density on [0, 1]) [default: bernoulli for binary
     /// images and for MNIST itself (a data folder named mnist: the binarised-MNIST protocol);
-    /// logistic for other grey-level and colour data, and with preset ladder-8bit].
+    /// logistic for other grey-level and colour data, and with presets ladder-8bit and ladder-8bit-long].
     #[arg(long)]
     pub likelihood: Option<Likelihood>,
     /// Components of the logistic mixture [default: 5].
