@@ -446,10 +446,11 @@ pub enum Preset {
     /// data").
     #[cfg_attr(feature = "clap", value(name = "ladder-8bit"))]
     Ladder8bit,
-    /// The best 8-bit grey-level model here for about an hour of 2 CPU cores where bf16 runs
-    /// at twice fp32's speed (`docs/results.md`, "8-bit data"): `Ladder8bit` with a pixel head
-    /// (the default 16-channel, 3-layer [`vae_model::PixelHead`]) over the logistic
-    /// parameters, 66 epochs. The head needs one channel, so colour data is refused.
+    /// `Ladder8bit` with a pixel head (the default 16-channel, 3-layer
+    /// [`vae_model::PixelHead`]) over the logistic parameters, 66 epochs: the best 8-bit MNIST
+    /// model here for about an hour of 2 CPU cores where bf16 runs at twice fp32's speed
+    /// (`docs/results.md`, "8-bit data"; not yet measured on Fashion-MNIST). The head needs
+    /// one channel, so colour data is refused.
     #[cfg_attr(feature = "clap", value(name = "ladder-8bit-long"))]
     Ladder8bitLong,
     /// The hierarchical VAE, wider and deeper, for about 30 minutes on one GPU.
