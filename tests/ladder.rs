@@ -239,14 +239,27 @@ fn the_long_8bit_ladder_has_a_pixel_head_and_refuses_colour_in_one_sentence() {
     let tmp = tempfile::tempdir().unwrap();
     let [data, run, config] = tiny_ladder(tmp.path(), "mnist", 64, 8);
     let [d, r, c] = [&data, &run, &config].map(|p| p.to_str().unwrap());
-    let mut args = train_args(d, r, "1", &QUICK);
+    let mut args = train_args(d, r, "2", &QUICK);
     args.extend(["--preset", "ladder-8bit-long", "--config", c]);
     let out = vae(&args);
     assert!(out.status.success(), "{:?}", text(&out));
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    for key in ["kind = \"logistic\"", "[model.pixel_head]", "channels = 16"] {
+    for key in [
+        "kind = \"logistic\"",
+        "[model.pixel_head]",
+        "channels = 16",
+        "iwae_epochs = 1",
+    ] {
         assert!(saved.contains(key), "{key} missing: {saved}");
     }
+    // Its last epoch is the IWAE fine-tune, scored on the validation IWAE bound.
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = metrics.lines().collect();
+    assert!(rows[0].ends_with(",val_iw") && rows.len() == 3, "{metrics}");
+    assert!(
+        rows[1].ends_with(',') && !rows[2].ends_with(','),
+        "{metrics}"
+    );
 
     // The head orders the pixels of one plane: colour data gets an error before training.
     let colour = tmp.path().join("colour");

@@ -74,13 +74,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Passes over the training set [default: 36; preset fast 10, best 100, ladder 50,
-    /// ladder-long 150, ladder-8bit 30, ladder-8bit-long 66, ladder-gpu 200].
+    /// ladder-long 150, ladder-8bit 30, ladder-8bit-long 67
+    /// (the last an IWAE fine-tune), ladder-gpu 200].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Fine-tune on the IWAE bound (with --iw-k samples, 5 by default) for this many last
-    /// epochs; the best checkpoint among them is chosen on the validation IWAE bound. With
-    /// --resume, it fine-tunes a finished run: `--resume RUN --epochs 53 --iwae-epochs 3`
-    /// [default: 0, none].
+    /// epochs, after the learning-rate schedule, at its final rate; the best checkpoint among
+    /// them is chosen on the validation IWAE bound. With --resume, it fine-tunes a finished
+    /// run: `--resume RUN --epochs 53 --iwae-epochs 3` [default: 0, none; preset
+    /// ladder-8bit-long 1].
     #[arg(long)]
     pub iwae_epochs: Option<usize>,
     /// auto, cpu, cuda or cuda:N [default: auto].

@@ -811,12 +811,10 @@ impl Trainer {
 
     fn train(&mut self) -> Result<Outcome> {
         let spe = self.steps_per_epoch();
-        // The schedule spans all epochs, whatever `max_steps` cuts.
-        let schedule = spe * self.config.epochs as u64;
-        let total = self
-            .config
-            .max_steps
-            .map_or(schedule, |max| schedule.min(max));
+        // The schedule spans the epochs before any IWAE fine-tune, whatever `max_steps` cuts.
+        let schedule = spe * self.config.schedule_epochs() as u64;
+        let epochs = spe * self.config.epochs as u64;
+        let total = self.config.max_steps.map_or(epochs, |max| epochs.min(max));
         tracing::info!(device = %device_name(self.device), steps_per_epoch = spe, total_steps = total, "training");
         while self.state.step < total {
             let epoch = (self.state.step / spe) as usize; // 0-based

@@ -820,6 +820,34 @@ fn an_iwae_fine_tune_switches_objective_for_its_last_epochs_and_selects_on_the_i
     });
     assert_same_weights(a.var_store(), b.var_store());
 
+    // Under a cosine schedule the fine-tune runs after it, at its final rate: `epochs = 3,
+    // iwae_epochs = 2` is the one-epoch run, then `--resume --epochs 3 --iwae-epochs 2`.
+    let cosine = TrainConfig {
+        lr_schedule: LrSchedule::Cosine,
+        warmup_steps: 2,
+        min_lr: 1e-4,
+        ..train.clone()
+    };
+    let whole = tempfile::tempdir().unwrap();
+    let mut c = start(
+        whole.path(),
+        tiny_model(),
+        TrainConfig {
+            iwae_epochs: 2,
+            ..cosine.clone()
+        },
+    )
+    .unwrap();
+    assert_eq!(c.run().unwrap(), Outcome::Completed);
+    let lrs: Vec<f64> = c.state().history.iter().map(|m| m.lr).collect();
+    assert!(lrs[0] > 1e-4 && lrs[1..] == [1e-4, 1e-4], "{lrs:?}");
+    let cut = tempfile::tempdir().unwrap();
+    let d = resumed_after_one_epoch(cut.path(), tiny_model(), cosine, |c| {
+        c.epochs = 3;
+        c.iwae_epochs = 2;
+    });
+    assert_same_weights(c.var_store(), d.var_store());
+
     for (cfg, needle) in [
         (
             TrainConfig {
