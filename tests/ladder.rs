@@ -234,16 +234,45 @@ fn the_8bit_ladder_keeps_its_logistic_likelihood_and_its_bound_holds_one_image_a
     );
 }
 
-#[test]
-fn the_long_8bit_ladder_has_a_pixel_head_and_refuses_colour_in_one_sentence() {
-    let tmp = tempfile::tempdir().unwrap();
-    let [data, run, config] = tiny_ladder(tmp.path(), "mnist", 64, 8);
+/// Trains a long `preset` for `epochs` on tiny "mnist" data in `tmp`: its saved
+/// `config.toml`, for each epoch whether it was scored on the validation IWAE bound, and the
+/// tiny model's config file.
+fn train_long_preset(tmp: &Path, preset: &str, epochs: &str) -> (String, Vec<bool>, PathBuf) {
+    let [data, run, config] = tiny_ladder(tmp, "mnist", 64, 8);
     let [d, r, c] = [&data, &run, &config].map(|p| p.to_str().unwrap());
-    let mut args = train_args(d, r, "2", &QUICK);
-    args.extend(["--preset", "ladder-8bit-long", "--config", c]);
+    let mut args = train_args(d, r, epochs, &QUICK);
+    args.extend(["--preset", preset, "--config", c]);
     let out = vae(&args);
     assert!(out.status.success(), "{:?}", text(&out));
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
+    let rows: Vec<&str> = metrics.lines().collect();
+    assert!(rows[0].ends_with(",val_iw"), "{metrics}");
+    let on_the_bound = rows[1..].iter().map(|r| !r.ends_with(',')).collect();
+    (saved, on_the_bound, config)
+}
+
+#[test]
+fn the_long_ladder_has_a_pixel_head_and_ends_with_iwae_epochs() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Three epochs: one on the ELBO, then the preset's two on the IWAE bound.
+    let (saved, on_the_bound, _) = train_long_preset(tmp.path(), "ladder-long", "3");
+    for key in [
+        "kind = \"bernoulli\"",
+        "[model.pixel_head]",
+        "channels = 16",
+        "iwae_epochs = 2",
+    ] {
+        assert!(saved.contains(key), "{key} missing: {saved}");
+    }
+    assert_eq!(on_the_bound, [false, true, true]);
+}
+
+#[test]
+fn the_long_8bit_ladder_has_a_pixel_head_and_refuses_colour_in_one_sentence() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Its last epoch is the IWAE fine-tune, scored on the validation IWAE bound.
+    let (saved, on_the_bound, config) = train_long_preset(tmp.path(), "ladder-8bit-long", "2");
     for key in [
         "kind = \"logistic\"",
         "[model.pixel_head]",
@@ -252,14 +281,8 @@ fn the_long_8bit_ladder_has_a_pixel_head_and_refuses_colour_in_one_sentence() {
     ] {
         assert!(saved.contains(key), "{key} missing: {saved}");
     }
-    // Its last epoch is the IWAE fine-tune, scored on the validation IWAE bound.
-    let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
-    let rows: Vec<&str> = metrics.lines().collect();
-    assert!(rows[0].ends_with(",val_iw") && rows.len() == 3, "{metrics}");
-    assert!(
-        rows[1].ends_with(',') && !rows[2].ends_with(','),
-        "{metrics}"
-    );
+    assert_eq!(on_the_bound, [false, true]);
+    let c = config.to_str().unwrap();
 
     // The head orders the pixels of one plane: colour data gets an error before training.
     let colour = tmp.path().join("colour");

@@ -74,15 +74,15 @@ pub struct TrainArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Passes over the training set [default: 36; preset fast 10, best 100, ladder 50,
-    /// ladder-long 150, ladder-8bit 30, ladder-8bit-long 67
-    /// (the last an IWAE fine-tune), ladder-gpu 200].
+    /// ladder-long 110, ladder-8bit 30, ladder-8bit-long 67 (the long ones end with IWAE
+    /// fine-tune epochs: 2 and 1), ladder-gpu 200].
     #[arg(long)]
     pub epochs: Option<usize>,
     /// Fine-tune on the IWAE bound (with --iw-k samples, 5 by default) for this many last
     /// epochs, after the learning-rate schedule, at its final rate; the best checkpoint among
     /// them is chosen on the validation IWAE bound. With --resume, it fine-tunes a finished
-    /// run: `--resume RUN --epochs 53 --iwae-epochs 3` [default: 0, none; preset
-    /// ladder-8bit-long 1].
+    /// run: `--resume RUN --epochs 53 --iwae-epochs 3` [default: 0, none; presets
+    /// ladder-long 2, ladder-8bit-long 1].
     #[arg(long)]
     pub iwae_epochs: Option<usize>,
     /// auto, cpu, cuda or cuda:N [default: auto].
@@ -261,7 +261,7 @@ pub struct ModelArgs {
 /// A run directory's checkpoints.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Which {
-    /// `best.safetensors`: the best validation ELBO.
+    /// `best.safetensors`: the best validation ELBO (or IWAE bound, after an IWAE fine-tune).
     Best,
     /// `last.safetensors`: where training stopped.
     Last,

@@ -22,7 +22,8 @@ use crate::precision::PrecisionChoice;
 pub mod files {
     /// Latest state, with optimiser moments: what `--resume` continues from.
     pub const LAST: &str = "last.safetensors";
-    /// Weights with the best validation ELBO so far.
+    /// Weights with the best validation ELBO so far (the best validation IWAE bound among
+    /// an IWAE fine-tune's epochs).
     pub const BEST: &str = "best.safetensors";
     /// One row per epoch.
     pub const METRICS: &str = "metrics.csv";
@@ -813,8 +814,11 @@ impl Trainer {
         let spe = self.steps_per_epoch();
         // The schedule spans the epochs before any IWAE fine-tune, whatever `max_steps` cuts.
         let schedule = spe * self.config.schedule_epochs() as u64;
-        let epochs = spe * self.config.epochs as u64;
-        let total = self.config.max_steps.map_or(epochs, |max| epochs.min(max));
+        let all_steps = spe * self.config.epochs as u64;
+        let total = self
+            .config
+            .max_steps
+            .map_or(all_steps, |max| all_steps.min(max));
         tracing::info!(device = %device_name(self.device), steps_per_epoch = spe, total_steps = total, "training");
         while self.state.step < total {
             let epoch = (self.state.step / spe) as usize; // 0-based
