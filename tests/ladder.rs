@@ -234,10 +234,15 @@ fn the_8bit_ladder_keeps_its_logistic_likelihood_and_its_bound_holds_one_image_a
     );
 }
 
-/// Trains a long `preset` for `epochs` on tiny "mnist" data in `tmp`: its saved
-/// `config.toml`, for each epoch whether it was scored on the validation IWAE bound, and the
-/// tiny model's config file.
-fn train_long_preset(tmp: &Path, preset: &str, epochs: &str) -> (String, Vec<bool>, PathBuf) {
+/// Trains a long `preset` for `epochs` on tiny "mnist" data in `tmp` and checks that its
+/// saved `config.toml` names the default pixel head and each of `keys`: for each epoch,
+/// whether it was scored on the validation IWAE bound, and the tiny model's config file.
+fn train_long_preset(
+    tmp: &Path,
+    preset: &str,
+    epochs: &str,
+    keys: [&str; 2],
+) -> (Vec<bool>, PathBuf) {
     let [data, run, config] = tiny_ladder(tmp, "mnist", 64, 8);
     let [d, r, c] = [&data, &run, &config].map(|p| p.to_str().unwrap());
     let mut args = train_args(d, r, epochs, &QUICK);
@@ -245,26 +250,25 @@ fn train_long_preset(tmp: &Path, preset: &str, epochs: &str) -> (String, Vec<boo
     let out = vae(&args);
     assert!(out.status.success(), "{:?}", text(&out));
     let saved = std::fs::read_to_string(run.join("config.toml")).unwrap();
+    for key in ["[model.pixel_head]", "channels = 16"]
+        .into_iter()
+        .chain(keys)
+    {
+        assert!(saved.contains(key), "{key} missing: {saved}");
+    }
     let metrics = std::fs::read_to_string(run.join("metrics.csv")).unwrap();
     let rows: Vec<&str> = metrics.lines().collect();
     assert!(rows[0].ends_with(",val_iw"), "{metrics}");
     let on_the_bound = rows[1..].iter().map(|r| !r.ends_with(',')).collect();
-    (saved, on_the_bound, config)
+    (on_the_bound, config)
 }
 
 #[test]
 fn the_long_ladder_has_a_pixel_head_and_ends_with_iwae_epochs() {
     let tmp = tempfile::tempdir().unwrap();
     // Three epochs: one on the ELBO, then the preset's two on the IWAE bound.
-    let (saved, on_the_bound, _) = train_long_preset(tmp.path(), "ladder-long", "3");
-    for key in [
-        "kind = \"bernoulli\"",
-        "[model.pixel_head]",
-        "channels = 16",
-        "iwae_epochs = 2",
-    ] {
-        assert!(saved.contains(key), "{key} missing: {saved}");
-    }
+    let keys = ["kind = \"bernoulli\"", "iwae_epochs = 2"];
+    let (on_the_bound, _) = train_long_preset(tmp.path(), "ladder-long", "3", keys);
     assert_eq!(on_the_bound, [false, true, true]);
 }
 
@@ -272,17 +276,9 @@ fn the_long_ladder_has_a_pixel_head_and_ends_with_iwae_epochs() {
 fn the_long_8bit_ladder_has_a_pixel_head_and_refuses_colour_in_one_sentence() {
     let tmp = tempfile::tempdir().unwrap();
     // Its last epoch is the IWAE fine-tune, scored on the validation IWAE bound.
-    let (saved, on_the_bound, config) = train_long_preset(tmp.path(), "ladder-8bit-long", "2");
-    for key in [
-        "kind = \"logistic\"",
-        "[model.pixel_head]",
-        "channels = 16",
-        "iwae_epochs = 1",
-    ] {
-        assert!(saved.contains(key), "{key} missing: {saved}");
-    }
+    let keys = ["kind = \"logistic\"", "iwae_epochs = 1"];
+    let (on_the_bound, config) = train_long_preset(tmp.path(), "ladder-8bit-long", "2", keys);
     assert_eq!(on_the_bound, [false, true]);
-    let c = config.to_str().unwrap();
 
     // The head orders the pixels of one plane: colour data gets an error before training.
     let colour = tmp.path().join("colour");
@@ -290,7 +286,12 @@ fn the_long_8bit_ladder_has_a_pixel_head_and_refuses_colour_in_one_sentence() {
     synthetic_colour(&colour, 64, 8, 8);
     let run = tmp.path().join("colour-run");
     let mut args = train_args(colour.to_str().unwrap(), run.to_str().unwrap(), "1", &QUICK);
-    args.extend(["--preset", "ladder-8bit-long", "--config", c]);
+    args.extend([
+        "--preset",
+        "ladder-8bit-long",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
     let out = vae(&args);
     assert!(!out.status.success());
     let (_, err) = text(&out);
