@@ -258,23 +258,9 @@ fn an_evaluation_resumes_from_its_record() {
     let (data, _runs, run, _) = train_tiny(&[]);
     let (d, r) = (data.path().to_str().unwrap(), run.to_str().unwrap());
     let eval = |extra: &[&str]| {
-        let mut args = vec![
-            "eval",
-            "--run",
-            r,
-            "--data",
-            d,
-            "--iw-samples",
-            "600",
-            "--images",
-            "8",
-            "--json",
-        ];
+        let mut args = vec!["--iw-samples", "600", "--images", "8"];
         args.extend_from_slice(extra);
-        let out = vae(&args);
-        let (stdout, stderr) = text(&out);
-        assert!(out.status.success(), "{stderr}");
-        serde_json::from_str::<serde_json::Value>(stdout.trim()).unwrap()
+        eval_json(r, d, &args)
     };
     let first = eval(&[]);
     let record = run.join("best.safetensors.iw-k600-seed123-n8.csv");

@@ -97,6 +97,15 @@ pub fn vae(args: &[&str]) -> Output {
         .expect("the vae binary runs")
 }
 
+/// `vae eval --run run --data data --json` with `extra`, which must succeed: its JSON.
+pub fn eval_json(run: &str, data: &str, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["eval", "--run", run, "--data", data, "--json"];
+    args.extend_from_slice(extra);
+    let out = vae(&args);
+    assert!(out.status.success(), "{:?}", text(&out));
+    serde_json::from_slice(&out.stdout).expect("`vae eval --json` prints one JSON object")
+}
+
 /// Text of both output streams.
 pub fn text(out: &Output) -> (String, String) {
     (

@@ -298,3 +298,77 @@ fn the_long_8bit_ladder_has_a_pixel_head_and_refuses_colour_in_one_sentence() {
     assert!(err.contains("one-channel images only"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// `vae eval --iw-precision`: on a CPU with AMX-BF16 the default (`auto`) evaluation of a
+/// binary ladder takes its top-down convolutions' products in bf16, and keeps a record of its
+/// own, so an f32 record is never started over by it; `fp32` is IEEE f32 throughout, as the
+/// reference pass, which takes no precision. Elsewhere `auto` is f32 and shares the record.
+#[test]
+fn an_evaluation_with_bf16_products_keeps_a_record_of_its_own() {
+    let tmp = tempfile::tempdir().unwrap();
+    let [data, run, config] = tiny_ladder(tmp.path(), "bars", 48, 6);
+    let [d, r, c] = [&data, &run, &config].map(|p| p.to_str().unwrap());
+    let mut args = train_args(d, r, "1", &QUICK);
+    args.extend(["--preset", "ladder", "--config", c]);
+    let out = vae(&args);
+    assert!(out.status.success(), "{:?}", text(&out));
+    let info = vae(&["info", "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    let amx = info["cpu"]["flags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f == "amx_bf16");
+
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["--iw-samples", "64"];
+        args.extend_from_slice(extra);
+        eval_json(r, d, &args)
+    };
+    let f32_record = run.join("best.safetensors.iw-k64-seed123-n6.csv");
+    let exact = eval(&["--iw-precision", "fp32"]);
+    assert_eq!(exact["iw_bf16_products"], false);
+    assert_eq!(exact["iw_record"], f32_record.to_str().unwrap());
+    let f32_text = std::fs::read_to_string(&f32_record).unwrap();
+
+    let auto = eval(&[]);
+    assert_eq!(auto["iw_bf16_products"], amx, "{auto}");
+    let (a, e) = (
+        auto["iw_nll"].as_f64().unwrap(),
+        exact["iw_nll"].as_f64().unwrap(),
+    );
+    if amx {
+        let record = run.join("best.safetensors.iw-k64-seed123-n6-bf16.csv");
+        assert_eq!(auto["iw_record"], record.to_str().unwrap());
+        assert_eq!(auto["iw_resumed_images"], 0);
+        let head = std::fs::read_to_string(&record).unwrap();
+        assert!(
+            head.lines()
+                .next()
+                .unwrap()
+                .ends_with("; conv products bf16"),
+            "{head}"
+        );
+        // bf16 rounding of the products moves the bound a little.
+        assert!((a - e).abs() < 1e-2 * e.abs(), "{a} against {e}");
+    } else {
+        // The same arithmetic: the f32 record is read back whole.
+        assert_eq!(auto["iw_resumed_images"], 6, "{auto}");
+        assert_eq!(a, e);
+    }
+    assert_eq!(std::fs::read_to_string(&f32_record).unwrap(), f32_text);
+
+    let out = vae(&[
+        "eval",
+        "--run",
+        r,
+        "--data",
+        d,
+        "--iw-reference",
+        "--iw-precision",
+        "fp32",
+    ]);
+    assert!(!out.status.success());
+    let (_, err) = text(&out);
+    assert!(err.contains("--iw-precision"), "{err}");
+}

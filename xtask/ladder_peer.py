@@ -49,6 +49,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--channels-last", action="store_true")
     ap.add_argument("--autocast", choices=["none", "bf16"], default="none")
+    ap.add_argument("--conv-bf16-products", action="store_true",
+                    help="f32 convolutions take their products in bf16 "
+                         "(torch.backends.mkldnn.conv.fp32_precision = 'bf16'), as `vae eval` on AMX")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -58,12 +61,15 @@ def main():
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.conv_bf16_products:
+        torch.backends.mkldnn.conv.fp32_precision = "bf16"
     torch.manual_seed(a.seed)
     model = load_model(a.export)
     fmt = torch.channels_last if a.channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     out = {"impl": "pytorch-eager" + ("-channels-last" if a.channels_last else "")
-                   + ("-" + a.autocast if a.autocast != "none" else ""),
+                   + ("-" + a.autocast if a.autocast != "none" else "")
+                   + ("-conv-bf16-products" if a.conv_bf16_products else ""),
            "torch": torch.__version__, "threads": torch.get_num_threads()}
     if a.task == "train":
         xtr = load_idx(os.path.join(a.data, "train-images-idx3-ubyte.gz"))

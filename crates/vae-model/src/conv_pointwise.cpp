@@ -75,3 +75,34 @@ extern "C" char *vae_model_conv_pointwise(at::Tensor **out, const at::Tensor *x,
 }
 
 extern "C" void vae_model_free_error(char *message) { free(message); }
+
+// The math mode of libtorch's oneDNN convolutions of f32 tensors
+// (`torch.backends.mkldnn.conv.fp32_precision`). `enter` sets "bf16" (inputs and weights rounded
+// to bf16, products summed in f32) and returns the mode before (-1 where libtorch refuses), which
+// `exit` restores; `on` says whether the mode is "bf16".
+namespace {
+constexpr auto MKLDNN = at::Float32Backend::MKLDNN;
+constexpr auto CONV = at::Float32Op::CONV;
+}  // namespace
+
+extern "C" int vae_model_conv_bf16_products_enter() {
+  try {
+    auto &ctx = at::globalContext();
+    const auto before = ctx.float32Precision(MKLDNN, CONV);
+    ctx.setFloat32Precision(MKLDNN, CONV, at::Float32Precision::BF16);
+    return static_cast<int>(before);
+  } catch (...) {
+    return -1;
+  }
+}
+
+extern "C" void vae_model_conv_bf16_products_exit(int before) {
+  try {
+    at::globalContext().setFloat32Precision(MKLDNN, CONV, static_cast<at::Float32Precision>(before));
+  } catch (...) {
+  }
+}
+
+extern "C" int vae_model_conv_bf16_products_on() {
+  return at::globalContext().float32Precision(MKLDNN, CONV) == at::Float32Precision::BF16;
+}

@@ -144,6 +144,39 @@ pub(crate) fn conv_transpose(
     ))
 }
 
+/// While it lives, libtorch's oneDNN convolutions of f32 tensors take their products in bf16:
+/// inputs and weights rounded to bf16, sums in f32 (oneDNN's bf16 math mode, what
+/// `torch.backends.mkldnn.conv.fp32_precision = "bf16"` sets), which AMX tiles run several
+/// times faster than f32 products. The mode is libtorch's, for the whole process: hold one only
+/// around convolutions of one thread. Dropping it restores the mode before.
+#[derive(Debug)]
+pub(crate) struct Bf16Products {
+    /// libtorch's mode before, as the C++ side encodes it.
+    before: std::ffi::c_int,
+}
+
+impl Bf16Products {
+    /// Sets the mode; `None` where this build or libtorch has none.
+    pub(crate) fn enter() -> Option<Self> {
+        if !available() {
+            return None;
+        }
+        ffi::bf16_products_enter().map(|before| Self { before })
+    }
+}
+
+impl Drop for Bf16Products {
+    fn drop(&mut self) {
+        ffi::bf16_products_exit(self.before);
+    }
+}
+
+/// Whether libtorch's f32 convolutions take their products in bf16 now ([`Bf16Products`]).
+#[cfg(test)]
+pub(crate) fn bf16_products_on() -> bool {
+    available() && ffi::bf16_products_on()
+}
+
 #[cfg(conv_pointwise)]
 #[allow(unsafe_code)]
 mod ffi {
@@ -169,6 +202,31 @@ mod ffi {
             unary: *const c_char,
         ) -> *mut c_char;
         fn vae_model_free_error(message: *mut c_char);
+        fn vae_model_conv_bf16_products_enter() -> c_int;
+        fn vae_model_conv_bf16_products_exit(before: c_int);
+        #[cfg(test)]
+        fn vae_model_conv_bf16_products_on() -> c_int;
+    }
+
+    /// Sets the f32 convolutions' bf16 math mode; gives the mode before, or `None` where
+    /// libtorch refuses.
+    pub(super) fn bf16_products_enter() -> Option<c_int> {
+        // SAFETY: no arguments; the C++ side catches every exception.
+        match unsafe { vae_model_conv_bf16_products_enter() } {
+            -1 => None,
+            before => Some(before),
+        }
+    }
+
+    pub(super) fn bf16_products_exit(before: c_int) {
+        // SAFETY: an integer the C++ side returned from `enter`; it catches every exception.
+        unsafe { vae_model_conv_bf16_products_exit(before) }
+    }
+
+    #[cfg(test)]
+    pub(super) fn bf16_products_on() -> bool {
+        // SAFETY: no arguments; a read of libtorch's global context.
+        unsafe { vae_model_conv_bf16_products_on() != 0 }
     }
 
     pub(super) fn available() -> bool {
@@ -226,6 +284,17 @@ mod ffi {
     use super::{Epilogue, Mode};
 
     pub(super) fn available() -> bool {
+        false
+    }
+
+    pub(super) fn bf16_products_enter() -> Option<std::ffi::c_int> {
+        None
+    }
+
+    pub(super) fn bf16_products_exit(_before: std::ffi::c_int) {}
+
+    #[cfg(test)]
+    pub(super) fn bf16_products_on() -> bool {
         false
     }
 

@@ -22,7 +22,9 @@ use crate::likelihood::Likelihood;
 use crate::loss;
 use crate::pixel::{self, PixelCnn, PixelHead};
 use crate::prior::{LatentPrior, Prior};
-use crate::vae::{ElboTerms, ImportanceTerms, IwEvaluator, ModelConfig, Posterior, Vae, VaeConfig};
+use crate::vae::{
+    ElboTerms, ImportanceTerms, IwEvaluator, IwPrecision, ModelConfig, Posterior, Vae, VaeConfig,
+};
 
 mod iw;
 
@@ -828,8 +830,8 @@ impl Vae for LadderVae {
 
     /// The ladder's own evaluator (`ladder/iw.rs`): the VampPrior's components once, the posterior's bottom-up half once
     /// per image, and the top-down pass in fused channels-last kernels.
-    fn iw_evaluator(&self) -> Option<Box<dyn IwEvaluator + '_>> {
-        (self.compute == Kind::Float).then(|| Box::new(iw::LadderIw::new(self)) as _)
+    fn iw_evaluator(&self, precision: IwPrecision) -> Option<Box<dyn IwEvaluator + '_>> {
+        (self.compute == Kind::Float).then(|| Box::new(iw::LadderIw::new(self, precision)) as _)
     }
 }
 
@@ -1097,7 +1099,10 @@ mod tests {
             } else {
                 (x * 255.0).round() / 255.0
             };
-            let fast = model.iw_evaluator().expect("the ladder has an evaluator");
+            let fast = model
+                .iw_evaluator(IwPrecision::Fp32)
+                .expect("the ladder has an evaluator");
+            assert!(!fast.bf16_products());
             // Several chunks (7 rows at most: 1 sample of 4 images per chunk), one chunk, and
             // one image (whose rows are a broadcast view of it).
             for (n, k, max_rows) in [(4, 5, 7), (4, 3, 100), (1, 6, 4)] {
@@ -1116,6 +1121,54 @@ mod tests {
                 .log_likelihood_iw(&x.narrow(2, 0, 4), 2, 10)
                 .unwrap_err();
             assert!(err.to_string().contains("images"), "{err}");
+        }
+    }
+
+    #[test]
+    fn the_auto_evaluator_takes_bf16_products_only_for_binary_data_on_a_cpu_with_amx() {
+        let _g = lock();
+        let amx = crate::CpuFeatures::current().amx_bf16 && crate::fused::available();
+        // Channels wide enough for oneDNN's bf16 kernels.
+        let wide = |likelihood| LadderVaeConfig {
+            input_height: 16,
+            input_width: 16,
+            channels: vec![16, 32],
+            top_prior: Prior::Vamp { components: 5 },
+            likelihood,
+            ..toy(vec![4, 8])
+        };
+        for (config, binary) in [
+            (wide(Likelihood::Bernoulli), true),
+            (wide(Likelihood::Logistic { components: 2 }), false),
+        ] {
+            tch::manual_seed(3);
+            let (_vs, model) = build(&config);
+            let x = Tensor::rand([2, 1, 16, 16], (Kind::Float, Device::Cpu));
+            let x = if binary {
+                x.round()
+            } else {
+                (x * 255.0).round() / 255.0
+            };
+            let exact = model.iw_evaluator(IwPrecision::Fp32).unwrap();
+            let auto = model.iw_evaluator(IwPrecision::Auto).unwrap();
+            assert!(!exact.bf16_products());
+            assert_eq!(auto.bf16_products(), amx && binary, "binary: {binary}");
+            tch::manual_seed(7);
+            let want = exact.log_likelihood_iw(&x, 20, 40).unwrap();
+            tch::manual_seed(7);
+            let got = auto.log_likelihood_iw(&x, 20, 40).unwrap();
+            assert!(
+                !crate::fused::bf16_products_on(),
+                "the evaluation leaves libtorch's convolutions in f32"
+            );
+            let rel = ((&got - &want).abs() / want.abs()).max().double_value(&[]);
+            if auto.bf16_products() {
+                // bf16 products round each conv's inputs to 8 bits of mantissa: the bound moves
+                // by rounding of that size, and does move.
+                assert!(rel > 0.0 && rel < 1e-2, "{got:?} vs {want:?} ({rel})");
+            } else {
+                assert_eq!(rel, 0.0, "{got:?} vs {want:?}");
+            }
         }
     }
 

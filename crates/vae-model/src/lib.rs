@@ -64,7 +64,8 @@ pub use likelihood::{DEFAULT_LOGISTIC_COMPONENTS, Likelihood};
 pub use pixel::PixelHead;
 pub use prior::{DEFAULT_PSEUDO_INPUTS, LatentPrior, Prior};
 pub use vae::{
-    ElboTerms, ImportanceTerms, IwEvaluator, IwaeTerms, ModelConfig, Posterior, Vae, VaeConfig,
+    ElboTerms, ImportanceTerms, IwEvaluator, IwPrecision, IwaeTerms, ModelConfig, Posterior, Vae,
+    VaeConfig,
 };
 
 #[cfg(test)]

@@ -256,12 +256,28 @@ pub trait Vae: fmt::Debug {
 
     /// An evaluator of [`log_likelihood_iw`](Vae::log_likelihood_iw) over many calls (a test
     /// set, image after image) that prepares what depends only on the weights once: the same
-    /// bound at the same random draws, faster. `None` (the default) where the kind has none or
+    /// bound at the same random draws, faster. In [`IwPrecision::Fp32`] it is the bound to
+    /// float rounding; [`IwPrecision::Auto`] lets the kind use a faster arithmetic where it
+    /// has been measured to move the estimate by far less than 0.01 nats
+    /// ([`IwEvaluator::bf16_products`]). `None` (the default) where the kind has none or
     /// computes in other than f32. It borrows the model: keep the weights unchanged while it
     /// lives.
-    fn iw_evaluator(&self) -> Option<Box<dyn IwEvaluator + '_>> {
+    fn iw_evaluator(&self, precision: IwPrecision) -> Option<Box<dyn IwEvaluator + '_>> {
+        let _ = precision;
         None
     }
+}
+
+/// The arithmetic [`Vae::iw_evaluator`] may use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum IwPrecision {
+    /// The fastest the kind has checked to keep the estimate: on a CPU with AMX-BF16, the
+    /// ladder's top-down convolutions of binary data round their inputs and weights to bf16
+    /// and accumulate in f32 (see [`IwEvaluator::bf16_products`]); IEEE f32 elsewhere.
+    #[default]
+    Auto,
+    /// IEEE f32 throughout, as the model's own pass.
+    Fp32,
 }
 
 /// What [`Vae::iw_evaluator`] gives: the importance-weighted bound with the model's
@@ -270,6 +286,13 @@ pub trait IwEvaluator {
     /// What [`Vae::log_likelihood_iw`] gives for `x`, `k` and `max_rows`, drawing the same
     /// noise from libtorch's generator.
     fn log_likelihood_iw(&self, x: &Tensor, k: i64, max_rows: i64) -> Result<Tensor, ModelError>;
+
+    /// Whether some of its convolutions take their products in bf16 (f32 tensors, inputs and
+    /// weights rounded to bf16, sums in f32: oneDNN's bf16 math mode, which AMX tiles run),
+    /// so the bound differs from the f32 one by rounding of that size.
+    fn bf16_products(&self) -> bool {
+        false
+    }
 }
 
 /// A model kind's configuration: what builds the model, and what the trainer and the

@@ -2,7 +2,7 @@
 
 use tch::{Device, Kind, Tensor};
 use vae_data::ImageDataset;
-use vae_model::Vae;
+use vae_model::{IwEvaluator, IwPrecision, Vae};
 
 use crate::error::Result;
 
@@ -165,17 +165,41 @@ pub struct IwEstimate {
     pub k: i64,
     /// Images evaluated.
     pub images: usize,
+    /// Whether some convolutions took their products in bf16 ([`IwPath::bf16_products`]).
+    pub bf16_products: bool,
 }
 
-/// Which computation [`evaluate_iw`] runs; both give the same bound at the same draws.
+/// Which computation [`evaluate_iw`] runs; all give the same bound at the same draws, to float
+/// rounding in f32 and to bf16 rounding of some convolutions' products where
+/// [`IwEstimate::bf16_products`] says so.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum IwPath {
-    /// The model's [`Vae::iw_evaluator`] where it has one, prepared once for all the images.
+    /// The model's [`Vae::iw_evaluator`] where it has one, prepared once for all the images,
+    /// in the fastest arithmetic its kind has checked ([`IwPrecision::Auto`]).
     #[default]
     Fast,
+    /// The same evaluator in IEEE f32 throughout ([`IwPrecision::Fp32`]).
+    FastFp32,
     /// [`Vae::log_likelihood_iw`] batch after batch: the reference the fast path is checked
     /// against.
     Reference,
+}
+
+impl IwPath {
+    /// The prepared evaluator this path runs, if any.
+    fn evaluator(self, model: &dyn Vae) -> Option<Box<dyn IwEvaluator + '_>> {
+        match self {
+            Self::Fast => model.iw_evaluator(IwPrecision::Auto),
+            Self::FastFp32 => model.iw_evaluator(IwPrecision::Fp32),
+            Self::Reference => None,
+        }
+    }
+
+    /// Whether this path takes some convolutions' products in bf16 for `model` on this
+    /// machine ([`IwEvaluator::bf16_products`]).
+    pub fn bf16_products(self, model: &dyn Vae) -> bool {
+        tch::no_grad(|| self.evaluator(model).is_some_and(|e| e.bf16_products()))
+    }
 }
 
 /// The importance-weighted bound with `k` samples for each of `images_u8`, binarised with
@@ -211,7 +235,7 @@ pub fn evaluate_iw_by(
 ) -> Result<IwEstimate> {
     let n = images_u8.size()[0];
     let mut per_image = Vec::with_capacity(n.max(0) as usize);
-    iw_batches(
+    let bf16_products = iw_batches(
         model,
         images_u8,
         (k, path),
@@ -224,7 +248,10 @@ pub fn evaluate_iw_by(
             Ok(())
         },
     )?;
-    Ok(summarize_iw(&per_image, k))
+    Ok(IwEstimate {
+        bf16_products,
+        ..summarize_iw(&per_image, k)
+    })
 }
 
 /// The mean and its standard error over images of per-image bounds.
@@ -242,6 +269,7 @@ pub(crate) fn summarize_iw(per_image: &[f64], k: i64) -> IwEstimate {
         std_error,
         k,
         images: n,
+        bf16_products: false,
     }
 }
 
@@ -269,7 +297,8 @@ fn iw_batch_seed(seed: u64, start: i64) -> i64 {
 }
 
 /// The batches of an importance-weighted evaluation from image `from` (a batch boundary) on:
-/// each batch's per-image bounds go to `on_batch(start, bounds)` as they are computed.
+/// each batch's per-image bounds go to `on_batch(start, bounds)` as they are computed. Gives
+/// whether the evaluator took some convolutions' products in bf16.
 pub(crate) fn iw_batches(
     model: &dyn Vae,
     images_u8: &Tensor,
@@ -278,18 +307,15 @@ pub(crate) fn iw_batches(
     seed: u64,
     from: i64,
     on_batch: &mut dyn FnMut(i64, &[f64]) -> Result<()>,
-) -> Result<()> {
+) -> Result<bool> {
     let n = images_u8.size()[0];
     let (batch, max_rows) = iw_batching(model.device(), k);
     debug_assert!(
         from % batch == 0 || from >= n,
         "batches start at multiples of {batch}"
     );
-    tch::no_grad(|| -> Result<()> {
-        let fast = match path {
-            IwPath::Fast => model.iw_evaluator(),
-            IwPath::Reference => None,
-        };
+    tch::no_grad(|| -> Result<bool> {
+        let fast = path.evaluator(model);
         let mut start = from;
         while start < n {
             let len = batch.min(n - start);
@@ -306,7 +332,7 @@ pub(crate) fn iw_batches(
             on_batch(start, &values)?;
             start += len;
         }
-        Ok(())
+        Ok(fast.is_some_and(|e| e.bf16_products()))
     })
 }
 

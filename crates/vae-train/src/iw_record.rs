@@ -4,8 +4,8 @@
 //! stopped: each batch draws its noise from a seed derived from its first image.
 //!
 //! The record is a small CSV file: a first line naming what it is a record of (the model, the
-//! images, k, the seed, binarisation, the batch size, the device), a header, then one `image,bound` line
-//! per image, appended and synced batch by batch. A record of anything else is started over;
+//! images, k, the seed, binarisation, the batch size, the device, and bf16 conv products where
+//! used), a header, then one `image,bound` line per image, appended and synced batch by batch. A record of anything else is started over;
 //! a torn last line (the process stopped mid-write) is dropped; a record is used by one process
 //! at a time (an advisory lock on the file).
 
@@ -56,11 +56,18 @@ pub fn evaluate_iw_recorded(
 ) -> Result<IwRun> {
     let n = images_u8.size()[0].max(0) as usize;
     let (batch, _) = iw_batching(model.device(), k);
+    let bf16_products = path.bf16_products(model);
     let identity = format!(
-        "# vae importance-weighted bounds, one per image: model {}; images {n} (sha256 {}); k {k}; seed {seed}; binarized {binarize}; batch {batch}; device {}",
+        "# vae importance-weighted bounds, one per image: model {}; images {n} (sha256 {}); k {k}; seed {seed}; binarized {binarize}; batch {batch}; device {}{}",
         record.model_id.replace(['\n', '\r'], " "),
         images_digest(images_u8)?,
         crate::device_name(model.device()),
+        // Named only when used, so the records of f32 evaluations read as before.
+        if bf16_products {
+            "; conv products bf16"
+        } else {
+            ""
+        },
     );
     let io = |action: &'static str| {
         let path = record.file.clone();
@@ -127,7 +134,10 @@ pub fn evaluate_iw_recorded(
         )?;
     }
     Ok(IwRun {
-        estimate: summarize_iw(&values, k),
+        estimate: IwEstimate {
+            bf16_products,
+            ..summarize_iw(&values, k)
+        },
         resumed,
     })
 }

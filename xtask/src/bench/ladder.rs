@@ -8,7 +8,10 @@
 //! - With `--eval`: image-samples/s of the importance-weighted evaluation at k samples per
 //!   image, one image at a time: ours (`vae eval`, its prepared evaluator), ours through the
 //!   model's reference pass (`--iw-reference`: the same bound at the same draws), and the
-//!   module's `log_likelihood` (eager; with our allocator).
+//!   module's `log_likelihood` (eager; with our allocator). On a CPU with bf16 hardware, also
+//!   ours in f32 throughout (`--iw-precision fp32`), and the module with its convolutions'
+//!   products in bf16 (`torch.backends.mkldnn.conv.fp32_precision = "bf16"`), the arithmetic
+//!   `vae eval` picks on AMX.
 //!
 //! Both use one ladder run: `--run`, or one trained here for `--ladder-epochs` epochs.
 
@@ -97,7 +100,7 @@ pub(super) fn peer(
 /// The columns of one pair.
 fn columns(t: &Tools, a: &BenchArgs, run: &Path, export: &Path, pair: usize) -> Vec<Column> {
     if a.eval {
-        let ours = |reference: bool| {
+        let ours = |how: &str| {
             let mut c = Command::new(&t.vae);
             c.args(["eval", "--run"])
                 .arg(run)
@@ -110,27 +113,37 @@ fn columns(t: &Tools, a: &BenchArgs, run: &Path, export: &Path, pair: usize) -> 
                 &a.iw_images.to_string(),
                 "--json",
             ]);
-            if reference {
-                c.arg("--iw-reference");
-            } else {
-                // Computed in every pair, not read back from the previous pair's record.
-                c.arg("--fresh");
+            match how {
+                "reference" => {
+                    c.arg("--iw-reference");
+                }
+                precision => {
+                    // Computed in every pair, not read back from the previous pair's record.
+                    c.args(["--fresh", "--iw-precision", precision]);
+                }
             }
             c
         };
         let k = a.iw.to_string();
         let images = a.iw_images.to_string();
         let args = ["--k", k.as_str(), "--images", images.as_str()];
-        vec![
+        let bf16_products = [
+            "--k",
+            k.as_str(),
+            "--images",
+            images.as_str(),
+            "--conv-bf16-products",
+        ];
+        let mut columns = vec![
             Column {
                 name: "ours",
-                command: ours(false),
+                command: ours("auto"),
                 key: "iw_image_samples_per_s",
                 estimate: Some("iw_log_likelihood"),
             },
             Column {
                 name: "ours-reference",
-                command: ours(true),
+                command: ours("reference"),
                 key: "iw_image_samples_per_s",
                 estimate: Some("iw_log_likelihood"),
             },
@@ -146,7 +159,22 @@ fn columns(t: &Tools, a: &BenchArgs, run: &Path, export: &Path, pair: usize) -> 
                 key: "image_samples_per_s",
                 estimate: Some("log_likelihood"),
             },
-        ]
+        ];
+        if a.peers.contains(&PeerConfig::Bf16ChannelsLast) {
+            columns.push(Column {
+                name: "ours-fp32",
+                command: ours("fp32"),
+                key: "iw_image_samples_per_s",
+                estimate: Some("iw_log_likelihood"),
+            });
+            columns.push(Column {
+                name: "peer-conv-bf16-products-mimalloc",
+                command: peer(t, a, "eval", export, true, &bf16_products),
+                key: "image_samples_per_s",
+                estimate: Some("log_likelihood"),
+            });
+        }
+        columns
     } else {
         let out = t.scratch.path().join(format!("ladder-speed-{pair}"));
         let mut ours = ours_train(t, a, &out, &[]);
@@ -311,7 +339,7 @@ pub(super) fn run(t: &Tools, a: &BenchArgs) -> Result<Value> {
     println!("medians of {} pairs: {}", a.pairs, text.join("; "));
     if a.eval {
         println!(
-            "estimates: ours and ours-reference draw the same noise (their estimates agree to float rounding); the peer draws its own binarisation and samples"
+            "estimates: ours, ours-fp32 and ours-reference draw the same noise (they agree to float rounding, and ours to bf16 rounding of its conv products where it takes them: `vae eval --json` says so in iw_bf16_products); the peer draws its own binarisation and samples"
         );
     }
     Ok(

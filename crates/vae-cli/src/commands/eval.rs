@@ -9,7 +9,7 @@ use vae_train::{
     IwPath, IwRecord, IwRun, evaluate_elbo, evaluate_iw_by, evaluate_iw_recorded, images_tensor,
 };
 
-use crate::args::EvalArgs;
+use crate::args::{EvalArgs, IwPrecisionArg};
 use crate::commands::load_split;
 use crate::progress::iw_bar;
 
@@ -18,8 +18,15 @@ use crate::progress::iw_bar;
 const INACTIVE_NATS: f64 = 0.1;
 
 /// The record of an importance-weighted evaluation of `checkpoint`, beside it, or `None`
-/// (with a warning) where the checkpoint cannot be read back to identify it.
-fn iw_record(checkpoint: &Path, k: i64, seed: u64, n: usize, fresh: bool) -> Option<IwRecord> {
+/// (with a warning) where the checkpoint cannot be read back to identify it. An evaluation
+/// with bf16 conv products has a record of its own (`-bf16`), so it never starts an f32
+/// record over.
+fn iw_record(
+    checkpoint: &Path,
+    (k, seed, n): (i64, u64, usize),
+    bf16_products: bool,
+    fresh: bool,
+) -> Option<IwRecord> {
     use sha2::{Digest, Sha256};
     let digest = match std::fs::read(checkpoint) {
         Ok(bytes) => Sha256::digest(&bytes),
@@ -32,7 +39,8 @@ fn iw_record(checkpoint: &Path, k: i64, seed: u64, n: usize, fresh: bool) -> Opt
         }
     };
     let name = checkpoint.file_name()?.to_string_lossy();
-    let file = checkpoint.with_file_name(format!("{name}.iw-k{k}-seed{seed}-n{n}.csv"));
+    let arithmetic = if bf16_products { "-bf16" } else { "" };
+    let file = checkpoint.with_file_name(format!("{name}.iw-k{k}-seed{seed}-n{n}{arithmetic}.csv"));
     // A checkpoint in a folder this user cannot write to is still evaluated.
     if let Err(e) = std::fs::OpenOptions::new()
         .append(true)
@@ -77,18 +85,28 @@ pub fn run(args: EvalArgs) -> Result<u8> {
         }
         let pb = iw_bar(args.iw_samples, n, !args.json);
         let images = x.narrow(0, 0, n as i64);
+        let iw_path = match (args.iw_reference, args.iw_precision) {
+            (true, _) => IwPath::Reference,
+            (false, IwPrecisionArg::Auto) => IwPath::Fast,
+            (false, IwPrecisionArg::Fp32) => IwPath::FastFp32,
+        };
         let record = if args.iw_reference {
             // A check of the computation: nothing is read back.
             None
         } else {
-            iw_record(&path, args.iw_samples, args.seed, n, args.fresh)
+            iw_record(
+                &path,
+                (args.iw_samples, args.seed, n),
+                iw_path.bf16_products(model),
+                args.fresh,
+            )
         };
         let started = std::time::Instant::now();
         let run = match &record {
             Some(record) => evaluate_iw_recorded(
                 model,
                 &images,
-                (args.iw_samples, IwPath::Fast),
+                (args.iw_samples, iw_path),
                 binarize,
                 args.seed,
                 record,
@@ -99,14 +117,7 @@ pub fn run(args: EvalArgs) -> Result<u8> {
                 estimate: evaluate_iw_by(
                     model,
                     &images,
-                    (
-                        args.iw_samples,
-                        if args.iw_reference {
-                            IwPath::Reference
-                        } else {
-                            IwPath::Fast
-                        },
-                    ),
+                    (args.iw_samples, iw_path),
                     binarize,
                     args.seed,
                     &mut |done, _| pb.set_position(done as u64),
@@ -171,6 +182,7 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             "iw_image_samples_per_s": rate,
             "iw_resumed_images": resumed,
             "iw_record": record,
+            "iw_bf16_products": iw.map(|e| e.bf16_products),
         });
         println!("{v}");
     } else {
@@ -232,8 +244,13 @@ pub fn run(args: EvalArgs) -> Result<u8> {
             // On stderr: the figures above are the same every run, the time is not.
             if let Some(rate) = rate {
                 eprintln!(
-                    "importance-weighted evaluation: {:.1} s, {rate:.0} image-samples/s",
+                    "importance-weighted evaluation: {:.1} s, {rate:.0} image-samples/s{}",
                     iw_seconds.unwrap_or(0.0),
+                    if e.bf16_products {
+                        " (top-down convolutions with bf16 products; --iw-precision fp32 for f32 throughout)"
+                    } else {
+                        ""
+                    },
                 );
             }
         }
