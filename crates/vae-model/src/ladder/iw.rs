@@ -17,8 +17,8 @@
 //!
 //! With [`IwPrecision::Auto`], on a CPU with AMX-BF16 and for binary data (the Bernoulli
 //! likelihood), the top-down convs take their products in bf16 and sum in f32
-//! ([`fused::Bf16Products`]): ~1.3× faster there, and the estimate moves by ~0.001 nats
-//! (docs/performance.md). The bottom-up pass, the pixel head and the likelihood stay f32, and
+//! ([`fused::Bf16Products`]): 1.24–1.28× faster there, the estimate moving by under 0.001
+//! nats (docs/performance.md). The bottom-up pass, the pixel head and the likelihood stay f32, and
 //! so do 8-bit likelihoods, whose discretised densities are too sensitive to the rounding.
 
 use tch::{Kind, Tensor};
@@ -240,8 +240,8 @@ impl<'a> LadderIw<'a> {
         }];
         let last = self.levels.len() - 1;
         let (h, w) = c.resolution(last);
-        // [rows, h·w·c] in (row, column, channel) order: channels-last strides as it comes.
         let products = self.bf16_products.then(fused::Bf16Products::enter);
+        // [rows, h·w·c] in (row, column, channel) order: channels-last strides as it comes.
         let mut d = z_top
             .linear(&self.fc.0, Some(&self.fc.1))
             .view([rows, h, w, c.channels[last]])
