@@ -270,10 +270,11 @@ pub trait Vae: fmt::Debug {
 
 /// The arithmetic [`Vae::iw_evaluator`] may use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "clap", derive(clap::ValueEnum))]
 pub enum IwPrecision {
-    /// The fastest the kind has checked to keep the estimate: on a CPU with AMX-BF16, the
+    /// The fastest arithmetic checked to keep the estimate: on a CPU with AMX-BF16, the
     /// ladder's top-down convolutions of binary data round their inputs and weights to bf16
-    /// and accumulate in f32 (see [`IwEvaluator::bf16_products`]); IEEE f32 elsewhere.
+    /// and sum in f32; IEEE f32 elsewhere.
     #[default]
     Auto,
     /// IEEE f32 throughout, as the model's own pass.

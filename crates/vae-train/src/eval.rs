@@ -172,25 +172,27 @@ pub struct IwEstimate {
 /// Which computation [`evaluate_iw`] runs; all give the same bound at the same draws, to float
 /// rounding in f32 and to bf16 rounding of some convolutions' products where
 /// [`IwEstimate::bf16_products`] says so.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IwPath {
     /// The model's [`Vae::iw_evaluator`] where it has one, prepared once for all the images,
-    /// in the fastest arithmetic its kind has checked ([`IwPrecision::Auto`]).
-    #[default]
-    Fast,
-    /// The same evaluator in IEEE f32 throughout ([`IwPrecision::Fp32`]).
-    FastFp32,
+    /// in this arithmetic.
+    Fast(IwPrecision),
     /// [`Vae::log_likelihood_iw`] batch after batch: the reference the fast path is checked
     /// against.
     Reference,
 }
 
+impl Default for IwPath {
+    fn default() -> Self {
+        Self::Fast(IwPrecision::Auto)
+    }
+}
+
 impl IwPath {
-    /// The prepared evaluator this path runs, if any.
-    fn evaluator(self, model: &dyn Vae) -> Option<Box<dyn IwEvaluator + '_>> {
+    /// The prepared evaluator this path runs, if any (built under `no_grad`).
+    pub(crate) fn evaluator(self, model: &dyn Vae) -> Option<Box<dyn IwEvaluator + '_>> {
         match self {
-            Self::Fast => model.iw_evaluator(IwPrecision::Auto),
-            Self::FastFp32 => model.iw_evaluator(IwPrecision::Fp32),
+            Self::Fast(precision) => tch::no_grad(|| model.iw_evaluator(precision)),
             Self::Reference => None,
         }
     }
@@ -198,13 +200,13 @@ impl IwPath {
     /// Whether this path takes some convolutions' products in bf16 for `model` on this
     /// machine ([`IwEvaluator::bf16_products`]).
     pub fn bf16_products(self, model: &dyn Vae) -> bool {
-        tch::no_grad(|| self.evaluator(model).is_some_and(|e| e.bf16_products()))
+        self.evaluator(model).is_some_and(|e| e.bf16_products())
     }
 }
 
 /// The importance-weighted bound with `k` samples for each of `images_u8`, binarised with
 /// noise from `seed` (each batch of images from a seed derived from `seed` and its first
-/// image), by the model's fastest path ([`IwPath::Fast`]). `progress(done, total)`
+/// image), by the model's fastest path ([`IwPath::default`]). `progress(done, total)`
 /// is called after each batch of images.
 pub fn evaluate_iw(
     model: &dyn Vae,
@@ -217,7 +219,7 @@ pub fn evaluate_iw(
     evaluate_iw_by(
         model,
         images_u8,
-        (k, IwPath::Fast),
+        (k, IwPath::default()),
         binarize,
         seed,
         progress,
@@ -235,10 +237,11 @@ pub fn evaluate_iw_by(
 ) -> Result<IwEstimate> {
     let n = images_u8.size()[0];
     let mut per_image = Vec::with_capacity(n.max(0) as usize);
-    let bf16_products = iw_batches(
-        model,
+    let fast = path.evaluator(model);
+    iw_batches(
+        (model, fast.as_deref()),
         images_u8,
-        (k, path),
+        k,
         binarize,
         seed,
         0,
@@ -249,7 +252,7 @@ pub fn evaluate_iw_by(
         },
     )?;
     Ok(IwEstimate {
-        bf16_products,
+        bf16_products: fast.is_some_and(|e| e.bf16_products()),
         ..summarize_iw(&per_image, k)
     })
 }
@@ -297,25 +300,24 @@ fn iw_batch_seed(seed: u64, start: i64) -> i64 {
 }
 
 /// The batches of an importance-weighted evaluation from image `from` (a batch boundary) on:
-/// each batch's per-image bounds go to `on_batch(start, bounds)` as they are computed. Gives
-/// whether the evaluator took some convolutions' products in bf16.
+/// each batch's per-image bounds go to `on_batch(start, bounds)` as they are computed, by
+/// `fast` (the model's prepared evaluator, [`IwPath::evaluator`]) or else the model's own pass.
 pub(crate) fn iw_batches(
-    model: &dyn Vae,
+    (model, fast): (&dyn Vae, Option<&dyn IwEvaluator>),
     images_u8: &Tensor,
-    (k, path): (i64, IwPath),
+    k: i64,
     binarize: bool,
     seed: u64,
     from: i64,
     on_batch: &mut dyn FnMut(i64, &[f64]) -> Result<()>,
-) -> Result<bool> {
+) -> Result<()> {
     let n = images_u8.size()[0];
     let (batch, max_rows) = iw_batching(model.device(), k);
     debug_assert!(
         from % batch == 0 || from >= n,
         "batches start at multiples of {batch}"
     );
-    tch::no_grad(|| -> Result<bool> {
-        let fast = path.evaluator(model);
+    tch::no_grad(|| -> Result<()> {
         let mut start = from;
         while start < n {
             let len = batch.min(n - start);
@@ -324,7 +326,7 @@ pub(crate) fn iw_batches(
                 &images_u8.narrow(0, start, len).to_device(model.device()),
                 binarize,
             );
-            let ll = match &fast {
+            let ll = match fast {
                 Some(e) => e.log_likelihood_iw(&x, k, max_rows)?,
                 None => model.log_likelihood_iw(&x, k, max_rows)?,
             };
@@ -332,7 +334,7 @@ pub(crate) fn iw_batches(
             on_batch(start, &values)?;
             start += len;
         }
-        Ok(fast.is_some_and(|e| e.bf16_products()))
+        Ok(())
     })
 }
 

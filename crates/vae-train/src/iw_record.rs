@@ -5,9 +5,9 @@
 //!
 //! The record is a small CSV file: a first line naming what it is a record of (the model, the
 //! images, k, the seed, binarisation, the batch size, the device, and bf16 conv products where
-//! used), a header, then one `image,bound` line per image, appended and synced batch by batch. A record of anything else is started over;
-//! a torn last line (the process stopped mid-write) is dropped; a record is used by one process
-//! at a time (an advisory lock on the file).
+//! used), a header, then one `image,bound` line per image, appended and synced batch by batch.
+//! A record of anything else is started over; a torn last line (the process stopped mid-write)
+//! is dropped; a record is used by one process at a time (an advisory lock on the file).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
@@ -56,7 +56,8 @@ pub fn evaluate_iw_recorded(
 ) -> Result<IwRun> {
     let n = images_u8.size()[0].max(0) as usize;
     let (batch, _) = iw_batching(model.device(), k);
-    let bf16_products = path.bf16_products(model);
+    let fast = path.evaluator(model);
+    let bf16_products = fast.as_ref().is_some_and(|e| e.bf16_products());
     let identity = format!(
         "# vae importance-weighted bounds, one per image: model {}; images {n} (sha256 {}); k {k}; seed {seed}; binarized {binarize}; batch {batch}; device {}{}",
         record.model_id.replace(['\n', '\r'], " "),
@@ -113,9 +114,9 @@ pub fn evaluate_iw_recorded(
     }
     if resumed < n {
         iw_batches(
-            model,
+            (model, fast.as_deref()),
             images_u8,
-            (k, path),
+            k,
             binarize,
             seed,
             resumed as i64,
@@ -234,17 +235,15 @@ mod tests {
         let (_vs, m) = model();
         let x = images(12);
         // k = 300: 3 images per batch on the CPU, so a resume starts inside the set.
-        let k = 300;
+        let by = (300, IwPath::default());
         let dir = tempfile::tempdir().unwrap();
         let record = IwRecord {
             file: dir.path().join("record.csv"),
             model_id: "model-a".into(),
             fresh: false,
         };
-        let whole = evaluate_iw_by(&m, &x, (k, IwPath::Fast), true, 5, &mut |_, _| {}).unwrap();
-        let first =
-            evaluate_iw_recorded(&m, &x, (k, IwPath::Fast), true, 5, &record, &mut |_, _| {})
-                .unwrap();
+        let whole = evaluate_iw_by(&m, &x, by, true, 5, &mut |_, _| {}).unwrap();
+        let first = evaluate_iw_recorded(&m, &x, by, true, 5, &record, &mut |_, _| {}).unwrap();
         assert_eq!(first.resumed, 0);
         assert_eq!(first.estimate, whole);
 
@@ -256,33 +255,25 @@ mod tests {
         std::fs::write(&record.file, &text[..cut]).unwrap();
         let mut seen = Vec::new();
         let again =
-            evaluate_iw_recorded(&m, &x, (k, IwPath::Fast), true, 5, &record, &mut |d, _| {
-                seen.push(d)
-            })
-            .unwrap();
+            evaluate_iw_recorded(&m, &x, by, true, 5, &record, &mut |d, _| seen.push(d)).unwrap();
         assert_eq!(again.resumed, 3);
         assert_eq!(seen, [3, 6, 9, 12]);
         assert_eq!(again.estimate, whole);
         assert_eq!(std::fs::read_to_string(&record.file).unwrap(), text);
 
         // Complete: nothing is computed; another model's record is started over.
-        let done =
-            evaluate_iw_recorded(&m, &x, (k, IwPath::Fast), true, 5, &record, &mut |_, _| {})
-                .unwrap();
+        let done = evaluate_iw_recorded(&m, &x, by, true, 5, &record, &mut |_, _| {}).unwrap();
         assert_eq!((done.resumed, done.estimate), (12, whole));
         let other = IwRecord {
             model_id: "model-b".into(),
             ..record.clone()
         };
-        let over = evaluate_iw_recorded(&m, &x, (k, IwPath::Fast), true, 5, &other, &mut |_, _| {})
-            .unwrap();
+        let over = evaluate_iw_recorded(&m, &x, by, true, 5, &other, &mut |_, _| {}).unwrap();
         assert_eq!((over.resumed, over.estimate), (0, whole));
         // A damaged line ends what is kept: the images before it, to a whole batch.
         let text = std::fs::read_to_string(&record.file).unwrap();
         std::fs::write(&record.file, text.replacen("\n4,", "\n4,x", 1)).unwrap();
-        let fixed =
-            evaluate_iw_recorded(&m, &x, (k, IwPath::Fast), true, 5, &other, &mut |_, _| {})
-                .unwrap();
+        let fixed = evaluate_iw_recorded(&m, &x, by, true, 5, &other, &mut |_, _| {}).unwrap();
         assert_eq!((fixed.resumed, fixed.estimate), (3, whole));
     }
 
@@ -300,9 +291,17 @@ mod tests {
         };
         let holder = File::create(&record.file).unwrap();
         holder.lock().unwrap();
-        let err = evaluate_iw_recorded(&m, &x, (4, IwPath::Fast), true, 1, &record, &mut |_, _| {})
-            .unwrap_err()
-            .to_string();
+        let err = evaluate_iw_recorded(
+            &m,
+            &x,
+            (4, IwPath::default()),
+            true,
+            1,
+            &record,
+            &mut |_, _| {},
+        )
+        .unwrap_err()
+        .to_string();
         assert!(
             err.contains("record.csv") && err.contains("in use"),
             "{err}"

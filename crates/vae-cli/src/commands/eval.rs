@@ -9,7 +9,7 @@ use vae_train::{
     IwPath, IwRecord, IwRun, evaluate_elbo, evaluate_iw_by, evaluate_iw_recorded, images_tensor,
 };
 
-use crate::args::{EvalArgs, IwPrecisionArg};
+use crate::args::EvalArgs;
 use crate::commands::load_split;
 use crate::progress::iw_bar;
 
@@ -85,10 +85,10 @@ pub fn run(args: EvalArgs) -> Result<u8> {
         }
         let pb = iw_bar(args.iw_samples, n, !args.json);
         let images = x.narrow(0, 0, n as i64);
-        let iw_path = match (args.iw_reference, args.iw_precision) {
-            (true, _) => IwPath::Reference,
-            (false, IwPrecisionArg::Auto) => IwPath::Fast,
-            (false, IwPrecisionArg::Fp32) => IwPath::FastFp32,
+        let iw_path = if args.iw_reference {
+            IwPath::Reference
+        } else {
+            IwPath::Fast(args.iw_precision)
         };
         let record = if args.iw_reference {
             // A check of the computation: nothing is read back.
